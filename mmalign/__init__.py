@@ -1,0 +1,3 @@
+"""mmalign: align LLaVA-style large multimodal models and make them hallucinate less."""
+
+__version__ = "0.1.0"
