@@ -1,0 +1,185 @@
+"""From an :class:`~mmalign.data.formats.Example` to model inputs, and batches of them.
+
+Steps: render the conversation with the template → tokenise once with character offsets →
+targets are the tokens inside assistant spans → each ``<image>`` (``<video>``) token is expanded
+into the number of feature tokens the encoder produces (N for an image, T·N' for a video). The
+number of placeholders must equal the number of media items of the example; otherwise the error
+names the example.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+
+from mmalign.data.formats import Example
+from mmalign.data.media import load_image, load_video_frames, process_image, process_video
+from mmalign.data.templates import Message, assistant_spans, render, resolve_template, validate_messages
+from mmalign.models.lmm import IGNORE_INDEX, LMMConfig
+
+
+class MultimodalProcessor:
+    """Tokenises conversations with media placeholders and loads their pixels.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer holding the image/video tokens.
+        cfg: the model's :class:`LMMConfig` (token ids, frames, pixel processing, template).
+        image_tokens: feature tokens per image (``LMM.image_tokens``).
+        video_tokens: feature tokens per video (``LMM.video_tokens``).
+    """
+
+    def __init__(self, tokenizer: Any, cfg: LMMConfig, image_tokens: int, video_tokens: int) -> None:
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        self.image_tokens = image_tokens
+        self.video_tokens = video_tokens
+        self.template = resolve_template(tokenizer, cfg.template)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if pad is None:
+            raise ValueError("the tokenizer has neither a pad nor an eos token")
+        self.pad_token_id: int = int(pad)
+
+    @classmethod
+    def for_model(cls, model: Any, tokenizer: Any) -> MultimodalProcessor:
+        return cls(tokenizer, model.cfg, model.image_tokens, model.video_tokens)
+
+    # ----------------------------------------------------------------------------- text
+    def _tokenize(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+
+    def _expand(
+        self, ids: list[int], labels: list[int], n_images: int, n_videos: int, sample_id: str
+    ) -> tuple[list[int], list[int]]:
+        img_id, vid_id = self.cfg.image_token_id, self.cfg.video_token_id
+        found_img = sum(1 for t in ids if t == img_id)
+        found_vid = sum(1 for t in ids if t == vid_id) if vid_id >= 0 else 0
+        if found_img != n_images or found_vid != n_videos:
+            raise ValueError(
+                f"sample {sample_id}: the text has {found_img} {self.cfg.image_token} and {found_vid} "
+                f"{self.cfg.video_token} placeholders but the record has {n_images} image(s) and "
+                f"{n_videos} video(s); put one placeholder per media item in the text"
+            )
+        out_ids: list[int] = []
+        out_labels: list[int] = []
+        for tok, lab in zip(ids, labels, strict=True):
+            if tok == img_id:
+                out_ids += [tok] * self.image_tokens
+                out_labels += [IGNORE_INDEX] * self.image_tokens
+            elif tok == vid_id and vid_id >= 0:
+                out_ids += [tok] * self.video_tokens
+                out_labels += [IGNORE_INDEX] * self.video_tokens
+            else:
+                out_ids.append(tok)
+                out_labels.append(lab)
+        return out_ids, out_labels
+
+    def tokenize_conversation(
+        self,
+        messages: list[Message],
+        n_images: int,
+        n_videos: int,
+        sample_id: str,
+        max_length: int | None = None,
+    ) -> tuple[list[int], list[int]]:
+        """Token ids and labels of a whole conversation (targets = assistant turns only).
+
+        Raises:
+            ValueError: bad roles, a placeholder/media count mismatch, or truncation that would
+                cut media tokens — each naming ``sample_id``.
+        """
+        validate_messages(messages, sample_id)
+        text, spans = assistant_spans(self.tokenizer, self.template, messages)
+        ids, offsets = self._tokenize(text)
+        labels = [IGNORE_INDEX] * len(ids)
+        for i, (start, end) in enumerate(offsets):
+            if end > start and any(s <= start and end <= e for s, e in spans):
+                labels[i] = ids[i]
+        ids, labels = self._expand(ids, labels, n_images, n_videos, sample_id)
+        return self._truncate(ids, labels, max_length, sample_id)
+
+    def _truncate(
+        self, ids: list[int], labels: list[int], max_length: int | None, sample_id: str
+    ) -> tuple[list[int], list[int]]:
+        if max_length is None or len(ids) <= max_length:
+            return ids, labels
+        media = {self.cfg.image_token_id, self.cfg.video_token_id}
+        if any(t in media for t in ids[max_length:]):
+            raise ValueError(
+                f"sample {sample_id}: {len(ids)} tokens exceed max_length {max_length} and truncation "
+                "would cut media tokens; raise max_length or drop the sample"
+            )
+        return ids[:max_length], labels[:max_length]
+
+    def tokenize_prompt(self, messages: list[Message], n_images: int, n_videos: int, sample_id: str) -> list[int]:
+        """Token ids of a prompt ending with the assistant's generation prefix."""
+        text = render(self.tokenizer, self.template, messages, add_generation_prompt=True)
+        ids, _ = self._tokenize(text)
+        ids, _ = self._expand(ids, [IGNORE_INDEX] * len(ids), n_images, n_videos, sample_id)
+        return ids
+
+    # ----------------------------------------------------------------------------- media
+    def load_media(self, example: Example) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Pixels of an example: images ``(n, 3, S, S)`` and videos ``(m, T, 3, S, S)`` or None."""
+        ip = self.cfg.image_processor
+        images = [process_image(load_image(p), ip) for p in example.images]
+        videos = [process_video(load_video_frames(p, self.cfg.video_frames), ip) for p in example.videos]
+        return (torch.stack(images) if images else None, torch.stack(videos) if videos else None)
+
+    def encode(self, example: Example, max_length: int | None = None) -> dict[str, Any]:
+        """Training features of one example (ids, labels, pixels)."""
+        ids, labels = self.tokenize_conversation(
+            example.messages, len(example.images), len(example.videos), example.id, max_length
+        )
+        images, videos = self.load_media(example)
+        return {"id": example.id, "input_ids": ids, "labels": labels, "images": images, "videos": videos}
+
+    def encode_prompt(self, example: Example) -> dict[str, Any]:
+        """Generation features: the conversation up to its last user turn, with the assistant prefix.
+
+        A trailing assistant turn (the reference answer) is dropped.
+        """
+        messages = example.messages
+        if messages and messages[-1]["role"] == "assistant":
+            messages = messages[:-1]
+        ids = self.tokenize_prompt(messages, len(example.images), len(example.videos), example.id)
+        images, videos = self.load_media(example)
+        return {"id": example.id, "input_ids": ids, "labels": None, "images": images, "videos": videos}
+
+    # ----------------------------------------------------------------------------- batches
+    def collate(
+        self, features: list[dict[str, Any]], padding_side: Literal["right", "left"] = "right"
+    ) -> dict[str, Any]:
+        """Pad a list of :meth:`encode` outputs into a batch.
+
+        Returns:
+            ``input_ids`` / ``attention_mask`` / ``labels`` ``(B, L)`` (labels only if every
+            feature has them), ``images`` ``(ΣNi, 3, S, S)`` or None, ``videos``
+            ``(ΣNv, T, 3, S, S)`` or None, ``ids``. Media are concatenated in row order, matching
+            the placeholder order the LMM scatters into.
+        """
+        width = max(len(f["input_ids"]) for f in features)
+        has_labels = all(f.get("labels") is not None for f in features)
+        ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(features), width), dtype=torch.long)
+        labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
+        for row, f in enumerate(features):
+            n = len(f["input_ids"])
+            cols = slice(width - n, width) if padding_side == "left" else slice(0, n)
+            ids[row, cols] = torch.tensor(f["input_ids"], dtype=torch.long)
+            mask[row, cols] = 1
+            if has_labels:
+                labels[row, cols] = torch.tensor(f["labels"], dtype=torch.long)
+        images = [f["images"] for f in features if f.get("images") is not None]
+        videos = [f["videos"] for f in features if f.get("videos") is not None]
+        batch: dict[str, Any] = {
+            "ids": [f.get("id") for f in features],
+            "input_ids": ids,
+            "attention_mask": mask,
+            "images": torch.cat(images) if images else None,
+            "videos": torch.cat(videos) if videos else None,
+        }
+        if has_labels:
+            batch["labels"] = labels
+        return batch

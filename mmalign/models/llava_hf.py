@@ -1,0 +1,157 @@
+"""Import and export llava-hf checkpoints (transformers' ``LlavaForConditionalGeneration``).
+
+Mapping (llava-hf → mmalign):
+
+* ``model.vision_tower`` (a ``CLIPVisionModel``/``SiglipVisionModel``) → ``LMM.vision.model``;
+  ``vision_feature_layer`` → ``feature_layer``; ``vision_feature_select_strategy`` ``"default"``
+  (drop CLS) → ``select="patch"``, ``"full"`` → ``"cls_patch"``.
+* ``model.multi_modal_projector.linear_1/linear_2`` → projector layers 0 / 2 (``mlp2x_gelu``).
+* ``model.language_model`` + ``lm_head`` → an ``AutoModelForCausalLM`` built from ``text_config``.
+* ``image_token_index`` → ``LMMConfig.image_token_id``.
+
+Loading goes through ``LlavaForConditionalGeneration.from_pretrained``, so every checkpoint layout
+transformers reads (including the older ``language_model.model.*`` keys) imports.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmalign.data.media import ImageProcessorConfig
+from mmalign.models.checkpoint import add_media_tokens
+from mmalign.models.lmm import LMM, LMMConfig
+from mmalign.models.projector import build_projector, projector_depth
+from mmalign.models.vision import HFVisionTower, VisionConfig
+
+
+def _strategy_to_select(strategy: str) -> str:
+    if strategy not in ("default", "full"):
+        raise ValueError(f"unsupported vision_feature_select_strategy {strategy!r}")
+    return "patch" if strategy == "default" else "cls_patch"
+
+
+def llava_hf_to_lmm(hf_model: Any, tokenizer: Any | None = None, frozen_vision: bool = True) -> LMM:
+    """Convert a loaded ``LlavaForConditionalGeneration`` into an :class:`LMM` (copies weights).
+
+    Args:
+        hf_model: the transformers model.
+        tokenizer: if given, gains a ``<video>`` token when it lacks one.
+        frozen_vision: freeze the imported vision tower.
+    """
+    from transformers import AutoModelForCausalLM
+
+    config = hf_model.config
+    layer = config.vision_feature_layer
+    if not isinstance(layer, int):
+        raise ValueError("llava-hf models that concatenate several vision layers are not supported")
+    vcfg = VisionConfig(
+        kind="hf", feature_layer=layer, select=_strategy_to_select(config.vision_feature_select_strategy),
+        frozen=frozen_vision,
+    )
+    vision = HFVisionTower(hf_model.model.vision_tower, vcfg)
+    projector = build_projector("mlp2x_gelu", vision.hidden_size, config.text_config.hidden_size,
+                                bias=config.multimodal_projector_bias)
+    src = hf_model.model.multi_modal_projector
+    projector[0].load_state_dict(src.linear_1.state_dict())
+    projector[2].load_state_dict(src.linear_2.state_dict())
+    if config.projector_hidden_act != "gelu":
+        raise ValueError(f"projector activation {config.projector_hidden_act!r} is not supported (only gelu)")
+
+    dtype = next(hf_model.parameters()).dtype
+    llm = AutoModelForCausalLM.from_config(config.text_config, dtype=dtype)
+    prefix = llm.base_model_prefix
+    state = {f"{prefix}.{k}": v for k, v in hf_model.model.language_model.state_dict().items()}
+    state.update({f"lm_head.{k}": v for k, v in hf_model.lm_head.state_dict().items()})
+    missing, unexpected = llm.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and llm.config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise ValueError(f"llava-hf language model does not map: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    projector.to(dtype)
+
+    cfg = LMMConfig(vision=vcfg, projector="mlp2x_gelu", projector_bias=config.multimodal_projector_bias)
+    cfg.image_token_id = int(config.image_token_index)
+    if tokenizer is not None:
+        image_token = tokenizer.convert_ids_to_tokens(cfg.image_token_id)
+        if image_token is not None:
+            cfg.image_token = image_token
+        add_media_tokens(tokenizer, llm, cfg)
+    return LMM(vision, projector, llm, cfg)
+
+
+def import_llava_hf(directory: str | Path, dtype: torch.dtype | None = None) -> tuple[LMM, Any]:
+    """Load a local llava-hf checkpoint folder as an :class:`LMM` and its tokenizer.
+
+    The image processor settings come from the folder's ``preprocessor_config.json`` (resize mode:
+    llava-hf's processor resizes and centre-crops; LLaVA's own ``pad`` is the default here, as in
+    LLaVA-1.5 training).
+    """
+    from transformers import AutoTokenizer, LlavaForConditionalGeneration
+
+    directory = Path(directory)
+    hf_model = LlavaForConditionalGeneration.from_pretrained(directory, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    model = llava_hf_to_lmm(hf_model, tokenizer)
+    if (directory / "preprocessor_config.json").exists():
+        model.cfg.image_processor = ImageProcessorConfig.from_hf(directory)
+    model.eval()
+    return model, tokenizer
+
+
+def lmm_to_llava_hf(model: LMM) -> Any:
+    """Build a ``LlavaForConditionalGeneration`` holding a copy of ``model``'s weights.
+
+    Raises:
+        ValueError: the LMM's parts have no llava-hf equivalent (a timm encoder, or a projector
+            other than ``mlp2x_gelu``).
+    """
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    if not isinstance(model.vision, HFVisionTower):
+        raise ValueError("llava-hf export needs a transformers vision tower (CLIP/SigLIP), not timm")
+    if projector_depth(model.cfg.projector) != 2:
+        raise ValueError(f"llava-hf export needs an mlp2x_gelu projector, not {model.cfg.projector}")
+    cfg = model.cfg
+    config = LlavaConfig(
+        vision_config=model.vision.model.config.to_dict(),
+        text_config=model.llm.config.to_dict(),
+        image_token_index=cfg.image_token_id,
+        image_seq_length=model.image_tokens,
+        projector_hidden_act="gelu",
+        vision_feature_select_strategy="default" if cfg.vision.select == "patch" else "full",
+        vision_feature_layer=cfg.vision.feature_layer,
+        multimodal_projector_bias=cfg.projector_bias,
+        tie_word_embeddings=bool(model.llm.config.tie_word_embeddings),
+    )
+    hf_model = LlavaForConditionalGeneration(config)
+    dtype = next(model.llm.parameters()).dtype
+    hf_model.to(dtype)
+    hf_model.model.vision_tower.load_state_dict(model.vision.model.state_dict())
+    hf_model.model.multi_modal_projector.linear_1.load_state_dict(model.projector[0].state_dict())
+    hf_model.model.multi_modal_projector.linear_2.load_state_dict(model.projector[2].state_dict())
+    base = getattr(model.llm, model.llm.base_model_prefix)
+    hf_model.model.language_model.load_state_dict(base.state_dict())
+    hf_model.lm_head.load_state_dict(model.llm.get_output_embeddings().state_dict())
+    hf_model.eval()
+    return hf_model
+
+
+def export_llava_hf(model: LMM, tokenizer: Any, directory: str | Path) -> Path:
+    """Write ``model`` as a llava-hf folder (config, safetensors, tokenizer, image processor)."""
+    from transformers import CLIPImageProcessor
+
+    directory = Path(directory)
+    hf_model = lmm_to_llava_hf(model)
+    hf_model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    ip = model.cfg.image_processor
+    CLIPImageProcessor(
+        size={"height": ip.size, "width": ip.size},
+        crop_size={"height": ip.size, "width": ip.size},
+        do_center_crop=False,
+        image_mean=list(ip.mean),
+        image_std=list(ip.std),
+    ).save_pretrained(directory)
+    return directory

@@ -1,0 +1,273 @@
+"""The LMM: an image/video encoder, a projector and any Hugging Face causal LM, composed.
+
+Unlike LLaVA, which subclasses each LLM, :class:`LMM` holds three modules and does one thing
+itself: it embeds the text, encodes the media, and writes the projected media features into the
+embedding slots of the media placeholder tokens. The tokenizer side
+(:mod:`mmalign.data.processor`) has already expanded each ``<image>`` (``<video>``) placeholder
+into exactly ``encoder.num_tokens`` copies of the image (video) token, so the scatter is a
+masked copy, and a count mismatch is an error rather than silent truncation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmalign.data.media import ImageProcessorConfig
+from mmalign.models.video import VideoEncoder
+from mmalign.models.vision import VisionConfig
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class LMMConfig:
+    """Everything needed, besides weights, to rebuild an :class:`LMM` and its input processing.
+
+    Attributes:
+        vision: image-encoder options.
+        projector: ``"linear"`` or ``"mlpNx_gelu"``.
+        projector_bias: linear layers of the projector carry a bias.
+        image_token / video_token: placeholder strings in the text (also the tokens' spelling).
+        image_token_id / video_token_id: their ids in the tokenizer (set when the model is built).
+        video_frames: frames sampled per video (T).
+        video_pool: spatial pooling stride per frame (1 = none).
+        image_processor: resize / pad / normalisation of pixels.
+        template: conversation template name when the tokenizer has no ``chat_template``
+            (``vicuna_v1``, ``llama3``, ``chatml``); ``None`` = the tokenizer's own template.
+    """
+
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    projector: str = "mlp2x_gelu"
+    projector_bias: bool = True
+    image_token: str = "<image>"
+    video_token: str = "<video>"
+    image_token_id: int = -1
+    video_token_id: int = -1
+    video_frames: int = 8
+    video_pool: int = 1
+    image_processor: ImageProcessorConfig = field(default_factory=ImageProcessorConfig)
+    template: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.vision, dict):
+            self.vision = VisionConfig(**self.vision)
+        if isinstance(self.image_processor, dict):
+            self.image_processor = ImageProcessorConfig(**self.image_processor)
+        if self.video_frames < 1:
+            raise ValueError(f"video_frames must be ≥ 1, got {self.video_frames}")
+        if self.video_pool < 1:
+            raise ValueError(f"video_pool must be ≥ 1, got {self.video_pool}")
+        if self.image_token == self.video_token:
+            raise ValueError("image_token and video_token must differ")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class LMM(nn.Module):
+    """Encoder + projector + causal LM.
+
+    Args:
+        vision: image encoder ``(B, 3, H, W) → (B, N, D_v)`` with ``num_tokens``/``hidden_size``.
+        projector: ``(..., D_v) → (..., D)``.
+        llm: any ``AutoModelForCausalLM`` (``get_input_embeddings``, ``forward(inputs_embeds=...)``,
+            ``generate(inputs_embeds=...)``).
+        cfg: token ids and media options; ``cfg.image_token_id`` must be set.
+    """
+
+    def __init__(self, vision: nn.Module, projector: nn.Module, llm: nn.Module, cfg: LMMConfig) -> None:
+        super().__init__()
+        if cfg.image_token_id < 0:
+            raise ValueError("LMMConfig.image_token_id is unset: build the model with a tokenizer")
+        self.vision = vision
+        self.projector = projector
+        self.llm = llm
+        self.cfg = cfg
+        # Shares the image encoder's parameters: not a second tower.
+        self._video = VideoEncoder(vision, cfg.video_frames, cfg.video_pool)
+
+    # ----------------------------------------------------------------------------- media
+    @property
+    def image_tokens(self) -> int:
+        """Feature tokens per image (N)."""
+        return int(self.vision.num_tokens)
+
+    @property
+    def video_tokens(self) -> int:
+        """Feature tokens per video (T · N')."""
+        return int(self._video.num_tokens)
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """``(Ni, 3, H, W)`` → projected features ``(Ni, N, D)``."""
+        return self.projector(self.vision(images))
+
+    def encode_videos(self, videos: torch.Tensor) -> torch.Tensor:
+        """``(Nv, T, 3, H, W)`` → projected features ``(Nv, T · N', D)``."""
+        return self.projector(self._video(videos))
+
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        images: torch.Tensor | None = None,
+        videos: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Token embeddings with media features written into their placeholder slots.
+
+        Args:
+            input_ids: ``(B, L)`` with each image expanded to N image-token ids.
+            images: ``(Ni, 3, H, W)``, in order of appearance (row-major over the batch).
+            videos: ``(Nv, T, 3, H, W)``, likewise.
+            image_features: precomputed ``(Ni, N, D)`` projected features (skips the encoder);
+                lets callers encode an image once and reuse it across sequences.
+
+        Returns:
+            ``(B, L, D)`` input embeddings for the LLM.
+        """
+        embeds = self.llm.get_input_embeddings()(input_ids)
+        if image_features is None and images is not None and images.shape[0] > 0:
+            image_features = self.encode_images(images)
+        embeds = self._scatter(embeds, input_ids, self.cfg.image_token_id, image_features, "image")
+        video_features = None
+        if videos is not None and videos.shape[0] > 0:
+            video_features = self.encode_videos(videos)
+        if self.cfg.video_token_id >= 0 or video_features is not None:
+            embeds = self._scatter(embeds, input_ids, self.cfg.video_token_id, video_features, "video")
+        return embeds
+
+    @staticmethod
+    def _scatter(
+        embeds: torch.Tensor, input_ids: torch.Tensor, token_id: int, feats: torch.Tensor | None, kind: str
+    ) -> torch.Tensor:
+        mask = input_ids == token_id
+        n_slots = int(mask.sum())
+        n_feats = 0 if feats is None else feats.shape[0] * feats.shape[1]
+        if n_slots != n_feats:
+            per = "?" if feats is None or feats.shape[0] == 0 else feats.shape[1]
+            n_items = 0 if feats is None else feats.shape[0]
+            raise ValueError(
+                f"{n_slots} {kind} placeholder slots in the batch but {n_items} {kind}(s) × {per} "
+                f"feature tokens = {n_feats}: the text and the media do not match"
+            )
+        if n_slots == 0:
+            return embeds
+        feats = feats.reshape(-1, feats.shape[-1]).to(embeds.dtype)
+        return embeds.masked_scatter(mask.unsqueeze(-1), feats)
+
+    # ----------------------------------------------------------------------------- forward
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        images: torch.Tensor | None = None,
+        videos: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        loss_reduction: Literal["token", "example"] = "token",
+        **llm_kwargs: Any,
+    ) -> dict[str, torch.Tensor]:
+        """Run the LMM.
+
+        Args:
+            input_ids: ``(B, L)``.
+            attention_mask: ``(B, L)`` 1 for real tokens; or a 4-D mask the LLM accepts.
+            images / videos: see :meth:`embed`.
+            labels: ``(B, L)`` targets, ``-100`` where no loss; not shifted (position t predicts
+                label t+1 as in transformers).
+            position_ids: ``(B, L)`` optional.
+            loss_reduction: ``"token"`` averages over all target tokens of the batch (LLaVA);
+                ``"example"`` averages each example's tokens first, then over examples, so short
+                answers weigh as much as long captions.
+
+        Returns:
+            ``{"logits": (B, L, V)}`` plus ``"loss"`` when labels are given.
+        """
+        embeds = self.embed(input_ids, images, videos)
+        out = self.llm(
+            inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, **llm_kwargs
+        )
+        result = {"logits": out.logits}
+        if labels is not None:
+            result["loss"] = causal_lm_loss(out.logits, labels, loss_reduction)
+        return result
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        images: torch.Tensor | None = None,
+        videos: torch.Tensor | None = None,
+        max_new_tokens: int = 64,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
+        synced_gpus: bool = False,
+    ) -> torch.Tensor:
+        """Batched, KV-cached generation (greedy or sampling).
+
+        Args:
+            input_ids: ``(B, L)`` **left-padded** prompts.
+            attention_mask: ``(B, L)``.
+            synced_gpus: keep generating dummy steps until every rank is done (ZeRO-3).
+
+        Returns:
+            ``(B, L_new)`` new token ids only, padded with ``pad_token_id`` after EOS.
+        """
+        if input_ids.shape[0] > 1 and bool((attention_mask[:, -1] == 0).any()):
+            raise ValueError("generate needs left-padded prompts (some rows end with padding)")
+        embeds = self.embed(input_ids, images, videos)
+        gen_kwargs: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens,
+            "do_sample": do_sample,
+            "eos_token_id": eos_token_id,
+            "pad_token_id": pad_token_id,
+            "synced_gpus": synced_gpus,
+            "use_cache": True,
+        }
+        if do_sample:
+            gen_kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k)
+        else:
+            gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+        return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **gen_kwargs)
+
+
+def causal_lm_loss(
+    logits: torch.Tensor, labels: torch.Tensor, reduction: Literal["token", "example"] = "token"
+) -> torch.Tensor:
+    """Next-token cross-entropy.
+
+    Args:
+        logits: ``(B, L, V)``.
+        labels: ``(B, L)`` with ``-100`` where no loss.
+        reduction: ``"token"`` (mean over all target tokens) or ``"example"`` (mean per example,
+            then mean over examples that have targets).
+
+    Returns:
+        Scalar loss (0 with no target tokens, still attached to the graph).
+    """
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:]
+    per_token = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]),
+        shift_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).view(shift_labels.shape)
+    valid = (shift_labels != IGNORE_INDEX).float()
+    if reduction == "token":
+        return (per_token * valid).sum() / valid.sum().clamp(min=1.0)
+    if reduction != "example":
+        raise ValueError(f"unknown loss reduction {reduction!r}")
+    counts = valid.sum(dim=1)
+    per_example = (per_token * valid).sum(dim=1) / counts.clamp(min=1.0)
+    has_targets = (counts > 0).float()
+    return (per_example * has_targets).sum() / has_targets.sum().clamp(min=1.0)

@@ -1,0 +1,71 @@
+"""Video encoding: per-frame image features, optional spatial pooling, frames concatenated.
+
+A clip of ``T`` frames becomes ``T · N'`` visual tokens, where ``N'`` is the per-frame token count
+after pooling the patch grid with stride ``pool`` (Video-LLaVA / LLaVA-Hound encode frames
+independently; spatial pooling is how PLLaVA and LLaVA-NeXT-Video keep long clips affordable).
+Frame *sampling* (decord) lives in :mod:`mmalign.data.media`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class VideoEncoder(nn.Module):
+    """Encode ``(B, T, 3, H, W)`` clips with an image encoder, frame by frame.
+
+    Args:
+        image_encoder: any encoder of :mod:`mmalign.models.vision` (``num_tokens``, ``grid``,
+            ``num_prefix_tokens``, ``hidden_size``).
+        num_frames: T, frames per clip.
+        pool: spatial pooling stride over the patch grid (1 = none). Prefix (CLS) tokens are
+            dropped when pooling.
+    """
+
+    def __init__(self, image_encoder: nn.Module, num_frames: int, pool: int = 1) -> None:
+        super().__init__()
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be ≥ 1, got {num_frames}")
+        if pool < 1:
+            raise ValueError(f"pool must be ≥ 1, got {pool}")
+        self.image_encoder = image_encoder
+        self.num_frames = num_frames
+        self.pool = pool
+
+    @property
+    def tokens_per_frame(self) -> int:
+        if self.pool == 1:
+            return int(self.image_encoder.num_tokens)
+        side = math.ceil(self.image_encoder.grid / self.pool)
+        return side * side
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_frames * self.tokens_per_frame
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """Encode clips.
+
+        Args:
+            frames: ``(B, T, 3, H, W)`` normalised pixels, ``T == num_frames``.
+
+        Returns:
+            ``(B, T · N', D_v)`` features, frame-major.
+        """
+        b, t = frames.shape[:2]
+        if t != self.num_frames:
+            raise ValueError(f"expected {self.num_frames} frames per clip, got {t}")
+        feats = self.image_encoder(frames.flatten(0, 1))  # (B·T, N, D)
+        if self.pool > 1:
+            enc = self.image_encoder
+            n_prefix = enc.num_prefix_tokens if enc.cfg.select == "cls_patch" else 0
+            patches = feats[:, n_prefix:]
+            g = enc.grid
+            grid = patches.transpose(1, 2).reshape(patches.shape[0], -1, g, g)
+            grid = F.avg_pool2d(grid, kernel_size=self.pool, stride=self.pool, ceil_mode=True)
+            feats = grid.flatten(2).transpose(1, 2)
+        return feats.reshape(b, t * feats.shape[1], feats.shape[2])
