@@ -112,7 +112,9 @@ class MultimodalProcessor:
             )
         return ids[:max_length], labels[:max_length]
 
-    def tokenize_prompt(self, messages: list[Message], n_images: int, n_videos: int, sample_id: str) -> list[int]:
+    def tokenize_prompt(
+        self, messages: list[Message], n_images: int, n_videos: int, sample_id: str
+    ) -> list[int]:
         """Token ids of a prompt ending with the assistant's generation prefix."""
         text = render(self.tokenizer, self.template, messages, add_generation_prompt=True)
         ids, _ = self._tokenize(text)

@@ -51,7 +51,13 @@ BUILTIN_TEMPLATES: dict[str, str] = {
     ),
 }
 
-ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+ROLE_ALIASES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+}
 
 Message = dict[str, str]
 
@@ -92,7 +98,9 @@ def validate_messages(messages: list[Message], sample_id: str) -> None:
             )
 
 
-def assistant_spans(tokenizer: Any, template: str, messages: list[Message]) -> tuple[str, list[tuple[int, int]]]:
+def assistant_spans(
+    tokenizer: Any, template: str, messages: list[Message]
+) -> tuple[str, list[tuple[int, int]]]:
     """Render a full conversation and locate each assistant turn in it.
 
     Returns:

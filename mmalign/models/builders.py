@@ -63,7 +63,9 @@ def tiny_vision(
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
     )
-    return HFVisionTower.from_config(hf_config, VisionConfig(kind="hf", feature_layer=feature_layer, select=select, frozen=frozen))
+    return HFVisionTower.from_config(
+        hf_config, VisionConfig(kind="hf", feature_layer=feature_layer, select=select, frozen=frozen)
+    )
 
 
 def tiny_llm_config(
@@ -121,7 +123,9 @@ def tiny_lmm(
         projector=projector,
         video_frames=video_frames,
         video_pool=video_pool,
-        image_processor=ImageProcessorConfig(size=vision.image_size, mode=image_mode, mean=(0.5,) * 3, std=(0.5,) * 3),
+        image_processor=ImageProcessorConfig(
+            size=vision.image_size, mode=image_mode, mean=(0.5,) * 3, std=(0.5,) * 3
+        ),
         template=template,
     )
     llm_config = tiny_llm_config(

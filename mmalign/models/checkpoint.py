@@ -106,7 +106,9 @@ def add_media_tokens(tokenizer: Any, llm: torch.nn.Module, cfg: LMMConfig) -> No
     """
     missing = [t for t in (cfg.image_token, cfg.video_token) if t not in tokenizer.get_vocab()]
     if missing:
-        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+        tokenizer.add_special_tokens(
+            {"additional_special_tokens": missing}, replace_extra_special_tokens=False
+        )
     if len(tokenizer) > llm.get_input_embeddings().weight.shape[0]:
         llm.resize_token_embeddings(len(tokenizer))
     cfg.image_token_id = int(tokenizer.convert_tokens_to_ids(cfg.image_token))

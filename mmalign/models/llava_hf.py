@@ -48,12 +48,18 @@ def llava_hf_to_lmm(hf_model: Any, tokenizer: Any | None = None, frozen_vision: 
     if not isinstance(layer, int):
         raise ValueError("llava-hf models that concatenate several vision layers are not supported")
     vcfg = VisionConfig(
-        kind="hf", feature_layer=layer, select=_strategy_to_select(config.vision_feature_select_strategy),
+        kind="hf",
+        feature_layer=layer,
+        select=_strategy_to_select(config.vision_feature_select_strategy),
         frozen=frozen_vision,
     )
     vision = HFVisionTower(hf_model.model.vision_tower, vcfg)
-    projector = build_projector("mlp2x_gelu", vision.hidden_size, config.text_config.hidden_size,
-                                bias=config.multimodal_projector_bias)
+    projector = build_projector(
+        "mlp2x_gelu",
+        vision.hidden_size,
+        config.text_config.hidden_size,
+        bias=config.multimodal_projector_bias,
+    )
     src = hf_model.model.multi_modal_projector
     projector[0].load_state_dict(src.linear_1.state_dict())
     projector[2].load_state_dict(src.linear_2.state_dict())
@@ -68,7 +74,9 @@ def llava_hf_to_lmm(hf_model: Any, tokenizer: Any | None = None, frozen_vision: 
     missing, unexpected = llm.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (k == "lm_head.weight" and llm.config.tie_word_embeddings)]
     if missing or unexpected:
-        raise ValueError(f"llava-hf language model does not map: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"llava-hf language model does not map: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     projector.to(dtype)
 
     cfg = LMMConfig(vision=vcfg, projector="mlp2x_gelu", projector_bias=config.multimodal_projector_bias)

@@ -112,7 +112,9 @@ class HFVisionTower(nn.Module):
         self.model.save_pretrained(directory)
 
     @classmethod
-    def load(cls, directory: str | Path, cfg: VisionConfig, dtype: torch.dtype | None = None) -> HFVisionTower:
+    def load(
+        cls, directory: str | Path, cfg: VisionConfig, dtype: torch.dtype | None = None
+    ) -> HFVisionTower:
         """Load a local transformers vision checkpoint (a full CLIP checkpoint works too)."""
         from transformers import AutoConfig, AutoModel
 
@@ -242,7 +244,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 VisionEncoder = HFVisionTower | TimmViT
 
 
-def load_vision_encoder(path: str | Path, cfg: VisionConfig, dtype: torch.dtype | None = None) -> VisionEncoder:
+def load_vision_encoder(
+    path: str | Path, cfg: VisionConfig, dtype: torch.dtype | None = None
+) -> VisionEncoder:
     """Load an encoder from a local directory (HF checkpoint, or timm weights + config)."""
     path = Path(path)
     if not path.exists():

@@ -1,0 +1,125 @@
+"""Captions and QA items from video scene graphs (exact; videos carry no annotation noise).
+
+QA types: ``video_existence`` (yes/no, balanced), ``video_motion`` (``left``/``right``/``up``/
+``down``/``still``), ``video_appear`` / ``video_leave`` (the shape that enters / leaves, asked only
+when exactly one object does), ``video_event`` (yes/no: does any object enter / leave?) and
+``video_count`` (objects visible in the first / last frame).
+"""
+
+from __future__ import annotations
+
+import random
+
+from mmalign.shapeworld.captions import article, count_sentence, position_phrase
+from mmalign.shapeworld.video import Track, VideoScene
+from mmalign.shapeworld.world import WorldConfig
+
+VIDEO_PROMPTS: tuple[str, ...] = (
+    "Describe the video in detail.",
+    "Describe what happens in the video.",
+)
+_FROM = {"left": "right", "right": "left", "up": "bottom", "down": "top"}
+
+
+def _track_name(track: Track, tracks: list[Track]) -> str | None:
+    """``circle`` if its shape is unique among tracks, else ``red circle`` if unique, else None."""
+    if sum(t.shape == track.shape for t in tracks) == 1:
+        return track.shape
+    if sum(t.shape == track.shape and t.color == track.color for t in tracks) == 1:
+        return f"{track.color} {track.shape}"
+    return None
+
+
+def video_caption(video: VideoScene, cfg: WorldConfig) -> str:
+    """One sentence per object: where it starts, how it moves, whether it enters or leaves.
+
+    Example: ``There are 2 objects. A large red circle at the top left moves right. A small blue
+    star enters from the left and moves right.``
+    """
+    entering, leaving = set(video.entering()), set(video.leaving())
+    first = {fo.track: fo for fo in video.frames[0]}
+    sentences = [count_sentence(len(video.tracks))]
+    for i, tr in enumerate(video.tracks):
+        phrase = f"{tr.size} {tr.color} {tr.shape}"
+        head = f"{article(phrase).capitalize()} {phrase}"
+        where = f" {position_phrase(first[i].row, first[i].col, cfg.grid)}" if i in first else ""
+        direction = tr.direction
+        if direction == "still":
+            sentences.append(f"{head}{where} stays still.")
+        elif i in entering:
+            sentences.append(f"{head} enters from the {_FROM[direction]} and moves {direction}.")
+        elif i in leaving:
+            sentences.append(f"{head}{where} moves {direction} and leaves the frame.")
+        else:
+            sentences.append(f"{head}{where} moves {direction}.")
+    return " ".join(sentences)
+
+
+def video_qa(video: VideoScene, cfg: WorldConfig, rng: random.Random) -> list[dict]:
+    """All video QA items (see module docstring); deterministic given ``rng``."""
+    tracks = video.tracks
+    out: list[dict] = []
+    present = sorted({t.shape for t in tracks}, key=cfg.shapes.index)
+    absent = [s for s in cfg.shapes if s not in present]
+    if present and absent:
+        for shape, answer in ((rng.choice(present), "yes"), (rng.choice(absent), "no")):
+            out.append(
+                {
+                    "type": "video_existence",
+                    "question": f"Is there {article(shape)} {shape} in the video?",
+                    "answer": answer,
+                    "shape": shape,
+                }
+            )
+    named = [(t, n) for t in tracks if (n := _track_name(t, tracks))]
+    for t, name in rng.sample(named, min(2, len(named))):
+        out.append(
+            {
+                "type": "video_motion",
+                "question": f"In which direction does the {name} move?",
+                "answer": t.direction,
+                "shape": t.shape,
+            }
+        )
+    for kind, idx, verb in (
+        ("video_appear", video.entering(), "enters"),
+        ("video_leave", video.leaving(), "leaves"),
+    ):
+        if len(idx) == 1:
+            shape = tracks[idx[0]].shape
+            out.append(
+                {"type": kind, "question": f"Which shape {verb} the frame?", "answer": shape, "shape": shape}
+            )
+    kind_u = rng.random() < 0.5
+    verb, idx = ("enter", video.entering()) if kind_u else ("leave", video.leaving())
+    out.append(
+        {
+            "type": "video_event",
+            "question": f"Does any object {verb} the frame?",
+            "answer": "yes" if idx else "no",
+            "event": verb,
+        }
+    )
+    n_first, n_last = len(video.frames[0]), len(video.frames[-1])
+    out.append(
+        {
+            "type": "video_count",
+            "question": "How many objects are visible in the first frame?",
+            "answer": str(n_first),
+            "frame": "first",
+        }
+    )
+    out.append(
+        {
+            "type": "video_count",
+            "question": "How many objects are visible in the last frame?",
+            "answer": str(n_last),
+            "frame": "last",
+        }
+    )
+    return out
+
+
+def video_prompt(rng: random.Random) -> str:
+    """An instruction asking for a video description."""
+    return rng.choice(VIDEO_PROMPTS)

@@ -1,0 +1,44 @@
+"""ShapeWorld's closed vocabulary (shapes, colours, sizes, backgrounds, relations) and a stable seed helper."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from types import MappingProxyType
+
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "diamond", "hexagon", "cross", "heart")
+"""Closed shape vocabulary; class index = position in this tuple."""
+
+COLORS: tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "orange", "cyan", "white")
+"""Closed colour vocabulary (names); class index = position. RGB values in :data:`COLOR_RGB`."""
+
+COLOR_RGB: Mapping[str, tuple[int, int, int]] = MappingProxyType(
+    {
+        "red": (230, 40, 40),
+        "green": (40, 200, 60),
+        "blue": (60, 110, 255),
+        "yellow": (240, 230, 40),
+        "purple": (170, 70, 230),
+        "orange": (255, 140, 0),
+        "cyan": (40, 220, 230),
+        "white": (245, 245, 245),
+    }
+)
+
+SIZES: tuple[str, ...] = ("small", "large")
+
+BACKGROUNDS: Mapping[str, tuple[int, int, int]] = MappingProxyType(
+    {"black": (12, 12, 12), "charcoal": (44, 44, 48), "navy": (16, 22, 52)}
+)
+"""Dark backgrounds, far from every object colour."""
+
+IGNORE_INDEX = -100
+"""Target value for shape/colour/size of an empty cell (``torch.nn.CrossEntropyLoss`` default)."""
+
+RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below", "next to")
+
+
+def stable_seed(*parts: object) -> int:
+    """A 64-bit seed from any printable parts, identical across processes (unlike ``hash``)."""
+    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")

@@ -1,0 +1,336 @@
+"""Shapes and dtypes of every part, placeholder handling, generation, checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmalign.data.processor import MultimodalProcessor
+from mmalign.models.builders import tiny_lmm, tiny_vision
+from mmalign.models.checkpoint import build_lmm, load_lmm, save_lmm
+from mmalign.models.lmm import LMMConfig, causal_lm_loss
+from mmalign.models.projector import build_projector
+from mmalign.models.video import VideoEncoder
+from mmalign.models.vision import TimmViT, VisionConfig, load_vision_encoder
+
+SMALL = {
+    "image_size": 32,
+    "patch_size": 8,
+    "hidden_size": 32,
+    "num_layers": 3,
+    "num_heads": 4,
+    "intermediate_size": 64,
+}
+
+
+@pytest.mark.parametrize("kind,prefix", [("clip", 1), ("siglip", 0), ("timm", 1)])
+@pytest.mark.parametrize("select", ["patch", "cls_patch"])
+def test_vision_encoders_shapes(kind, prefix, select):
+    enc = tiny_vision(kind=kind, select=select, feature_layer=-2, **SMALL)
+    assert enc.num_prefix_tokens == prefix
+    x = torch.randn(2, 3, 32, 32)
+    out = enc(x)
+    expected = 16 + (prefix if select == "cls_patch" else 0)
+    assert enc.num_tokens == expected
+    assert out.shape == (2, expected, 32) and out.dtype == torch.float32
+
+
+def test_hf_feature_layer_is_penultimate_hidden_state():
+    enc = tiny_vision(kind="clip", feature_layer=-2, select="cls_patch", **SMALL)
+    x = torch.randn(1, 3, 32, 32)
+    hidden = enc.model(pixel_values=x, output_hidden_states=True).hidden_states
+    torch.testing.assert_close(enc(x), hidden[-2])
+    last = tiny_vision(kind="clip", feature_layer=-1, **SMALL)
+    last.load_state_dict(enc.state_dict())
+    assert not torch.allclose(last(x), enc(x)[:, 1:])
+
+
+def test_timm_feature_layer_matches_block_output():
+    enc = tiny_vision(kind="timm", feature_layer=-2, select="cls_patch", **SMALL)
+    x = torch.randn(1, 3, 32, 32)
+    inter = enc.model.forward_intermediates(
+        x, indices=[1], return_prefix_tokens=True, norm=False, output_fmt="NLC", intermediates_only=True
+    )
+    patches, prefix = inter[0]
+    torch.testing.assert_close(enc(x), torch.cat([prefix, patches], dim=1))
+
+
+def test_frozen_encoder_has_no_trainable_parameters():
+    enc = tiny_vision(frozen=True, **SMALL)
+    assert not any(p.requires_grad for p in enc.parameters())
+
+
+def test_timm_local_weights_round_trip(tmp_path):
+    enc = tiny_vision(kind="timm", **SMALL)
+    enc.save(tmp_path / "vit")
+    again = load_vision_encoder(tmp_path / "vit", VisionConfig(kind="timm", timm_model="x", feature_layer=-1))
+    assert isinstance(again, TimmViT)
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(again(x), enc(x))
+
+
+@pytest.mark.parametrize("kind,n_linear", [("linear", 1), ("mlp2x_gelu", 2), ("mlp3x_gelu", 3)])
+def test_projectors(kind, n_linear):
+    proj = build_projector(kind, 32, 48)
+    assert sum(isinstance(m, torch.nn.Linear) for m in proj) == n_linear
+    assert proj(torch.randn(2, 5, 32)).shape == (2, 5, 48)
+
+
+def test_unknown_projector_is_rejected():
+    with pytest.raises(ValueError, match="unknown projector"):
+        build_projector("mlp_relu", 4, 4)
+
+
+@pytest.mark.parametrize("pool,per_frame", [(1, 16), (2, 4), (3, 4)])
+def test_video_encoder_pooling(pool, per_frame):
+    enc = tiny_vision(**SMALL)
+    video = VideoEncoder(enc, num_frames=3, pool=pool)
+    out = video(torch.randn(2, 3, 3, 32, 32))
+    assert video.tokens_per_frame == per_frame
+    assert out.shape == (2, 3 * per_frame, 32)
+
+
+def test_video_encoder_pool1_equals_per_frame_encoding():
+    enc = tiny_vision(**SMALL).eval()
+    video = VideoEncoder(enc, num_frames=2)
+    clip = torch.randn(1, 2, 3, 32, 32)
+    expected = torch.cat([enc(clip[:, 0]), enc(clip[:, 1])], dim=1)
+    torch.testing.assert_close(video(clip), expected)
+
+
+def test_lmm_forward_mixed_batch_and_media_positions(tiny_model, tokenizer):
+    proc = MultimodalProcessor.for_model(tiny_model, tokenizer)
+    img = {"role": "user", "content": "<image>\nWhat is it?"}
+    vid = {"role": "user", "content": "<video>\nHow does it move?"}
+    txt = {"role": "user", "content": "Is there a star?"}
+    ans = {"role": "assistant", "content": "A red circle."}
+    feats = []
+    for msg, ni, nv in [(img, 1, 0), (vid, 0, 1), (txt, 0, 0)]:
+        ids, labels = proc.tokenize_conversation([msg, ans], ni, nv, "s")
+        feats.append(
+            {
+                "input_ids": ids,
+                "labels": labels,
+                "images": torch.randn(ni, 3, 32, 32) if ni else None,
+                "videos": torch.randn(nv, 3, 3, 32, 32) if nv else None,
+            }
+        )
+    batch = proc.collate(feats)
+    assert batch["images"].shape == (1, 3, 32, 32) and batch["videos"].shape == (1, 3, 3, 32, 32)
+    assert int((batch["input_ids"] == tiny_model.cfg.image_token_id).sum()) == 16
+    assert int((batch["input_ids"] == tiny_model.cfg.video_token_id).sum()) == 48
+    out = tiny_model(
+        batch["input_ids"],
+        batch["attention_mask"],
+        images=batch["images"],
+        videos=batch["videos"],
+        labels=batch["labels"],
+    )
+    assert out["logits"].shape == (*batch["input_ids"].shape, len(tokenizer))
+    assert out["loss"].ndim == 0 and torch.isfinite(out["loss"])
+    # The image features really land in the image slots: different pixels → different logits there.
+    other = tiny_model(
+        batch["input_ids"], batch["attention_mask"], images=batch["images"] + 1.0, videos=batch["videos"]
+    )
+    assert not torch.allclose(other["logits"][0], out["logits"][0])
+    torch.testing.assert_close(other["logits"][2], out["logits"][2])
+
+
+def test_placeholder_count_mismatch_names_the_sample(tiny_model, tokenizer):
+    proc = MultimodalProcessor.for_model(tiny_model, tokenizer)
+    msgs = [
+        {"role": "user", "content": "<image>\n<image>\nCompare."},
+        {"role": "assistant", "content": "Same."},
+    ]
+    with pytest.raises(ValueError, match="sample rec-42: the text has 2 <image>"):
+        proc.tokenize_conversation(msgs, 1, 0, "rec-42")
+
+
+def test_forward_with_too_few_images_raises(tiny_model, tokenizer):
+    proc = MultimodalProcessor.for_model(tiny_model, tokenizer)
+    ids, _ = proc.tokenize_conversation(
+        [{"role": "user", "content": "<image>\nHi"}, {"role": "assistant", "content": "Hi"}], 1, 0, "s"
+    )
+    with pytest.raises(ValueError, match="16 image placeholder slots"):
+        tiny_model(torch.tensor([ids]))
+
+
+def test_loss_reductions_by_hand():
+    logits = torch.zeros(2, 4, 3)
+    logits[0, 0, 1] = 2.0  # example 0 has 1 target, example 1 has 2
+    labels = torch.tensor([[-100, 1, -100, -100], [-100, 0, 2, -100]])
+    nll_a = torch.log(torch.exp(torch.tensor(2.0)) + 2) - 2.0
+    nll_u = torch.log(torch.tensor(3.0))
+    token = causal_lm_loss(logits, labels, "token")
+    example = causal_lm_loss(logits, labels, "example")
+    torch.testing.assert_close(token, (nll_a + 2 * nll_u) / 3)
+    torch.testing.assert_close(example, (nll_a + nll_u) / 2)
+
+
+def _prompt_batch(proc, prompts):
+    feats = []
+    for text, n_img in prompts:
+        ids = proc.tokenize_prompt([{"role": "user", "content": text}], n_img, 0, "p")
+        feats.append(
+            {
+                "input_ids": ids,
+                "images": torch.randn(n_img, 3, 32, 32, generator=torch.Generator().manual_seed(len(ids)))
+                if n_img
+                else None,
+            }
+        )
+    return feats
+
+
+def test_batched_greedy_generation_equals_one_by_one(tiny_model, tokenizer):
+    proc = MultimodalProcessor.for_model(tiny_model, tokenizer)
+    feats = _prompt_batch(
+        proc,
+        [
+            ("<image>\nDescribe the image.", 1),
+            ("Is there a star?", 0),
+            ("<image>\nHow many objects are there in the image?", 1),
+        ],
+    )
+    batch = proc.collate(feats, padding_side="left")
+    kw = {"max_new_tokens": 6, "eos_token_id": None, "pad_token_id": tokenizer.pad_token_id}
+    together = tiny_model.generate(batch["input_ids"], batch["attention_mask"], images=batch["images"], **kw)
+    assert together.shape == (3, 6)
+    for row, f in enumerate(feats):
+        single = proc.collate([f], padding_side="left")
+        alone = tiny_model.generate(
+            single["input_ids"], single["attention_mask"], images=single["images"], **kw
+        )
+        assert alone[0].tolist() == together[row].tolist()
+
+
+def test_kv_cached_greedy_equals_full_recompute(tiny_model, tokenizer):
+    proc = MultimodalProcessor.for_model(tiny_model, tokenizer)
+    feat = _prompt_batch(proc, [("<image>\nDescribe the image.", 1)])[0]
+    batch = proc.collate([feat], padding_side="left")
+    gen = tiny_model.generate(
+        batch["input_ids"],
+        batch["attention_mask"],
+        images=batch["images"],
+        max_new_tokens=5,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
+    ids = batch["input_ids"]
+    with torch.no_grad():
+        for step in range(5):
+            logits = tiny_model(ids, images=batch["images"])["logits"]
+            nxt = logits[0, -1].argmax()
+            assert int(nxt) == int(gen[0, step])
+            ids = torch.cat([ids, nxt.view(1, 1)], dim=1)
+
+
+def test_sampling_is_seeded_and_differs_from_greedy(tiny_model, tokenizer):
+    proc = MultimodalProcessor.for_model(tiny_model, tokenizer)
+    batch = proc.collate(_prompt_batch(proc, [("<image>\nDescribe the image.", 1)] * 4), padding_side="left")
+    kw = {"max_new_tokens": 8, "eos_token_id": None, "pad_token_id": 0, "do_sample": True, "temperature": 5.0}
+    torch.manual_seed(1)
+    a = tiny_model.generate(batch["input_ids"], batch["attention_mask"], images=batch["images"], **kw)
+    torch.manual_seed(1)
+    b = tiny_model.generate(batch["input_ids"], batch["attention_mask"], images=batch["images"], **kw)
+    assert a.tolist() == b.tolist()
+    assert len({tuple(r) for r in a.tolist()}) > 1  # 4 identical prompts, different samples
+
+
+def test_generate_rejects_right_padding(tiny_model, tokenizer):
+    proc = MultimodalProcessor.for_model(tiny_model, tokenizer)
+    batch = proc.collate(
+        _prompt_batch(proc, [("Hi", 0), ("Is there a star in the image?", 0)]), padding_side="right"
+    )
+    with pytest.raises(ValueError, match="left-padded"):
+        tiny_model.generate(batch["input_ids"], batch["attention_mask"])
+
+
+def test_checkpoint_round_trip(tiny_model, tokenizer, tmp_path):
+    save_lmm(tiny_model, tokenizer, tmp_path / "ckpt")
+    assert {p.name for p in (tmp_path / "ckpt").iterdir()} == {
+        "mmalign.json",
+        "vision",
+        "projector.safetensors",
+        "llm",
+        "tokenizer",
+    }
+    model, tok = load_lmm(tmp_path / "ckpt")
+    assert model.cfg == tiny_model.cfg
+    assert tok.convert_tokens_to_ids("<image>") == model.cfg.image_token_id
+    ids = torch.tensor([[1] + [model.cfg.image_token_id] * 16 + [10, 11, 12]])
+    img = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, images=img)["logits"], tiny_model(ids, images=img)["logits"])
+    # Overwriting an existing checkpoint directory replaces it whole.
+    save_lmm(model, tok, tmp_path / "ckpt")
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+
+
+def test_load_rejects_a_foreign_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not an mmalign checkpoint"):
+        load_lmm(tmp_path)
+
+
+def _plain_tokenizer():
+    """A tokenizer as an LLM checkpoint ships it: no <image>/<video> tokens."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from tests.conftest import CORPUS
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(
+        CORPUS,
+        trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False),
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+def test_build_from_local_component_checkpoints(tmp_path):
+    """The real-checkpoint path: a CLIP folder + a causal-LM folder, as downloaded from a hub."""
+    from transformers import AutoModelForCausalLM, CLIPImageProcessor
+
+    from mmalign.models.builders import tiny_llm_config
+
+    vision = tiny_vision(kind="clip", **SMALL)
+    vision.save(tmp_path / "clip")
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        tmp_path / "clip"
+    )
+    plain = _plain_tokenizer()
+    assert "<image>" not in plain.get_vocab()
+    llm = AutoModelForCausalLM.from_config(tiny_llm_config(len(plain), 48, 2, 4, 96))
+    llm.save_pretrained(tmp_path / "llm")
+    plain.save_pretrained(tmp_path / "llm")
+    model, tok = build_lmm(tmp_path / "clip", tmp_path / "llm", LMMConfig(template="vicuna_v1"))
+    assert model.cfg.image_processor.size == 32
+    assert model.cfg.vision.feature_layer == -2 and model.image_tokens == 16
+    assert not any(p.requires_grad for p in model.vision.parameters())
+    # The media tokens were added and the embedding matrix grew to hold them.
+    assert len(tok) == len(plain) + 2
+    assert model.llm.get_input_embeddings().weight.shape[0] == len(tok)
+    assert tok.convert_tokens_to_ids("<image>") == model.cfg.image_token_id
+    proc = MultimodalProcessor.for_model(model, tok)
+    ids, labels = proc.tokenize_conversation(
+        [{"role": "user", "content": "<image>\nWhat is it?"}, {"role": "assistant", "content": "A circle."}],
+        1,
+        0,
+        "s",
+    )
+    assert ids.count(model.cfg.image_token_id) == 16
+    out = model(torch.tensor([ids]), images=torch.randn(1, 3, 32, 32), labels=torch.tensor([labels]))
+    assert torch.isfinite(out["loss"])
+
+
+def test_tiny_lmm_is_seeded(tokenizer):
+    vision_a = tiny_vision(**SMALL)
+    a = tiny_lmm(
+        tokenizer, vision_a, llm_hidden_size=48, llm_layers=1, llm_heads=4, llm_intermediate_size=96, seed=3
+    )
+    b = tiny_lmm(
+        tokenizer, vision_a, llm_hidden_size=48, llm_layers=1, llm_heads=4, llm_intermediate_size=96, seed=3
+    )
+    for (na, pa), (_, pb) in zip(a.llm.named_parameters(), b.llm.named_parameters(), strict=True):
+        assert torch.equal(pa, pb), na
