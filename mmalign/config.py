@@ -44,8 +44,11 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         return value
     if origin is tuple and isinstance(value, list):
         return tuple(value)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+    if tp is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        try:  # YAML reads "1e-3" (no dot) as a string
+            return float(value)
+        except ValueError as exc:
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from exc
     if tp is Path and isinstance(value, str):
         return Path(value)
     return value
@@ -64,7 +67,7 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{prefix or cls.__name__}: {exc}") from exc
+        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {exc}") from exc
 
 
 def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
