@@ -2,7 +2,6 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 STAMP := .cache/setup-$(shell $(PYTHON) -c "import sys; print('%d%d' % sys.version_info[:2])").stamp
-export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 

@@ -334,3 +334,35 @@ def test_tiny_lmm_is_seeded(tokenizer):
     )
     for (na, pa), (_, pb) in zip(a.llm.named_parameters(), b.llm.named_parameters(), strict=True):
         assert torch.equal(pa, pb), na
+
+
+def test_always_run_media_runs_encoder_on_text_only_batches_without_changing_outputs(tiny_model):
+    ids = torch.tensor([[20, 21, 22, 23]])
+    calls = []
+    hook = tiny_model.vision.register_forward_hook(lambda *a: calls.append(1))
+    plain = tiny_model(ids)["logits"]
+    assert calls == []
+    tiny_model.always_run_media = True
+    out = tiny_model(ids, labels=ids)
+    hook.remove()
+    assert calls == [1]
+    torch.testing.assert_close(out["logits"], plain)
+    out["loss"].backward()  # the projector is in the graph, with zero gradient
+    assert all(
+        p.grad is not None and float(p.grad.abs().sum()) == 0.0 for p in tiny_model.projector.parameters()
+    )
+    # Slots without media are still an error, blank image or not.
+    with pytest.raises(ValueError, match="image placeholder slots"):
+        tiny_model(torch.tensor([[tiny_model.cfg.image_token_id] * 16]))
+
+
+def test_images_and_videos_share_one_encoder_call(tiny_model):
+    calls = []
+    hook = tiny_model.vision.register_forward_hook(lambda *a: calls.append(a[1][0].shape[0]))
+    ids = torch.tensor([[tiny_model.cfg.image_token_id] * 16 + [tiny_model.cfg.video_token_id] * 48 + [20]])
+    images, videos = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 3, 32, 32)
+    both = tiny_model.embed(ids, images, videos)
+    hook.remove()
+    assert calls == [4]  # 1 image + 3 frames in one call
+    torch.testing.assert_close(both[0, :16], tiny_model.encode_images(images)[0])
+    torch.testing.assert_close(both[0, 16:64], tiny_model.encode_videos(videos)[0])

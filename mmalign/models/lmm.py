@@ -90,6 +90,9 @@ class LMM(nn.Module):
         self.cfg = cfg
         # Shares the image encoder's parameters: not a second tower.
         self._video = VideoEncoder(vision, cfg.video_frames, cfg.video_pool)
+        #: Run encoder + projector on a blank image when a batch has no media (ZeRO-3 needs every
+        #: rank to run the same modules each step). Set by the training strategy.
+        self.always_run_media = False
 
     # ----------------------------------------------------------------------------- media
     @property
@@ -119,6 +122,11 @@ class LMM(nn.Module):
     ) -> torch.Tensor:
         """Token embeddings with media features written into their placeholder slots.
 
+        Images and video frames go through the encoder in **one** call and the projector in one
+        call. With ``self.always_run_media`` (set by the training strategy under ZeRO-3) a batch
+        without media still runs both on a blank image and adds its features times zero, so that
+        every rank runs the same modules in the same order whatever its batch holds.
+
         Args:
             input_ids: ``(B, L)`` with each image expanded to N image-token ids.
             images: ``(Ni, 3, H, W)``, in order of appearance (row-major over the batch).
@@ -130,12 +138,33 @@ class LMM(nn.Module):
             ``(B, L, D)`` input embeddings for the LLM.
         """
         embeds = self.llm.get_input_embeddings()(input_ids)
-        if image_features is None and images is not None and images.shape[0] > 0:
-            image_features = self.encode_images(images)
-        embeds = self._scatter(embeds, input_ids, self.cfg.image_token_id, image_features, "image")
+        n_img = 0 if images is None or image_features is not None else images.shape[0]
+        n_vid = 0 if videos is None else videos.shape[0]
+        pixels = []
+        if n_img:
+            pixels.append(images)
+        if n_vid:
+            pixels.append(videos.flatten(0, 1))
+        dummy = not pixels and self.always_run_media
+        if dummy:
+            size = self.cfg.image_processor.size
+            pixels.append(embeds.new_zeros((1, 3, size, size)))
         video_features = None
-        if videos is not None and videos.shape[0] > 0:
-            video_features = self.encode_videos(videos)
+        if pixels:
+            feats = self.vision(torch.cat(pixels) if len(pixels) > 1 else pixels[0])  # (n, N, Dv)
+            parts = [feats[:n_img].flatten(0, 1)] if n_img else []
+            if n_vid:
+                parts.append(self._video.pool_features(feats[n_img:], n_vid).flatten(0, 1))
+            if dummy:
+                parts.append(feats.flatten(0, 1))
+            flat = self.projector(torch.cat(parts) if len(parts) > 1 else parts[0])  # (Σ tokens, D)
+            if dummy:  # joins the graph, contributes nothing
+                embeds = embeds + 0.0 * flat.sum().to(embeds.dtype)
+            if n_img:
+                image_features = flat[: n_img * self.image_tokens].view(n_img, self.image_tokens, -1)
+            if n_vid:
+                video_features = flat[n_img * self.image_tokens :].view(n_vid, self.video_tokens, -1)
+        embeds = self._scatter(embeds, input_ids, self.cfg.image_token_id, image_features, "image")
         if self.cfg.video_token_id >= 0 or video_features is not None:
             embeds = self._scatter(embeds, input_ids, self.cfg.video_token_id, video_features, "video")
         return embeds

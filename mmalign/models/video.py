@@ -59,7 +59,14 @@ class VideoEncoder(nn.Module):
         b, t = frames.shape[:2]
         if t != self.num_frames:
             raise ValueError(f"expected {self.num_frames} frames per clip, got {t}")
-        feats = self.image_encoder(frames.flatten(0, 1))  # (B·T, N, D)
+        return self.pool_features(self.image_encoder(frames.flatten(0, 1)), b)
+
+    def pool_features(self, feats: torch.Tensor, n_clips: int) -> torch.Tensor:
+        """Per-frame encoder features ``(B·T, N, D)`` → clip features ``(B, T · N', D)``.
+
+        Split from :meth:`forward` so that a caller can run the image encoder once over images and
+        video frames together (one call per step on every rank, as ZeRO-3 needs).
+        """
         if self.pool > 1:
             enc = self.image_encoder
             n_prefix = enc.num_prefix_tokens if enc.cfg.select == "cls_patch" else 0
@@ -68,4 +75,4 @@ class VideoEncoder(nn.Module):
             grid = patches.transpose(1, 2).reshape(patches.shape[0], -1, g, g)
             grid = F.avg_pool2d(grid, kernel_size=self.pool, stride=self.pool, ceil_mode=True)
             feats = grid.flatten(2).transpose(1, 2)
-        return feats.reshape(b, t * feats.shape[1], feats.shape[2])
+        return feats.reshape(n_clips, -1, feats.shape[-1])
