@@ -44,6 +44,9 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         return value
     if origin is tuple and isinstance(value, list):
         return tuple(value)
+    if origin is list and isinstance(value, list):
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        return [_coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is float and isinstance(value, (int, str)) and not isinstance(value, bool):
         try:  # YAML reads "1e-3" (no dot) as a string
             return float(value)

@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mmalign.data.templates import ROLE_ALIASES, Message
 
@@ -27,6 +28,7 @@ class Example:
     messages: list[Message]
     images: list[Path] = field(default_factory=list)
     videos: list[Path] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def iter_json_records(path: str | Path) -> Iterator[tuple[str, dict]]:
@@ -90,6 +92,7 @@ def llava_record_to_example(rec: dict, root: Path, where: str) -> Example:
         messages=messages,
         images=_paths(rec.get("image"), root, f"{where} (id {rid})", "image"),
         videos=_paths(rec.get("video"), root, f"{where} (id {rid})", "video"),
+        meta={k: v for k, v in rec.items() if k not in ("id", "image", "video", "conversations")},
     )
 
 

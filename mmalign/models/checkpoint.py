@@ -149,3 +149,16 @@ def build_lmm(
     if dtype is not None:
         projector.to(dtype)
     return LMM(vision, projector, llm, cfg), tokenizer
+
+
+def load_model(path: str | Path, dtype: torch.dtype | None = None) -> tuple[LMM, Any]:
+    """Load an mmalign checkpoint directory or a llava-hf folder, whichever ``path`` is."""
+    path = Path(path)
+    if (path / "mmalign.json").exists():
+        return load_lmm(path, dtype=dtype)
+    config = path / "config.json"
+    if config.exists() and json.loads(config.read_text()).get("model_type") == "llava":
+        from mmalign.models.llava_hf import import_llava_hf
+
+        return import_llava_hf(path, dtype=dtype)
+    raise FileNotFoundError(f"{path} is neither an mmalign checkpoint (mmalign.json) nor a llava-hf folder")

@@ -1,0 +1,137 @@
+"""Run checkpoints (DeepSpeed, for resume) and the final export (a plain mmalign directory).
+
+Layout of a run folder::
+
+    checkpoints/step_000100/   DeepSpeed shards + rng_rank*.pt   (resume=auto picks ``latest``)
+    checkpoints/latest         written by DeepSpeed after a complete save
+    final/                     consolidated mmalign checkpoint (merged weights for LoRA runs)
+    final_adapter/             PEFT adapter of a LoRA run (+ the base it applies to in mmalign.json)
+    final_llava_hf/            optional llava-hf export
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+
+from mmalign.models.checkpoint import load_model, save_lmm
+from mmalign.models.lmm import LMM
+from mmalign.training.parts import LoraConfig, apply_lora
+from mmalign.training.strategy import Strategy
+
+
+def step_tag(step: int) -> str:
+    return f"step_{step:06d}"
+
+
+def resolve_resume(resume: str, ckpt_dir: Path) -> tuple[Path, str | None] | None:
+    """Where to resume from: ``auto`` → ``ckpt_dir`` if it has a ``latest``; ``none`` → nothing; else a folder."""
+    if resume == "none":
+        return None
+    if resume == "auto":
+        return (ckpt_dir, None) if (ckpt_dir / "latest").exists() else None
+    path = Path(resume)
+    if (path / "latest").exists():
+        return path, None
+    if path.is_dir() and (path.parent / "latest").exists():
+        return path.parent, path.name
+    raise FileNotFoundError(f"resume={resume}: no DeepSpeed checkpoint there")
+
+
+def prune_checkpoints(ckpt_dir: Path, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` step folders (never the one ``latest`` names)."""
+    latest = (ckpt_dir / "latest").read_text().strip() if (ckpt_dir / "latest").exists() else None
+    tags = sorted(p for p in ckpt_dir.glob("step_*") if p.is_dir())
+    for old in tags[:-keep_last]:
+        if old.name != latest:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def export_final(
+    strategy: Strategy,
+    model: LMM,
+    base_path: str | Path,
+    lora: LoraConfig,
+    out_dir: Path,
+    export_lora: str = "both",
+    llava_hf: bool = False,
+) -> dict[str, str]:
+    """Consolidate the trained weights and write loadable checkpoints (every rank must call).
+
+    Rank 0 rebuilds a plain (non-DeepSpeed) model from ``base_path`` with the same LoRA wrapping,
+    loads the gathered weights into it and saves: ``final/`` (merged weights for LoRA runs; always
+    written unless ``export_lora == "adapter"``), ``final_adapter/`` for LoRA runs, and
+    ``final_llava_hf/`` on request.
+    """
+    state = strategy.full_state_dict(model)
+    written: dict[str, str] = {}
+    if strategy.is_main:
+        plain, tokenizer = load_model(base_path)
+        if lora.enabled:
+            apply_lora(plain, lora)
+        missing, unexpected = plain.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("_video.")]
+        if missing or unexpected:
+            raise RuntimeError(
+                f"export: state dict mismatch, missing {missing[:5]} unexpected {unexpected[:5]}"
+            )
+        plain.always_run_media = False
+        if lora.enabled:
+            if export_lora in ("adapter", "both"):
+                written["adapter"] = str(save_adapter(plain, base_path, out_dir / "final_adapter"))
+            plain.llm = plain.llm.merge_and_unload()
+        if not lora.enabled or export_lora in ("merged", "both"):
+            written["final"] = str(save_lmm(plain, tokenizer, out_dir / "final"))
+        if llava_hf:
+            from mmalign.models.llava_hf import export_llava_hf
+
+            written["llava_hf"] = str(export_llava_hf(plain, tokenizer, out_dir / "final_llava_hf"))
+    strategy.barrier()
+    return written
+
+
+def save_adapter(model: LMM, base_path: str | Path, directory: Path) -> Path:
+    """Write a LoRA run as an adapter folder: the PEFT adapter of the LLM, the encoder and projector
+    weights (``media.safetensors``; they may have trained too) and ``mmalign_adapter.json`` naming
+    the base checkpoint."""
+    directory.mkdir(parents=True, exist_ok=True)
+    model.llm.save_pretrained(directory)
+    media = {f"vision.{k}": v for k, v in model.vision.state_dict().items()}
+    media.update({f"projector.{k}": v for k, v in model.projector.state_dict().items()})
+    save_file(
+        {k: v.detach().contiguous().cpu() for k, v in media.items()}, str(directory / "media.safetensors")
+    )
+    (directory / "mmalign_adapter.json").write_text(
+        json.dumps({"base": str(Path(base_path).resolve())}, indent=2)
+    )
+    return directory
+
+
+def load_with_adapter(adapter_path: str | Path, base_path: str | Path | None = None) -> tuple[LMM, Any]:
+    """Load a base checkpoint, apply a saved adapter folder (:func:`save_adapter`) to it.
+
+    Args:
+        adapter_path: the adapter folder.
+        base_path: the base checkpoint (default: the one recorded in the adapter folder).
+    """
+    from peft import PeftModel
+
+    adapter_path = Path(adapter_path)
+    if base_path is None:
+        meta = adapter_path / "mmalign_adapter.json"
+        if not meta.exists():
+            raise FileNotFoundError(f"{adapter_path} names no base checkpoint; pass base_path")
+        base_path = json.loads(meta.read_text())["base"]
+    model, tokenizer = load_model(base_path)
+    model.llm = PeftModel.from_pretrained(model.llm, str(adapter_path))
+    media_file = adapter_path / "media.safetensors"
+    if media_file.exists():
+        missing, unexpected = model.load_state_dict(load_file(str(media_file)), strict=False)
+        if unexpected:
+            raise ValueError(f"{media_file}: unexpected keys {unexpected[:5]}")
+    model.eval()
+    return model, tokenizer

@@ -1,0 +1,74 @@
+"""Metrics to ``metrics.jsonl`` and TensorBoard, and a tqdm progress bar — on rank 0 only."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+
+class MetricsLogger:
+    """Rank-0 sink for training metrics.
+
+    Args:
+        out_dir: run folder; ``metrics.jsonl`` and ``tb/`` are written there.
+        total_steps: for the progress bar.
+        start_step: the first step of this process (resumed runs start later).
+        enabled: False on ranks other than 0 (every method is then a no-op).
+        tensorboard: also write TensorBoard events.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        total_steps: int,
+        start_step: int = 0,
+        enabled: bool = True,
+        tensorboard: bool = True,
+    ) -> None:
+        self.enabled = enabled
+        self._bar = None
+        self._tb = None
+        self._file = None
+        if not enabled:
+            return
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self._file = (out / "metrics.jsonl").open("a")
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(out / "tb"))
+        self._bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True)
+        self._t0 = time.time()
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        """Record ``metrics`` at optimizer step ``step`` (scalars only go to TensorBoard)."""
+        if not self.enabled:
+            return
+        record = {"step": step, "time": round(time.time() - self._t0, 3), **metrics}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)):
+                    self._tb.add_scalar(k, v, step)
+        shown = {k: metrics[k] for k in ("loss", "lr", "tok/s") if k in metrics}
+        self._bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()}, refresh=False)
+        self._bar.n = step
+        self._bar.refresh()
+
+    def write(self, text: str) -> None:
+        if self.enabled:
+            tqdm.write(text)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self._bar.close()
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()

@@ -1,0 +1,60 @@
+"""The typed config of ``train/sft.py`` (YAML in ``configs/sft/``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mmalign.data.datasets import DataSource
+from mmalign.training.parts import LoraConfig, OptimConfig, PartsConfig
+from mmalign.training.strategy import StrategyConfig
+
+
+@dataclass
+class SFTConfig:
+    """Supervised fine-tuning of an LMM.
+
+    Attributes:
+        model: checkpoint to start from — an mmalign directory or a llava-hf folder.
+        out: run folder (checkpoints/, final/, metrics.jsonl, tb/, config.yaml).
+        data: LLaVA-format sources (mixed and shuffled).
+        max_steps: optimizer steps; if 0, ``epochs`` decides.
+        epochs: passes over the data when ``max_steps`` is 0.
+        max_length: tokens per example (media tokens are never truncated; longer examples error).
+        loss_reduction: ``token`` (LLaVA) or ``example`` (each answer weighs the same).
+        save_every: DeepSpeed checkpoint every N steps (0 = only at the end).
+        keep_last: checkpoints kept on disk.
+        resume: ``auto`` (latest checkpoint in ``out`` if any), ``none``, or a checkpoint folder.
+        log_every: steps between metric records.
+        export_lora: for LoRA runs, what the final export holds: the PEFT ``adapter``, the
+            ``merged`` weights, or ``both``.
+        export_llava_hf: also write ``final_llava_hf/`` when the parts allow it.
+        seed: data order and initialisation seed.
+    """
+
+    model: str = "runs/tiny-base"
+    out: str = "runs/sft"
+    data: list[DataSource] = field(default_factory=list)
+    parts: PartsConfig = field(default_factory=PartsConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    max_steps: int = 0
+    epochs: float = 1.0
+    max_length: int = 2048
+    loss_reduction: Literal["token", "example"] = "token"
+    save_every: int = 0
+    keep_last: int = 2
+    resume: str = "auto"
+    log_every: int = 10
+    export_lora: Literal["adapter", "merged", "both"] = "both"
+    export_llava_hf: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 0 or self.epochs <= 0:
+            raise ValueError("max_steps must be ≥ 0 and epochs > 0")
+        if self.loss_reduction not in ("token", "example"):
+            raise ValueError(f"loss_reduction must be token or example, got {self.loss_reduction!r}")
+        if self.keep_last < 1:
+            raise ValueError("keep_last must be ≥ 1")

@@ -1,0 +1,146 @@
+"""Supervised fine-tuning of an LMM under DeepSpeed (LLaVA stage 1 / stage 2, LoRA or full).
+
+Launch:
+
+    # GPUs (one node)
+    deepspeed --num_gpus 8 train/sft.py --config configs/sft/llava15_7b_stage2.yaml
+    # several nodes: a hostfile of "host slots=N" lines
+    deepspeed --hostfile hostfile --num_nodes 2 --num_gpus 8 train/sft.py --config ... key=value ...
+    # CPU, 2 ranks (the embedded ShapeWorld default)
+    DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 deepspeed --num_gpus 2 train/sft.py --config configs/sft/tiny_shapeworld_stage2.yaml
+    # or torchrun --nproc_per_node 2 train/sft.py ...; or plain `python train/sft.py ...` (one process)
+
+Each optimizer step: for each of ``grad_accum`` micro-batches, this rank takes its slice of the
+step's global batch (a deterministic function of seed and step, so resume replays the same data),
+encodes images/videos once through the encoder + projector, runs the LLM, and backpropagates the
+next-token loss on assistant tokens; DeepSpeed reduces gradients, clips and steps AdamW; the LR
+follows warmup + cosine. Checkpoints every ``save_every`` steps (``resume=auto`` continues from the
+latest with optimizer, scheduler, data position and RNG restored); at the end the weights are
+consolidated into ``out/final`` (an mmalign checkpoint directory; LoRA runs also get
+``out/final_adapter``).
+
+Departures from LLaVA's train.py: ``loss_reduction: example`` is offered (each answer's tokens
+averaged first) because short answers otherwise drown under long captions; no packing or
+length-grouped sampling yet; the vision tower always runs once per step on every rank (a blank
+image when the batch has none) so that ZeRO-3 never hangs on mixed batches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from mmalign.config import load_config, save_config
+from mmalign.data.datasets import ExampleOrder, load_mixture
+from mmalign.data.processor import MultimodalProcessor
+from mmalign.models.checkpoint import load_model
+from mmalign.training.checkpoint import export_final, prune_checkpoints, resolve_resume, step_tag
+from mmalign.training.logging import MetricsLogger
+from mmalign.training.parts import apply_lora, configure_parts, lr_lambda
+from mmalign.training.sft_config import SFTConfig
+from mmalign.training.strategy import Strategy
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="mmalign SFT")
+    parser.add_argument("--config", help="YAML file with SFTConfig fields")
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by deepspeed
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-4 max_steps=100")
+    args = parser.parse_args(argv)
+    cfg = load_config(SFTConfig, args.config, args.overrides)
+    out = Path(cfg.out)
+
+    # 1. Processes, model, trainable parts.
+    strategy = Strategy(cfg.strategy, seed=cfg.seed)
+    strategy.setup_distributed()
+    model, tokenizer = load_model(cfg.model)
+    if cfg.lora.enabled:
+        apply_lora(model, cfg.lora)
+    param_groups = configure_parts(model, cfg.parts, cfg.optim)
+    model.to(strategy.device)
+
+    # 2. Data: the mixture, its deterministic order, and how long to train.
+    processor = MultimodalProcessor.for_model(model, tokenizer)
+    examples = load_mixture(cfg.data)
+    order = ExampleOrder(
+        len(examples), cfg.seed, cfg.strategy.micro_batch_size, cfg.strategy.grad_accum, strategy.world_size
+    )
+    total_steps = cfg.max_steps or max(1, int(cfg.epochs * len(examples) / order.global_batch))
+
+    # 3. Optimizer, schedule, DeepSpeed engine; resume if asked.
+    optimizer = strategy.make_optimizer(param_groups, cfg.optim.betas, cfg.optim.eps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim, total_steps))
+    engine = strategy.prepare(model, optimizer, scheduler)
+    ckpt_dir = out / "checkpoints"
+    start_step = 0
+    resume_from = resolve_resume(cfg.resume, ckpt_dir)
+    if resume_from is not None:
+        state = strategy.load_checkpoint(*resume_from)
+        start_step = int(state["step"])
+    if strategy.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    log = MetricsLogger(out, total_steps, start_step, enabled=strategy.is_main)
+    log.write(
+        f"[sft] {len(examples)} examples, {total_steps} steps of {order.global_batch} "
+        f"(world {strategy.world_size}), start at step {start_step}"
+    )
+
+    # 4. The loop.
+    engine.train()
+    tokens_seen, t_last = 0, time.time()
+    for step in range(start_step, total_steps):
+        step_loss = 0.0
+        for micro in range(cfg.strategy.grad_accum):
+            feats = [
+                processor.encode(examples[i], cfg.max_length)
+                for i in order.micro_batch(step, micro, strategy.rank)
+            ]
+            batch = processor.collate(feats)
+            tokens_seen += int(batch["attention_mask"].sum())
+            dev = strategy.device
+            result = engine(
+                batch["input_ids"].to(dev),
+                batch["attention_mask"].to(dev),
+                images=None if batch["images"] is None else batch["images"].to(dev, strategy.dtype),
+                videos=None if batch["videos"] is None else batch["videos"].to(dev, strategy.dtype),
+                labels=batch["labels"].to(dev),
+                loss_reduction=cfg.loss_reduction,
+            )
+            strategy.backward(result["loss"])
+            strategy.step()
+            step_loss += result["loss"].item() / cfg.strategy.grad_accum
+        done = step + 1
+        if done % cfg.log_every == 0 or done == total_steps:
+            elapsed = time.time() - t_last
+            metrics = {
+                "loss": strategy.all_reduce_mean(step_loss),
+                "lr": strategy.current_lrs()[0],
+                "grad_norm": strategy.grad_norm(),
+                "tok/s": strategy.all_reduce_sum(tokens_seen) / max(elapsed, 1e-9),
+                "epoch": order.epoch_of(done),
+            }
+            log.log(done, metrics)
+            tokens_seen, t_last = 0, time.time()
+        if cfg.save_every and done % cfg.save_every == 0 and done < total_steps:
+            strategy.save_checkpoint(ckpt_dir, step_tag(done), {"step": done})
+            if strategy.is_main:
+                prune_checkpoints(ckpt_dir, cfg.keep_last)
+
+    # 5. Final checkpoint (for resume/continuation) and the consolidated export.
+    strategy.save_checkpoint(ckpt_dir, step_tag(total_steps), {"step": total_steps})
+    if strategy.is_main:
+        prune_checkpoints(ckpt_dir, cfg.keep_last)
+    written = export_final(strategy, model, cfg.model, cfg.lora, out, cfg.export_lora, cfg.export_llava_hf)
+    log.write(f"[sft] done: {json.dumps(written)}")
+    log.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
