@@ -215,8 +215,9 @@ class Strategy:
     def make_optimizer(
         self, param_groups: list[dict[str, Any]], betas: tuple[float, float], eps: float
     ) -> Any:
-        """AdamW over param groups; DeepSpeedCPUAdam when the optimizer is offloaded."""
-        if self.cfg.offload_optimizer:
+        """AdamW over param groups; DeepSpeedCPUAdam when the optimizer is offloaded (config or JSON)."""
+        offload = self.ds_config().get("zero_optimization", {}).get("offload_optimizer") or {}
+        if offload.get("device", "none") != "none":
             from deepspeed.ops.adam import DeepSpeedCPUAdam
 
             return DeepSpeedCPUAdam(param_groups, betas=betas, eps=eps, adamw_mode=True)
