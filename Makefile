@@ -1,29 +1,35 @@
 # mmalign — `make quickstart` and `make test` work on a fresh machine with Python ≥ 3.10 and PyPI.
+# Everything installs into .venv (created with --system-site-packages, so packages the machine
+# already has, e.g. a local torch build, are reused rather than downloaded again).
 PYTHON ?= python3
-PIP ?= $(PYTHON) -m pip
-STAMP := .cache/setup-$(shell $(PYTHON) -c "import sys; print('%d%d' % sys.version_info[:2])").stamp
+VENV ?= .venv
+PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup quickstart test test-fast lint clean
+.PHONY: setup quickstart quickstart-fast test test-fast lint clean
 
-setup: $(STAMP)
+setup: $(VENV)/.installed
 
-$(STAMP): pyproject.toml
-	$(PIP) install -q -e '.[dev]'
-	@mkdir -p .cache && touch $@
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
 
 quickstart: setup
-	$(PYTHON) scripts/quickstart.py
+	$(PY) scripts/quickstart.py
+
+quickstart-fast: setup
+	$(PY) scripts/quickstart.py --fast --runs runs/fast
 
 test: setup
-	$(PYTHON) -m pytest -m "" -q
+	$(PY) -m pytest -m "" -q
 
 test-fast: setup
-	$(PYTHON) -m pytest -q
+	$(PY) -m pytest -q
 
 lint: setup
-	$(PYTHON) -m ruff check . && $(PYTHON) -m ruff format --check .
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 
 clean:
-	rm -rf .cache runs
+	rm -rf $(VENV) runs

@@ -15,28 +15,9 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
-from mmalign.data.formats import load_llava
 from mmalign.data.processor import MultimodalProcessor
-from mmalign.eval.shapeworld import EvalLimits, evaluate_split, format_report
+from mmalign.eval.shapeworld import EvalLimits, evaluate_split, format_report, load_llava_split, mean_loss
 from mmalign.models.checkpoint import load_lmm
-
-
-@torch.no_grad()
-def mean_loss(
-    model, processor: MultimodalProcessor, data: Path, split: str, n: int, batch_size: int = 32
-) -> float:
-    examples = load_llava(data / "llava" / f"{split}.json", media_root=data)[:n]
-    total, batches = 0.0, 0
-    for i in range(0, len(examples), batch_size):
-        batch = processor.collate([processor.encode(e) for e in examples[i : i + batch_size]])
-        out = model(
-            batch["input_ids"], batch["attention_mask"], batch["images"], batch["videos"], batch["labels"]
-        )
-        total += float(out["loss"])
-        batches += 1
-    return total / max(batches, 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     model, tokenizer = load_lmm(args.model)
     processor = MultimodalProcessor.for_model(model, tokenizer)
     data = Path(args.data)
-    loss = mean_loss(model, processor, data, args.split, args.n_loss, args.batch_size)
+    examples = load_llava_split(data, args.split)[: args.n_loss]
+    loss = mean_loss(model, processor, examples, args.batch_size)
     limits = EvalLimits(n_images=args.n_images, n_videos=args.n_videos, batch_size=args.batch_size)
     result = evaluate_split(model, processor, data, args.split, limits, progress=True)
     result["loss"] = loss

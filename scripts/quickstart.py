@@ -41,8 +41,16 @@ def launch(script: str, args: list[str], ranks: int) -> None:
 
         if not torch.cuda.is_available():
             env["DS_ACCELERATOR"] = "cpu"
-    launcher = Path(sys.executable).parent / "deepspeed"
-    cmd = [str(launcher), "--num_gpus", str(ranks), str(ROOT / script), *args]
+    # `deepspeed --num_gpus N ...`, through this interpreter (the console script may be outside a venv).
+    cmd = [
+        sys.executable,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        str(ranks),
+        str(ROOT / script),
+        *args,
+    ]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, env=env, cwd=ROOT)
 
@@ -65,41 +73,89 @@ def main(argv: list[str] | None = None) -> int:
 
     banner(f"1/5 ShapeWorld → {data}")
     summary = generate(data, n_images, n_videos, args.seed, WorldConfig())
-    print("already there, skipped" if summary.get("skipped") else f"train split: {summary['counts']['train']}")
+    print(
+        "already there, skipped" if summary.get("skipped") else f"train split: {summary['counts']['train']}"
+    )
 
     banner(f"2/5 tiny preset: tokenizer + stage-0 vision encoder → {base}")
     if (base / "mmalign.json").exists():
         print("already there, skipped")
     else:
         over = ["stage0.steps=150"] if args.fast else []
-        subprocess.run([sys.executable, str(ROOT / "train" / "stage0.py"), "--config",
-                        str(ROOT / "configs/shapeworld/tiny_preset.yaml"), f"data={data}", f"out={base}", *over],
-                       check=True, cwd=ROOT)
+        subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "train" / "stage0.py"),
+                "--config",
+                str(ROOT / "configs/shapeworld/tiny_preset.yaml"),
+                f"data={data}",
+                f"out={base}",
+                *over,
+            ],
+            check=True,
+            cwd=ROOT,
+        )
 
     banner(f"3/5 SFT stage 1 (projector on captions, ZeRO-3, {args.ranks} ranks) → {stage1}")
     if (stage1 / "final" / "mmalign.json").exists():
         print("already there, skipped")
     else:
-        launch("train/sft.py", ["--config", "configs/sft/tiny_shapeworld_stage1.yaml", f"model={base}",
-                                f"out={stage1}", f"max_steps={steps1}",
-                                f"data=[{{path: {data}/llava/train.json, media_root: {data}, "
-                                f"tasks: [caption, short_caption]}}]"], args.ranks)
+        launch(
+            "train/sft.py",
+            [
+                "--config",
+                "configs/sft/tiny_shapeworld_stage1.yaml",
+                f"model={base}",
+                f"out={stage1}",
+                f"max_steps={steps1}",
+                f"data=[{{path: {data}/llava/train.json, media_root: {data}, "
+                f"tasks: [caption, short_caption]}}]",
+            ],
+            args.ranks,
+        )
 
     banner(f"4/5 SFT stage 2 (projector + LLM on captions and QA, ZeRO-3, {args.ranks} ranks) → {stage2}")
     if (stage2 / "final" / "mmalign.json").exists():
         print("already there, skipped")
     else:
-        launch("train/sft.py", ["--config", "configs/sft/tiny_shapeworld_stage2.yaml", f"model={stage1}/final",
-                                f"out={stage2}", f"max_steps={steps2}",
-                                f"data=[{{path: {data}/llava/train.json, media_root: {data}}}]"], args.ranks)
+        launch(
+            "train/sft.py",
+            [
+                "--config",
+                "configs/sft/tiny_shapeworld_stage2.yaml",
+                f"model={stage1}/final",
+                f"out={stage2}",
+                f"max_steps={steps2}",
+                f"data=[{{path: {data}/llava/train.json, media_root: {data}}}]",
+            ],
+            args.ranks,
+        )
 
     banner("5/5 evaluate the SFT model on the held-out test split (exact judges)")
     n_eval = "40" if args.fast else "200"
-    subprocess.run([sys.executable, str(ROOT / "eval" / "shapeworld_eval.py"), "--model", str(stage2 / "final"),
-                    "--data", str(data), "--split", "test", "--n-images", n_eval, "--n-videos", "20",
-                    "--out", str(stage2 / "eval_test.json")], check=True, cwd=ROOT)
-    png = plot_loss_curves({"stage 1 (projector)": stage1, "stage 2 (projector + LLM)": stage2},
-                           runs / "loss_curves.png")
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "eval" / "shapeworld_eval.py"),
+            "--model",
+            str(stage2 / "final"),
+            "--data",
+            str(data),
+            "--split",
+            "test",
+            "--n-images",
+            n_eval,
+            "--n-videos",
+            "20",
+            "--out",
+            str(stage2 / "eval_test.json"),
+        ],
+        check=True,
+        cwd=ROOT,
+    )
+    png = plot_loss_curves(
+        {"stage 1 (projector)": stage1, "stage 2 (projector + LLM)": stage2}, runs / "loss_curves.png"
+    )
     print(f"\nloss curves: {png}")
     print(f"quickstart done in {time.time() - start:.0f} s; outputs under {runs}/")
     return 0

@@ -48,8 +48,18 @@ def torchrun_cmd(script: Path, args: list[str], nproc: int = 2) -> list[str]:
 
 
 def deepspeed_cmd(script: Path, args: list[str], nproc: int = 2) -> list[str]:
-    launcher = Path(sys.executable).parent / "deepspeed"
-    return [str(launcher), "--num_gpus", str(nproc), "--master_port", str(free_port()), str(script), *args]
+    # The `deepspeed` console script, run through this interpreter (it may live outside a venv's bin/).
+    return [
+        sys.executable,
+        "-m",
+        "deepspeed.launcher.runner",
+        "--num_gpus",
+        str(nproc),
+        "--master_port",
+        str(free_port()),
+        str(script),
+        *args,
+    ]
 
 
 def run(cmd: list[str], timeout: int = 300, cwd: Path = ROOT) -> subprocess.CompletedProcess:

@@ -258,3 +258,28 @@ def test_processor_encodes_a_video_record(tmp_path, tiny_model, tokenizer):
         batch["input_ids"], batch["attention_mask"], videos=batch["videos"], labels=batch["labels"]
     )
     assert torch.isfinite(out["loss"])
+
+
+def test_stop_ids_include_the_templates_end_of_turn(tiny_model, tokenizer):
+    proc = MultimodalProcessor.for_model(tiny_model, tokenizer)
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") in proc.stop_token_ids
+    assert tokenizer.eos_token_id in proc.stop_token_ids
+
+
+def test_collate_refuses_a_mix_of_labelled_and_unlabelled_features(tiny_model, tokenizer):
+    proc = MultimodalProcessor.for_model(tiny_model, tokenizer)
+    with pytest.raises(ValueError, match="some features have labels"):
+        proc.collate([{"input_ids": [20], "labels": [20]}, {"input_ids": [21], "labels": None}])
+
+
+def test_generate_responses_restores_training_mode(tiny_model, tokenizer):
+    from mmalign.data.formats import Example
+    from mmalign.training.generation import generate_responses
+
+    proc = MultimodalProcessor.for_model(tiny_model, tokenizer)
+    tiny_model.train()
+    out = generate_responses(
+        tiny_model, proc, [Example("q", [{"role": "user", "content": "Is there a star?"}])], max_new_tokens=3
+    )
+    assert len(out) == 1 and isinstance(out[0], str)
+    assert tiny_model.llm.training

@@ -99,3 +99,90 @@ def test_export_refuses_parts_without_llava_hf_equivalent(tokenizer):
     )
     with pytest.raises(ValueError, match="mlp2x_gelu"):
         lmm_to_llava_hf(linear)
+
+
+def test_import_without_preprocessor_uses_the_towers_size(tokenizer, tmp_path):
+    hf = _tiny_llava(tokenizer, "default", -2)
+    hf.save_pretrained(tmp_path / "hf")
+    tokenizer.save_pretrained(tmp_path / "hf")
+    model, _ = import_llava_hf(tmp_path / "hf")
+    assert model.cfg.image_processor.size == 32
+
+
+def test_export_writes_matching_image_processor(tokenizer, tmp_path):
+    import json
+
+    hf = _tiny_llava(tokenizer, "default", -2)
+    hf.save_pretrained(tmp_path / "hf")
+    tokenizer.save_pretrained(tmp_path / "hf")
+    model, tok = import_llava_hf(tmp_path / "hf")
+    export_llava_hf(model, tok, tmp_path / "out")
+    spec = json.loads((tmp_path / "out" / "preprocessor_config.json").read_text())
+    assert spec["size"] == {"height": 32, "width": 32} and spec["do_center_crop"] is False
+    assert tuple(spec["image_mean"]) == model.cfg.image_processor.mean
+
+
+def test_tied_embeddings_declared_only_at_top_level_stay_tied(tokenizer, tmp_path):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+        ).to_dict(),
+        text_config=LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=48,
+            intermediate_size=96,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            tie_word_embeddings=False,
+        ).to_dict(),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        tie_word_embeddings=True,
+    )
+    hf = LlavaForConditionalGeneration(config).eval()
+    assert hf.lm_head.weight.data_ptr() == hf.model.language_model.embed_tokens.weight.data_ptr()
+    hf.save_pretrained(tmp_path / "hf")
+    tokenizer.save_pretrained(tmp_path / "hf")
+    model, _ = import_llava_hf(tmp_path / "hf")
+    llm = model.llm
+    assert llm.get_output_embeddings().weight.data_ptr() == llm.get_input_embeddings().weight.data_ptr()
+    ids = torch.tensor([[1, *([model.cfg.image_token_id] * 16), 30, 31]])
+    pixels = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert (
+            hf(input_ids=ids, pixel_values=pixels).logits - model(ids, images=pixels)["logits"]
+        ).abs().max() <= 1e-5
+
+
+def test_siglip_with_default_strategy_is_refused(tokenizer, tmp_path):
+    from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, SiglipVisionConfig
+
+    config = LlavaConfig(
+        vision_config=SiglipVisionConfig(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+        ).to_dict(),
+        text_config=LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=48,
+            intermediate_size=96,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+        ).to_dict(),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default",
+    )
+    LlavaForConditionalGeneration(config).save_pretrained(tmp_path / "hf")
+    tokenizer.save_pretrained(tmp_path / "hf")
+    with pytest.raises(ValueError, match="without a CLS token"):
+        import_llava_hf(tmp_path / "hf")

@@ -332,8 +332,13 @@ def test_tiny_lmm_is_seeded(tokenizer):
     b = tiny_lmm(
         tokenizer, vision_a, llm_hidden_size=48, llm_layers=1, llm_heads=4, llm_intermediate_size=96, seed=3
     )
-    for (na, pa), (_, pb) in zip(a.llm.named_parameters(), b.llm.named_parameters(), strict=True):
+    for (na, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=True):
         assert torch.equal(pa, pb), na
+    state = torch.random.get_rng_state()
+    tiny_lmm(
+        tokenizer, vision_a, llm_hidden_size=48, llm_layers=1, llm_heads=4, llm_intermediate_size=96, seed=4
+    )
+    assert torch.equal(state, torch.random.get_rng_state())  # the caller's RNG is untouched
 
 
 def test_always_run_media_runs_encoder_on_text_only_batches_without_changing_outputs(tiny_model):
@@ -366,3 +371,52 @@ def test_images_and_videos_share_one_encoder_call(tiny_model):
     assert calls == [4]  # 1 image + 3 frames in one call
     torch.testing.assert_close(both[0, :16], tiny_model.encode_images(images)[0])
     torch.testing.assert_close(both[0, 16:64], tiny_model.encode_videos(videos)[0])
+
+
+def test_wrong_frame_count_is_an_error(tiny_model):
+    ids = torch.tensor([[tiny_model.cfg.video_token_id] * tiny_model.video_tokens])
+    with pytest.raises(ValueError, match="videos have 4 frames, the model expects 3"):
+        tiny_model(ids, videos=torch.randn(1, 4, 3, 32, 32))
+
+
+def test_bf16_checkpoint_loads_without_dtype(tiny_model, tokenizer, tmp_path):
+    tiny_model.to(torch.bfloat16)
+    save_lmm(tiny_model, tokenizer, tmp_path / "bf16")
+    model, _ = load_lmm(tmp_path / "bf16")  # no dtype: every part comes back bf16, projector included
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    ids = torch.tensor([[model.cfg.image_token_id] * 16 + [20]])
+    assert model(ids, images=torch.randn(1, 3, 32, 32))["logits"].dtype == torch.bfloat16
+
+
+def test_frozen_tower_stays_in_eval_mode(tiny_model):
+    tiny_model.cfg.vision.frozen = True
+    tiny_model.train()
+    assert tiny_model.llm.training and not tiny_model.vision.training
+    tiny_model.cfg.vision.frozen = False
+    tiny_model.train()
+    assert tiny_model.vision.training
+
+
+def test_checkpoint_folder_permissions_follow_umask(tiny_model, tokenizer, tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        save_lmm(tiny_model, tokenizer, tmp_path / "perm")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "perm").stat().st_mode & 0o777 == 0o755
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tiny_model, tokenizer, tmp_path):
+    save_lmm(tiny_model, tokenizer, tmp_path / "c")
+
+    class Broken:
+        def save_pretrained(self, path):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        save_lmm(tiny_model, Broken(), tmp_path / "c")
+    model, _ = load_lmm(tmp_path / "c")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+    assert model.cfg == tiny_model.cfg

@@ -113,7 +113,10 @@ def test_bf16_load_gives_bf16_forward(tiny_model, tokenizer, tmp_path):
     model, _ = load_lmm(tmp_path / "c", dtype=torch.bfloat16)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     ids = torch.tensor([[model.cfg.image_token_id] * model.image_tokens + [20, 21]])
-    out = model(ids, images=torch.randn(1, 3, 32, 32))
+    img = torch.randn(1, 3, 32, 32)
+    out = model(ids, images=img)
     assert out["logits"].dtype == torch.bfloat16
-    ref = tiny_model(ids, images=torch.randn(1, 3, 32, 32))
-    assert out["logits"].shape == ref["logits"].shape
+    ref = tiny_model(ids, images=img)
+    torch.testing.assert_close(
+        out["logits"].float(), ref["logits"], atol=0.1, rtol=0.05
+    )  # bf16 rounding only

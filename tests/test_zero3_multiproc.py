@@ -24,8 +24,12 @@ def test_mixed_modalities_and_uneven_generation_under_zero3(tmp_path, tiny_model
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "img.png")
     write_mp4(tmp_path / "vid.mp4", [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(5)])
-    run(torchrun_cmd(ROOT / "tests" / "zero3_worker.py", [str(tmp_path / "base"), str(tmp_path), str(tmp_path)]),
-        timeout=240)
+    run(
+        torchrun_cmd(
+            ROOT / "tests" / "zero3_worker.py", [str(tmp_path / "base"), str(tmp_path), str(tmp_path)]
+        ),
+        timeout=240,
+    )
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     # Training ran every step on both ranks, with finite losses.
     assert all(len(r["losses"]) == 4 and all(np.isfinite(r["losses"])) for r in results)
@@ -33,14 +37,26 @@ def test_mixed_modalities_and_uneven_generation_under_zero3(tmp_path, tiny_model
     model, tok = load_lmm(tmp_path / "base")
     proc = MultimodalProcessor.for_model(model, tok)
     prompts = [
-        Example("img", [{"role": "user", "content": "<image>\nWhat is in this image?"}], images=[tmp_path / "img.png"]),
-        Example("vid", [{"role": "user", "content": "<video>\nHow does it move?"}], videos=[tmp_path / "vid.mp4"]),
+        Example(
+            "img",
+            [{"role": "user", "content": "<image>\nWhat is in this image?"}],
+            images=[tmp_path / "img.png"],
+        ),
+        Example(
+            "vid", [{"role": "user", "content": "<video>\nHow does it move?"}], videos=[tmp_path / "vid.mp4"]
+        ),
     ]
     for rank, (ex, res) in enumerate(zip(prompts, results, strict=True)):
         batch = proc.collate([proc.encode_prompt(ex)], padding_side="left")
         with torch.no_grad():
-            ref = model.generate(batch["input_ids"], batch["attention_mask"], images=batch["images"],
-                                 videos=batch["videos"], max_new_tokens=2 + 5 * rank, eos_token_id=None,
-                                 pad_token_id=proc.pad_token_id)
+            ref = model.generate(
+                batch["input_ids"],
+                batch["attention_mask"],
+                images=batch["images"],
+                videos=batch["videos"],
+                max_new_tokens=2 + 5 * rank,
+                eos_token_id=None,
+                pad_token_id=proc.pad_token_id,
+            )
         assert res["generated"] == ref[0].tolist()
         assert len(res["generated"]) == 2 + 5 * rank

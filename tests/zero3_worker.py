@@ -23,8 +23,15 @@ from mmalign.training.strategy import Strategy, StrategyConfig
 
 
 def main(base: str, data: str, out: str) -> None:
-    strategy = Strategy(StrategyConfig(zero_stage=3, micro_batch_size=1, stage3_max_live_parameters=1000,
-                                       stage3_max_reuse_distance=0, stage3_param_persistence_threshold=0))
+    strategy = Strategy(
+        StrategyConfig(
+            zero_stage=3,
+            micro_batch_size=1,
+            stage3_max_live_parameters=1000,
+            stage3_max_reuse_distance=0,
+            stage3_param_persistence_threshold=0,
+        )
+    )
     strategy.setup_distributed()
     rank = strategy.rank
     model, tok = load_lmm(base)
@@ -33,18 +40,39 @@ def main(base: str, data: str, out: str) -> None:
     engine = strategy.prepare(model, torch.optim.AdamW(groups), None)
     module = engine.module
     root = Path(data)
-    image = Example("img", [{"role": "user", "content": "<image>\nWhat is in this image?"},
-                            {"role": "assistant", "content": "A red circle."}], images=[root / "img.png"])
-    video = Example("vid", [{"role": "user", "content": "<video>\nHow does it move?"},
-                            {"role": "assistant", "content": "Right."}], videos=[root / "vid.mp4"])
-    text = Example("txt", [{"role": "user", "content": "Is there a star?"}, {"role": "assistant", "content": "No."}])
+    image = Example(
+        "img",
+        [
+            {"role": "user", "content": "<image>\nWhat is in this image?"},
+            {"role": "assistant", "content": "A red circle."},
+        ],
+        images=[root / "img.png"],
+    )
+    video = Example(
+        "vid",
+        [
+            {"role": "user", "content": "<video>\nHow does it move?"},
+            {"role": "assistant", "content": "Right."},
+        ],
+        videos=[root / "vid.mp4"],
+    )
+    text = Example(
+        "txt", [{"role": "user", "content": "Is there a star?"}, {"role": "assistant", "content": "No."}]
+    )
 
     # 1. Generation with different lengths per rank.
     engine.eval()
     prompt = proc.collate([proc.encode_prompt(image if rank == 0 else video)], padding_side="left")
-    new = module.generate(prompt["input_ids"], prompt["attention_mask"], images=prompt["images"],
-                          videos=prompt["videos"], max_new_tokens=2 + 5 * rank, eos_token_id=None,
-                          pad_token_id=proc.pad_token_id, synced_gpus=True)
+    new = module.generate(
+        prompt["input_ids"],
+        prompt["attention_mask"],
+        images=prompt["images"],
+        videos=prompt["videos"],
+        max_new_tokens=2 + 5 * rank,
+        eos_token_id=None,
+        pad_token_id=proc.pad_token_id,
+        synced_gpus=True,
+    )
 
     # 2. Mixed-modality training steps.
     engine.train()
@@ -53,8 +81,13 @@ def main(base: str, data: str, out: str) -> None:
     for pair in plan:
         ex = pair[rank]
         batch = proc.collate([proc.encode(ex)])
-        result = engine(batch["input_ids"], batch["attention_mask"], images=batch["images"], videos=batch["videos"],
-                        labels=batch["labels"])
+        result = engine(
+            batch["input_ids"],
+            batch["attention_mask"],
+            images=batch["images"],
+            videos=batch["videos"],
+            labels=batch["labels"],
+        )
         engine.backward(result["loss"])
         engine.step()
         losses.append(result["loss"].item())

@@ -49,8 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         kind = "timm" if args.timm_model else "hf"
         cfg = LMMConfig(
-            vision=VisionConfig(kind=kind, feature_layer=args.feature_layer, select=args.select,
-                                timm_model=args.timm_model),
+            vision=VisionConfig(
+                kind=kind, feature_layer=args.feature_layer, select=args.select, timm_model=args.timm_model
+            ),
             projector=args.projector,
             video_frames=args.video_frames,
             video_pool=args.video_pool,

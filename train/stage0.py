@@ -16,8 +16,6 @@ import argparse
 import json
 import sys
 
-import torch
-
 from mmalign.config import load_config
 from mmalign.training.tiny_preset import TinyPresetConfig, build_tiny_shapeworld
 
@@ -28,7 +26,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. stage0.steps=300")
     args = parser.parse_args(argv)
     cfg = load_config(TinyPresetConfig, args.config, args.overrides)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
 
     def log(m: dict) -> None:
         print(

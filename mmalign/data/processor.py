@@ -18,6 +18,17 @@ from mmalign.data.media import load_image, load_video_frames, process_image, pro
 from mmalign.data.templates import Message, assistant_spans, render, resolve_template, validate_messages
 from mmalign.models.lmm import IGNORE_INDEX, LMMConfig
 
+END_OF_TURN_MARKERS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>")
+
+
+def stop_token_ids(tokenizer: Any) -> list[int]:
+    """Ids that end an assistant turn: EOS plus any end-of-turn marker the vocabulary holds."""
+    vocab = tokenizer.get_vocab()
+    ids = [vocab[m] for m in END_OF_TURN_MARKERS if m in vocab]
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    return sorted(set(ids))
+
 
 class MultimodalProcessor:
     """Tokenises conversations with media placeholders and loads their pixels.
@@ -39,6 +50,7 @@ class MultimodalProcessor:
         if pad is None:
             raise ValueError("the tokenizer has neither a pad nor an eos token")
         self.pad_token_id: int = int(pad)
+        self.stop_token_ids: list[int] = stop_token_ids(tokenizer)
 
     @classmethod
     def for_model(cls, model: Any, tokenizer: Any) -> MultimodalProcessor:
@@ -53,6 +65,10 @@ class MultimodalProcessor:
         self, ids: list[int], labels: list[int], n_images: int, n_videos: int, sample_id: str
     ) -> tuple[list[int], list[int]]:
         img_id, vid_id = self.cfg.image_token_id, self.cfg.video_token_id
+        if vid_id < 0 and (n_videos or self.cfg.video_token in self.tokenizer.decode(ids)):
+            raise ValueError(
+                f"sample {sample_id}: has a video but the model has no {self.cfg.video_token} token"
+            )
         found_img = sum(1 for t in ids if t == img_id)
         found_vid = sum(1 for t in ids if t == vid_id) if vid_id >= 0 else 0
         if found_img != n_images or found_vid != n_videos:
@@ -126,7 +142,10 @@ class MultimodalProcessor:
         """Pixels of an example: images ``(n, 3, S, S)`` and videos ``(m, T, 3, S, S)`` or None."""
         ip = self.cfg.image_processor
         images = [process_image(load_image(p), ip) for p in example.images]
-        videos = [process_video(load_video_frames(p, self.cfg.video_frames), ip) for p in example.videos]
+        videos = [
+            process_video(load_video_frames(p, self.cfg.video_frames, self.cfg.video_fps), ip)
+            for p in example.videos
+        ]
         return (torch.stack(images) if images else None, torch.stack(videos) if videos else None)
 
     def encode(self, example: Example, max_length: int | None = None) -> dict[str, Any]:
@@ -162,7 +181,10 @@ class MultimodalProcessor:
             the placeholder order the LMM scatters into.
         """
         width = max(len(f["input_ids"]) for f in features)
-        has_labels = all(f.get("labels") is not None for f in features)
+        with_labels = [f.get("labels") is not None for f in features]
+        if any(with_labels) and not all(with_labels):
+            raise ValueError("collate: some features have labels and some do not")
+        has_labels = all(with_labels)
         ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(features), width), dtype=torch.long)
         labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mmalign.data.formats import Example
+import torch
+
+from mmalign.data.formats import Example, load_llava
 from mmalign.data.processor import MultimodalProcessor
 from mmalign.models.lmm import LMM
 from mmalign.shapeworld import Scene, chair, pope_metrics, qa_correct
@@ -89,7 +91,8 @@ def evaluate_split(
 
     qa_items = _read_jsonl(root / "qa" / f"{split}.jsonl")
     img_items = [q for q in qa_items if q["scene_id"] in keep_images]
-    vid_items = [q for q in qa_items if q["scene_id"] in set(video_ids)]
+    keep_videos = set(video_ids)
+    vid_items = [q for q in qa_items if q["scene_id"] in keep_videos]
     result["qa"] = _judge_qa(model, processor, root, img_items, False, gen)
     result["video_qa"] = _judge_qa(model, processor, root, vid_items, True, gen)
 
@@ -132,6 +135,40 @@ def _judge_qa(
     out: dict[str, Any] = {t: sum(v) / len(v) for t, v in sorted(hits.items())}
     out["n"] = {t: len(v) for t, v in sorted(hits.items())}
     return out
+
+
+@torch.no_grad()
+def mean_loss(
+    model: LMM,
+    processor: MultimodalProcessor,
+    examples: list[Example],
+    batch_size: int = 32,
+    reduction: str = "token",
+) -> float:
+    """Next-token loss over ``examples``: mean over all target tokens (``token``) or examples (``example``)."""
+    was_training = model.training
+    model.eval()
+    total, weight = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        batch = processor.collate([processor.encode(e) for e in examples[i : i + batch_size]])
+        out = model(
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch["images"],
+            batch["videos"],
+            batch["labels"],
+            loss_reduction=reduction,
+        )
+        w = int((batch["labels"][:, 1:] != -100).sum()) if reduction == "token" else len(batch["ids"])
+        total += float(out["loss"]) * w
+        weight += w
+    model.train(was_training)
+    return total / max(weight, 1)
+
+
+def load_llava_split(data_dir: str | Path, split: str) -> list[Example]:
+    """The LLaVA records of a ShapeWorld split (media paths relative to the dataset folder)."""
+    return load_llava(Path(data_dir) / "llava" / f"{split}.json", media_root=data_dir)
 
 
 def format_report(result: dict[str, Any]) -> str:

@@ -114,9 +114,38 @@ def tiny_lmm(
         vision: an image encoder; its ``image_size`` sets the pixel processing size.
         seed: seeds weight initialisation, so two calls build identical models.
     """
+    with torch.random.fork_rng():  # seeded init without touching the caller's RNG
+        torch.manual_seed(seed)
+        return _tiny_lmm(
+            tokenizer,
+            vision,
+            llm_hidden_size,
+            llm_layers,
+            llm_heads,
+            llm_intermediate_size,
+            projector,
+            video_frames,
+            video_pool,
+            image_mode,
+            template,
+        )
+
+
+def _tiny_lmm(
+    tokenizer: Any,
+    vision: HFVisionTower | TimmViT | None,
+    llm_hidden_size: int,
+    llm_layers: int,
+    llm_heads: int,
+    llm_intermediate_size: int,
+    projector: str,
+    video_frames: int,
+    video_pool: int,
+    image_mode: Literal["pad", "resize"],
+    template: str | None,
+) -> LMM:
     from transformers import AutoModelForCausalLM
 
-    torch.manual_seed(seed)
     vision = vision if vision is not None else tiny_vision()
     cfg = LMMConfig(
         vision=vision.cfg,

@@ -16,6 +16,7 @@ Each part is an ordinary checkpoint of its library, so :func:`load_lmm` goes thr
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -40,6 +41,9 @@ def save_lmm(model: LMM, tokenizer: Any, directory: str | Path) -> Path:
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700
     try:
         spec = {"format": FORMAT, "version": VERSION, **model.cfg.to_dict()}
         (tmp / "mmalign.json").write_text(json.dumps(spec, indent=2))
@@ -48,18 +52,23 @@ def save_lmm(model: LMM, tokenizer: Any, directory: str | Path) -> Path:
         save_file(proj, str(tmp / "projector.safetensors"))
         model.llm.save_pretrained(tmp / "llm")
         tokenizer.save_pretrained(tmp / "tokenizer")
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            directory.rename(old)
-            tmp.rename(directory)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if not directory.exists():
+        tmp.rename(directory)
+        return directory
+    old = directory.with_name(f".{directory.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    directory.rename(old)
+    try:
+        tmp.rename(directory)
+    except BaseException:
+        old.rename(directory)  # put the previous checkpoint back
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old)
     return directory
 
 
@@ -91,8 +100,7 @@ def load_lmm(directory: str | Path, dtype: torch.dtype | None = None) -> tuple[L
     llm = AutoModelForCausalLM.from_pretrained(directory / "llm", dtype=dtype)
     projector = build_projector(cfg.projector, vision.hidden_size, llm.config.hidden_size, cfg.projector_bias)
     projector.load_state_dict(load_file(str(directory / "projector.safetensors")))
-    if dtype is not None:
-        projector.to(dtype)
+    projector.to(dtype or next(llm.parameters()).dtype)
     tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer")
     model = LMM(vision, projector, llm, cfg)
     model.eval()
@@ -113,6 +121,16 @@ def add_media_tokens(tokenizer: Any, llm: torch.nn.Module, cfg: LMMConfig) -> No
         llm.resize_token_embeddings(len(tokenizer))
     cfg.image_token_id = int(tokenizer.convert_tokens_to_ids(cfg.image_token))
     cfg.video_token_id = int(tokenizer.convert_tokens_to_ids(cfg.video_token))
+
+
+def default_image_processor(vision: Any, mode: str = "pad") -> Any:
+    """Pixel settings when a checkpoint ships none: the tower's own size; SigLIP's 0.5 mean/std."""
+    from mmalign.data.media import CLIP_MEAN, CLIP_STD, ImageProcessorConfig
+
+    hf_config = getattr(getattr(vision, "model", None), "config", None)
+    siglip = str(getattr(hf_config, "model_type", "")).startswith("siglip")
+    mean, std = ((0.5,) * 3, (0.5,) * 3) if siglip else (CLIP_MEAN, CLIP_STD)
+    return ImageProcessorConfig(size=int(vision.image_size), mode=mode, mean=mean, std=std)
 
 
 def build_lmm(
@@ -142,12 +160,13 @@ def build_lmm(
     vision = load_vision_encoder(vision_path, cfg.vision, dtype=dtype)
     if (Path(vision_path) / "preprocessor_config.json").exists():
         cfg.image_processor = ImageProcessorConfig.from_hf(vision_path, mode=cfg.image_processor.mode)
+    else:
+        cfg.image_processor = default_image_processor(vision, cfg.image_processor.mode)
     llm = AutoModelForCausalLM.from_pretrained(llm_path, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or llm_path)
     add_media_tokens(tokenizer, llm, cfg)
     projector = build_projector(cfg.projector, vision.hidden_size, llm.config.hidden_size, cfg.projector_bias)
-    if dtype is not None:
-        projector.to(dtype)
+    projector.to(dtype or next(llm.parameters()).dtype)
     return LMM(vision, projector, llm, cfg), tokenizer
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from mmalign.data.media import ImageProcessorConfig
-from mmalign.models.checkpoint import add_media_tokens
+from mmalign.models.checkpoint import add_media_tokens, default_image_processor
 from mmalign.models.lmm import LMM, LMMConfig
 from mmalign.models.projector import build_projector, projector_depth
 from mmalign.models.vision import HFVisionTower, VisionConfig
@@ -54,6 +54,12 @@ def llava_hf_to_lmm(hf_model: Any, tokenizer: Any | None = None, frozen_vision: 
         frozen=frozen_vision,
     )
     vision = HFVisionTower(hf_model.model.vision_tower, vcfg)
+    if vcfg.select == "patch" and vision.num_prefix_tokens == 0:
+        raise ValueError(
+            "this llava-hf model drops the first token of a tower without a CLS token "
+            "(vision_feature_select_strategy='default' on SigLIP); mmalign does not reproduce that — "
+            "use vision_feature_select_strategy='full'"
+        )
     projector = build_projector(
         "mlp2x_gelu",
         vision.hidden_size,
@@ -67,15 +73,28 @@ def llava_hf_to_lmm(hf_model: Any, tokenizer: Any | None = None, frozen_vision: 
         raise ValueError(f"projector activation {config.projector_hidden_act!r} is not supported (only gelu)")
 
     dtype = next(hf_model.parameters()).dtype
-    llm = AutoModelForCausalLM.from_config(config.text_config, dtype=dtype)
+    text_config = config.text_config
+    # Older configs declare tied embeddings only at the top level: carry the real setting over.
+    text_config.tie_word_embeddings = bool(config.tie_word_embeddings or text_config.tie_word_embeddings)
+    with torch.device("meta"):  # no second random init of a large LLM: weights are assigned below
+        llm = AutoModelForCausalLM.from_config(text_config, dtype=dtype)
     prefix = llm.base_model_prefix
     state = {f"{prefix}.{k}": v for k, v in hf_model.model.language_model.state_dict().items()}
     state.update({f"lm_head.{k}": v for k, v in hf_model.lm_head.state_dict().items()})
-    missing, unexpected = llm.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not (k == "lm_head.weight" and llm.config.tie_word_embeddings)]
-    if missing or unexpected:
+    missing, unexpected = llm.load_state_dict(state, strict=False, assign=True)
+    if text_config.tie_word_embeddings:
+        llm.tie_weights()
+    # Non-persistent buffers (rotary inv_freq) are not in the state dict: take them from the source.
+    source_buffers = {f"{prefix}.{k}": v for k, v in hf_model.model.language_model.named_buffers()}
+    for name, buf in list(llm.named_buffers()):
+        if buf.is_meta and name in source_buffers:
+            owner, _, attr = name.rpartition(".")
+            llm.get_submodule(owner)._buffers[attr] = source_buffers[name].clone()
+    meta = [name for name, t in [*llm.named_parameters(), *llm.named_buffers()] if t.is_meta]
+    if missing or unexpected or meta:
         raise ValueError(
-            f"llava-hf language model does not map: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            f"llava-hf language model does not map: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"uninitialised {meta[:5]}"
         )
     projector.to(dtype)
 
@@ -104,6 +123,8 @@ def import_llava_hf(directory: str | Path, dtype: torch.dtype | None = None) -> 
     model = llava_hf_to_lmm(hf_model, tokenizer)
     if (directory / "preprocessor_config.json").exists():
         model.cfg.image_processor = ImageProcessorConfig.from_hf(directory)
+    else:
+        model.cfg.image_processor = default_image_processor(model.vision)
     model.eval()
     return model, tokenizer
 

@@ -35,6 +35,8 @@ class LMMConfig:
         image_token / video_token: placeholder strings in the text (also the tokens' spelling).
         image_token_id / video_token_id: their ids in the tokenizer (set when the model is built).
         video_frames: frames sampled per video (T).
+        video_fps: sample at this rate from the start of the clip instead of uniformly over it
+            (``None`` = uniform, as Video-LLaVA).
         video_pool: spatial pooling stride per frame (1 = none).
         image_processor: resize / pad / normalisation of pixels.
         template: conversation template name when the tokenizer has no ``chat_template``
@@ -49,6 +51,7 @@ class LMMConfig:
     image_token_id: int = -1
     video_token_id: int = -1
     video_frames: int = 8
+    video_fps: float | None = None
     video_pool: int = 1
     image_processor: ImageProcessorConfig = field(default_factory=ImageProcessorConfig)
     template: str | None = None
@@ -93,6 +96,13 @@ class LMM(nn.Module):
         #: Run encoder + projector on a blank image when a batch has no media (ZeRO-3 needs every
         #: rank to run the same modules each step). Set by the training strategy.
         self.always_run_media = False
+
+    def train(self, mode: bool = True) -> LMM:
+        """Train mode everywhere except a frozen vision encoder, which stays in eval mode."""
+        super().train(mode)
+        if self.cfg.vision.frozen:
+            self.vision.eval()
+        return self
 
     # ----------------------------------------------------------------------------- media
     @property
@@ -140,6 +150,10 @@ class LMM(nn.Module):
         embeds = self.llm.get_input_embeddings()(input_ids)
         n_img = 0 if images is None or image_features is not None else images.shape[0]
         n_vid = 0 if videos is None else videos.shape[0]
+        if n_vid and videos.shape[1] != self.cfg.video_frames:
+            raise ValueError(
+                f"videos have {videos.shape[1]} frames, the model expects {self.cfg.video_frames}"
+            )
         pixels = []
         if n_img:
             pixels.append(images)
@@ -160,10 +174,11 @@ class LMM(nn.Module):
             flat = self.projector(torch.cat(parts) if len(parts) > 1 else parts[0])  # (Σ tokens, D)
             if dummy:  # joins the graph, contributes nothing
                 embeds = embeds + 0.0 * flat.sum().to(embeds.dtype)
+            width = flat.shape[-1]
             if n_img:
-                image_features = flat[: n_img * self.image_tokens].view(n_img, self.image_tokens, -1)
+                image_features = flat[: n_img * self.image_tokens].view(n_img, self.image_tokens, width)
             if n_vid:
-                video_features = flat[n_img * self.image_tokens :].view(n_vid, self.video_tokens, -1)
+                video_features = flat[n_img * self.image_tokens :].view(n_vid, self.video_tokens, width)
         embeds = self._scatter(embeds, input_ids, self.cfg.image_token_id, image_features, "image")
         if self.cfg.video_token_id >= 0 or video_features is not None:
             embeds = self._scatter(embeds, input_ids, self.cfg.video_token_id, video_features, "video")

@@ -35,6 +35,7 @@ def generate_responses(
     Returns:
         One decoded response per example, special tokens stripped, whitespace trimmed.
     """
+    was_training = model.training
     model.eval()
     device = next(model.llm.parameters()).device
     tok = processor.tokenizer
@@ -54,9 +55,10 @@ def generate_responses(
             do_sample=do_sample,
             temperature=temperature,
             top_p=top_p,
-            eos_token_id=tok.eos_token_id,
+            eos_token_id=processor.stop_token_ids,
             pad_token_id=processor.pad_token_id,
             synced_gpus=synced_gpus,
         )
         out += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
+    model.train(was_training)
     return out

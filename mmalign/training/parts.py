@@ -135,8 +135,7 @@ def configure_parts(model: LMM, parts: PartsConfig, optim: OptimConfig) -> list[
                 groups.append({"params": group, "lr": lr or optim.lr, "weight_decay": wd, "name": name})
     if not groups:
         raise ValueError("no trainable parameters")
-    if not parts.train_vision:
-        model.vision.eval()
+    model.cfg.vision.frozen = not parts.train_vision  # LMM.train() keeps a frozen tower in eval mode
     return groups
 
 
