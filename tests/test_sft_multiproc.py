@@ -166,16 +166,27 @@ def test_sigkill_then_resume_gives_identical_weights(base, uninterrupted):
 
 
 def test_gradient_accumulation_invariance(base):
-    outs = {}
-    for mb, ga in ((1, 4), (4, 1)):
+    """micro-batch 1 × accumulation 4 under ZeRO-2 == micro-batch 4 × accumulation 1 under ZeRO-3.
+
+    Adam is blind to the scale of gradients, so the scale-sensitive check is the global gradient
+    norm of every step (a sum instead of a mean over micro-batches would be 4× off); the weights
+    are compared too, with room for Adam amplifying float noise where second moments are tiny.
+    """
+    outs, norms = {}, {}
+    for mb, ga, stage in ((1, 4, 2), (4, 1, 3)):
         out = base / f"run_mb{mb}_ga{ga}"
-        cfg = sft_config(base, out, max_steps=3, strategy={"micro_batch_size": mb, "grad_accum": ga})
-        run(torchrun_cmd(SFT, ["--config", str(cfg)]))
+        strategy = {"micro_batch_size": mb, "grad_accum": ga, "zero_stage": stage}
+        run(torchrun_cmd(SFT, ["--config", str(sft_config(base, out, max_steps=3, strategy=strategy))]))
         outs[(mb, ga)] = state(out / "final")
+        records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        norms[(mb, ga)] = [(r["grad_norm"], r["loss"]) for r in records]
+    assert len(norms[(1, 4)]) == 3
+    for (n1, l1), (n2, l2) in zip(norms[(1, 4)], norms[(4, 1)], strict=True):
+        assert n1 == pytest.approx(n2, rel=1e-4) and l1 == pytest.approx(l2, rel=1e-5)
     a, b = outs[(1, 4)], outs[(4, 1)]
     base_state = state(base / "base")
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=2e-6, msg=lambda m, k=k: f"{k}: {m}")
+        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
     assert any(not torch.equal(a[k], base_state[k]) for k in a)
 
 
@@ -188,9 +199,11 @@ def test_lora_train_export_reload_with_deepspeed_launcher(base):
         out,
         max_steps=4,
         lora={"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0},
+        strategy={"precision": "bf16", "gradient_checkpointing": True},
         parts={"train_projector": True, "train_llm": True},
     )
-    run(deepspeed_cmd(SFT, ["--config", str(cfg)]))
+    proc = run(deepspeed_cmd(SFT, ["--config", str(cfg)]))
+    assert "ZeRO-3, bf16, world 2" in proc.stdout
     merged, tok = load_lmm(out / "final")
     adapted, _ = load_with_adapter(out / "final_adapter")
     plain, _ = load_lmm(base / "base")
@@ -210,3 +223,21 @@ def test_lora_train_export_reload_with_deepspeed_launcher(base):
         base / "base"
     )
     assert adapter and all("lora_" in k for k in adapter)
+
+
+def test_user_deepspeed_json_with_cpu_offload(base):
+    """configs/deepspeed/zero3_offload.json used as given ("auto" filled), DeepSpeedCPUAdam stepping."""
+    out = base / "run_offload"
+    cfg = sft_config(
+        base,
+        out,
+        max_steps=2,
+        strategy={"deepspeed_config": str(ROOT / "configs" / "deepspeed" / "zero3_offload.json")},
+    )
+    proc = run(torchrun_cmd(SFT, ["--config", str(cfg)]), timeout=600)
+    assert "optimizer DeepSpeedCPUAdam, offload optimizer→cpu param→cpu" in proc.stdout
+    before, after = state(base / "base"), state(out / "final")
+    assert all(not torch.equal(before[k], after[k]) for k in before if k.startswith("projector."))
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("vision."))
+    resolved = (out / "config.yaml").read_text()
+    assert "zero3_offload.json" in resolved

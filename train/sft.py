@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
     log = MetricsLogger(out, total_steps, start_step, enabled=strategy.is_main)
+    log.write(f"[sft] {strategy.describe()}")
     log.write(
         f"[sft] {len(examples)} examples, {total_steps} steps of {order.global_batch} "
         f"(world {strategy.world_size}), start at step {start_step}"

@@ -63,22 +63,20 @@ def export_final(
     """Consolidate the trained weights and write loadable checkpoints (every rank must call).
 
     Rank 0 rebuilds a plain (non-DeepSpeed) model from ``base_path`` with the same LoRA wrapping,
-    loads the gathered weights into it and saves: ``final/`` (merged weights for LoRA runs; always
+    loads the gathered trained weights into it (frozen ones are the start checkpoint's) and saves: ``final/`` (merged weights for LoRA runs; always
     written unless ``export_lora == "adapter"``), ``final_adapter/`` for LoRA runs, and
     ``final_llava_hf/`` on request.
     """
-    state = strategy.full_state_dict(model)
+    state = strategy.trainable_state_dict(model)
     written: dict[str, str] = {}
     if strategy.is_main:
         plain, tokenizer = load_model(base_path)
         if lora.enabled:
             apply_lora(plain, lora)
-        missing, unexpected = plain.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("_video.")]
-        if missing or unexpected:
-            raise RuntimeError(
-                f"export: state dict mismatch, missing {missing[:5]} unexpected {unexpected[:5]}"
-            )
+        # Frozen weights stay the start checkpoint's originals; trained ones are overwritten.
+        _, unexpected = plain.load_state_dict(state, strict=False)
+        if unexpected:
+            raise RuntimeError(f"export: trained tensors the start model does not have: {unexpected[:5]}")
         plain.always_run_media = False
         if lora.enabled:
             if export_lora in ("adapter", "both"):

@@ -237,6 +237,18 @@ class Strategy:
         )
         return self.engine
 
+    def describe(self) -> str:
+        """One line on what runs: ZeRO stage, precision, world, optimizer class, offload."""
+        zero = self.ds_config().get("zero_optimization", {})
+        inner = getattr(self.engine.optimizer, "optimizer", self.engine.optimizer)
+        off = [
+            f"{k.split('_')[1]}→{v.get('device')}" for k, v in zero.items() if k.startswith("offload_") and v
+        ]
+        return (
+            f"ZeRO-{self.zero_stage}, {self.cfg.precision}, world {self.world_size}, "
+            f"optimizer {type(inner).__name__}" + (f", offload {' '.join(off)}" if off else "")
+        )
+
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)
 
@@ -284,17 +296,23 @@ class Strategy:
             set_rng_state(torch.load(rng_file, weights_only=False))
         return dict(client_state or {}, tag=tag)
 
-    def full_state_dict(self, module: nn.Module) -> dict[str, torch.Tensor] | None:
-        """Gather the full fp32/bf16 weights of ``module`` (all ranks must call); rank 0 gets a CPU copy."""
-        params = list(module.parameters())
+    def trainable_state_dict(self, module: nn.Module) -> dict[str, torch.Tensor] | None:
+        """Gather the full weights of ``module``'s trainable parameters (all ranks must call).
+
+        Rank 0 gets CPU copies in the engine's dtype (the 16-bit weights in bf16/fp16 runs, as
+        LLaVA saves them); other ranks get None. Frozen parameters are left out on purpose: they
+        never changed, and their exact originals are in the start checkpoint (a bf16 engine only
+        holds them rounded).
+        """
+        named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         ctx = nullcontext()
         if self.zero_stage == 3:
             deepspeed = _import_deepspeed()
-            ctx = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+            ctx = deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None)
         with ctx:
             if not self.is_main:
                 return None
-            return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+            return {n: p.detach().to("cpu", copy=True) for n, p in named}
 
     @contextmanager
     def gathered(self, module: nn.Module):
