@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -226,7 +227,8 @@ def test_lora_train_export_reload_with_deepspeed_launcher(base):
 
 
 def test_user_deepspeed_json_with_cpu_offload(base):
-    """configs/deepspeed/zero3_offload.json used as given ("auto" filled), DeepSpeedCPUAdam stepping."""
+    """configs/deepspeed/zero3_offload.json used as given ("auto" filled), DeepSpeedCPUAdam stepping;
+    launched as a plain single process (`python train/sft.py`, a world of one)."""
     out = base / "run_offload"
     cfg = sft_config(
         base,
@@ -234,8 +236,8 @@ def test_user_deepspeed_json_with_cpu_offload(base):
         max_steps=2,
         strategy={"deepspeed_config": str(ROOT / "configs" / "deepspeed" / "zero3_offload.json")},
     )
-    proc = run(torchrun_cmd(SFT, ["--config", str(cfg)]), timeout=600)
-    assert "optimizer DeepSpeedCPUAdam, offload optimizer→cpu param→cpu" in proc.stdout
+    proc = run([sys.executable, str(SFT), "--config", str(cfg)], timeout=600)
+    assert "ZeRO-3, fp32, world 1, optimizer DeepSpeedCPUAdam, offload optimizer→cpu param→cpu" in proc.stdout
     before, after = state(base / "base"), state(out / "final")
     assert all(not torch.equal(before[k], after[k]) for k in before if k.startswith("projector."))
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("vision."))
