@@ -8,46 +8,62 @@ import torch
 from mmalign.models.llava_hf import export_llava_hf, import_llava_hf, lmm_to_llava_hf
 
 
-def _tiny_llava(tokenizer, strategy: str, layer: int):
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+def _tiny_llava(
+    tokenizer, strategy: str = "default", layer: int = -2, tower: str = "clip", text_tie: bool = False, **top
+):
+    """A tiny LlavaForConditionalGeneration from config; ``top`` goes to LlavaConfig."""
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        SiglipVisionConfig,
+    )
 
     torch.manual_seed(0)
+    vision_cls = CLIPVisionConfig if tower == "clip" else SiglipVisionConfig
+    vision = vision_cls(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=text_tie,
+    )
     config = LlavaConfig(
-        vision_config=CLIPVisionConfig(
-            image_size=32,
-            patch_size=8,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-        ).to_dict(),
-        text_config=LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=48,
-            intermediate_size=96,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=128,
-        ).to_dict(),
+        vision_config=vision.to_dict(),
+        text_config=text.to_dict(),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        image_seq_length=16 + (strategy == "full"),
+        image_seq_length=16 + (strategy == "full" and tower == "clip"),
         vision_feature_select_strategy=strategy,
         vision_feature_layer=layer,
+        **top,
     )
     return LlavaForConditionalGeneration(config).eval()
 
 
-@pytest.mark.parametrize("strategy,layer", [("default", -2), ("full", -1)])
-def test_import_then_export_gives_identical_logits(tokenizer, tmp_path, strategy, layer):
+@pytest.mark.parametrize(
+    "strategy,layer,tower", [("default", -2, "clip"), ("full", -1, "clip"), ("full", -2, "siglip")]
+)
+def test_import_then_export_gives_identical_logits(tokenizer, tmp_path, strategy, layer, tower):
     from transformers import LlavaForConditionalGeneration
 
-    hf = _tiny_llava(tokenizer, strategy, layer)
+    hf = _tiny_llava(tokenizer, strategy, layer, tower)
     hf.save_pretrained(tmp_path / "hf")
     tokenizer.save_pretrained(tmp_path / "hf")
 
     model, tok = import_llava_hf(tmp_path / "hf")
-    n_img = 16 + (strategy == "full")
+    n_img = 16 + (strategy == "full" and tower == "clip")
     assert model.image_tokens == n_img
     img_id = model.cfg.image_token_id
     ids = torch.tensor([[1, *([img_id] * n_img), 30, 31, 32, 33], [1, 40, 41, *([img_id] * n_img), 42, 43]])
@@ -123,29 +139,7 @@ def test_export_writes_matching_image_processor(tokenizer, tmp_path):
 
 
 def test_tied_embeddings_declared_only_at_top_level_stay_tied(tokenizer, tmp_path):
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
-
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(
-            image_size=32,
-            patch_size=8,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-        ).to_dict(),
-        text_config=LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=48,
-            intermediate_size=96,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            tie_word_embeddings=False,
-        ).to_dict(),
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        tie_word_embeddings=True,
-    )
-    hf = LlavaForConditionalGeneration(config).eval()
+    hf = _tiny_llava(tokenizer, tie_word_embeddings=True)
     assert hf.lm_head.weight.data_ptr() == hf.model.language_model.embed_tokens.weight.data_ptr()
     hf.save_pretrained(tmp_path / "hf")
     tokenizer.save_pretrained(tmp_path / "hf")
@@ -161,28 +155,7 @@ def test_tied_embeddings_declared_only_at_top_level_stay_tied(tokenizer, tmp_pat
 
 
 def test_siglip_with_default_strategy_is_refused(tokenizer, tmp_path):
-    from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, SiglipVisionConfig
-
-    config = LlavaConfig(
-        vision_config=SiglipVisionConfig(
-            image_size=32,
-            patch_size=8,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-        ).to_dict(),
-        text_config=LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=48,
-            intermediate_size=96,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-        ).to_dict(),
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_select_strategy="default",
-    )
-    LlavaForConditionalGeneration(config).save_pretrained(tmp_path / "hf")
+    _tiny_llava(tokenizer, "default", tower="siglip").save_pretrained(tmp_path / "hf")
     tokenizer.save_pretrained(tmp_path / "hf")
     with pytest.raises(ValueError, match="without a CLS token"):
         import_llava_hf(tmp_path / "hf")
