@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -31,6 +32,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def banner(title: str) -> None:
     print(f"\n=== {title} ===", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def launch(script: str, args: list[str], ranks: int) -> None:
@@ -48,6 +55,8 @@ def launch(script: str, args: list[str], ranks: int) -> None:
         "deepspeed.launcher.runner",
         "--num_gpus",
         str(ranks),
+        "--master_port",
+        str(free_port()),  # not DeepSpeed's default 29500, which another job may hold
         str(ROOT / script),
         *args,
     ]

@@ -79,13 +79,25 @@ def main(argv: list[str] | None = None) -> int:
     ckpt_dir = out / "checkpoints"
     start_step = 0
     resume_from = resolve_resume(cfg.resume, ckpt_dir)
+    run_shape = {
+        "global_batch": order.global_batch,
+        "world_size": strategy.world_size,
+        "n_examples": len(examples),
+    }
     if resume_from is not None:
         state = strategy.load_checkpoint(*resume_from)
         start_step = int(state["step"])
+        saved_shape = {k: state.get(k) for k in run_shape}
+        if saved_shape != run_shape:  # the data position is step × global batch: it must mean the same
+            raise ValueError(
+                f"cannot resume {resume_from[0]}: it was saved with {saved_shape}, this run has {run_shape}"
+            )
     if strategy.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
-    log = MetricsLogger(out, total_steps, start_step, enabled=strategy.is_main)
+    log = MetricsLogger(
+        out, total_steps, start_step, enabled=strategy.is_main
+    )  # drops records after start_step
     log.write(f"[sft] {strategy.describe()}")
     log.write(
         f"[sft] {len(examples)} examples, {total_steps} steps of {order.global_batch} "
@@ -96,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     engine.train()
     tokens_seen, t_last = 0, time.time()
     for step in range(start_step, total_steps):
-        step_loss = 0.0
+        step_loss, step_lr = 0.0, strategy.current_lrs()[0]
         for micro in range(cfg.strategy.grad_accum):
             feats = [
                 processor.encode(examples[i], cfg.max_length)
@@ -121,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             elapsed = time.time() - t_last
             metrics = {
                 "loss": strategy.all_reduce_mean(step_loss),
-                "lr": strategy.current_lrs()[0],
+                "lr": step_lr,
                 "grad_norm": strategy.grad_norm(),
                 "tok/s": strategy.all_reduce_sum(tokens_seen) / max(elapsed, 1e-9),
                 "epoch": order.epoch_of(done),
@@ -129,12 +141,12 @@ def main(argv: list[str] | None = None) -> int:
             log.log(done, metrics)
             tokens_seen, t_last = 0, time.time()
         if cfg.save_every and done % cfg.save_every == 0 and done < total_steps:
-            strategy.save_checkpoint(ckpt_dir, step_tag(done), {"step": done})
+            strategy.save_checkpoint(ckpt_dir, step_tag(done), {"step": done, **run_shape})
             if strategy.is_main:
                 prune_checkpoints(ckpt_dir, cfg.keep_last)
 
     # 5. Final checkpoint (for resume/continuation) and the consolidated export.
-    strategy.save_checkpoint(ckpt_dir, step_tag(total_steps), {"step": total_steps})
+    strategy.save_checkpoint(ckpt_dir, step_tag(total_steps), {"step": total_steps, **run_shape})
     if strategy.is_main:
         prune_checkpoints(ckpt_dir, cfg.keep_last)
     written = export_final(strategy, model, cfg.model, cfg.lora, out, cfg.export_lora, cfg.export_llava_hf)

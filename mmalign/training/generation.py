@@ -32,6 +32,9 @@ def generate_responses(
 ) -> list[str]:
     """Answer each example's last user turn (a trailing assistant turn is ignored).
 
+    Under ZeRO-3 (``synced_gpus=True``) every rank must pass the same number of examples: the
+    ranks step through batches together, and ``synced_gpus`` only aligns tokens within a batch.
+
     Returns:
         One decoded response per example, special tokens stripped, whitespace trimmed.
     """

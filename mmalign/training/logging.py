@@ -37,7 +37,15 @@ class MetricsLogger:
             return
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        self._file = (out / "metrics.jsonl").open("a")
+        path = out / "metrics.jsonl"
+        if path.exists():  # a resumed run: keep what led up to start_step, drop what it will redo
+            kept = [
+                ln
+                for ln in path.read_text().splitlines()
+                if ln.strip() and json.loads(ln)["step"] <= start_step
+            ]
+            path.write_text("".join(ln + "\n" for ln in kept))
+        self._file = path.open("a")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 

@@ -73,14 +73,15 @@ class OptimConfig:
 
 
 def lr_lambda(cfg: OptimConfig, total_steps: int):
-    """Multiplier of the base LR at optimizer step ``s`` (warmup, then the schedule)."""
+    """Multiplier of the base LR at optimizer step ``s``: linear warmup from ``1/(warmup+1)``, then
+    the schedule, reaching ``min_lr_ratio`` at the last step (``total_steps - 1``)."""
 
     def f(step: int) -> float:
         if cfg.warmup_steps and step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
+            return (step + 1) / (cfg.warmup_steps + 1)
         if cfg.schedule == "constant":
             return 1.0
-        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - 1 - cfg.warmup_steps))
         decay = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.schedule == "cosine" else 1 - progress
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * decay
 
@@ -132,7 +133,9 @@ def configure_parts(model: LMM, parts: PartsConfig, optim: OptimConfig) -> list[
         no_decay = [p for p in params if p.ndim <= 1]
         for group, wd in ((decay, optim.weight_decay), (no_decay, 0.0)):
             if group:
-                groups.append({"params": group, "lr": lr or optim.lr, "weight_decay": wd, "name": name})
+                groups.append(
+                    {"params": group, "lr": optim.lr if lr is None else lr, "weight_decay": wd, "name": name}
+                )
     if not groups:
         raise ValueError("no trainable parameters")
     model.cfg.vision.frozen = not parts.train_vision  # LMM.train() keeps a frozen tower in eval mode

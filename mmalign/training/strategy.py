@@ -93,16 +93,21 @@ class Strategy:
 
     # ----------------------------------------------------------------------------- processes
     def setup_distributed(self) -> None:
-        """Initialise the process group (a single process gets a world of one)."""
-        for key, value in (
-            ("MASTER_ADDR", "127.0.0.1"),
-            ("RANK", "0"),
-            ("LOCAL_RANK", "0"),
-            ("WORLD_SIZE", "1"),
-        ):
-            os.environ.setdefault(key, value)
-        if "MASTER_PORT" not in os.environ:
-            os.environ["MASTER_PORT"] = str(29500 + (os.getpid() % 2000))
+        """Initialise the process group (a plain single process gets a world of one).
+
+        Under MPI/SLURM launchers (OMPI_*/PMI_*/SLURM_* set) the rank variables are left to
+        DeepSpeed's discovery.
+        """
+        launched_by_mpi = any(k in os.environ for k in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "SLURM_PROCID"))
+        if "RANK" not in os.environ and not launched_by_mpi:
+            for key, value in (
+                ("MASTER_ADDR", "127.0.0.1"),
+                ("RANK", "0"),
+                ("LOCAL_RANK", "0"),
+                ("WORLD_SIZE", "1"),
+            ):
+                os.environ.setdefault(key, value)
+            os.environ.setdefault("MASTER_PORT", str(29500 + (os.getpid() % 2000)))
         deepspeed = _import_deepspeed()
         backend = self.cfg.backend
         if backend == "auto":
@@ -180,6 +185,13 @@ class Strategy:
             for key in ("bf16", "fp16"):
                 if isinstance(ds.get(key), dict) and ds[key].get("enabled") == "auto":
                     ds[key]["enabled"] = c.precision == key
+            # The training loop follows the typed config: a JSON that says otherwise is an error.
+            for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
+                if ds.get(key, fill[key]) != fill[key]:
+                    raise ValueError(
+                        f'{path}: {key}={ds[key]} but the config says {fill[key]}; set it to "auto" or '
+                        "change strategy.micro_batch_size / strategy.grad_accum"
+                    )
         else:
             zero: dict[str, Any] = {"stage": c.zero_stage}
             if c.zero_stage == 3:
@@ -269,15 +281,24 @@ class Strategy:
     def save_checkpoint(self, directory: str | Path, tag: str, client_state: dict[str, Any]) -> None:
         """Save engine + optimizer + scheduler + ``client_state`` and every rank's RNG states.
 
-        DeepSpeed writes ``latest`` only after all shards are written, so a kill during a save
-        leaves the previous checkpoint as the one ``resume`` finds.
+        ``latest`` is written by rank 0 only after every rank has finished its shards, and
+        atomically (temp file + rename), so a kill during a save leaves the previous checkpoint as
+        the one ``resume`` finds. Multi-node runs need ``directory`` on a shared filesystem.
         """
         directory = Path(directory)
         rng_dir = directory / tag
         rng_dir.mkdir(parents=True, exist_ok=True)
         torch.save(rng_state(), rng_dir / f"rng_rank{self.rank}.pt")
         self.barrier()
-        self.engine.save_checkpoint(str(directory), tag=tag, client_state=client_state)
+        self.engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=False)
+        self.barrier()
+        if self.is_main:
+            tmp = directory / f".latest.{os.getpid()}"
+            with tmp.open("w") as f:
+                f.write(tag)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, directory / "latest")
         self.barrier()
 
     def load_checkpoint(self, directory: str | Path, tag: str | None = None) -> dict[str, Any] | None:
