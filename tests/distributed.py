@@ -77,6 +77,35 @@ def run(cmd: list[str], timeout: int = 300, cwd: Path = ROOT) -> subprocess.Comp
     return proc
 
 
+def descendants(pid: int) -> list[int]:
+    """All processes below ``pid`` (from /proc), children first found first."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a launcher and every process it started (torchrun puts workers in their own groups)."""
+    import signal
+
+    victims = [pid, *descendants(pid)]
+    for p in victims:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def write_sft_config(path: Path, **fields) -> Path:
     path.write_text(yaml.safe_dump(fields, sort_keys=False))
     return path

@@ -4,8 +4,6 @@ SIGKILL + resume equality, LoRA export/reload. Marked ``multiproc`` (selected by
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +15,7 @@ import torch
 from mmalign.data.formats import load_llava
 from mmalign.data.processor import MultimodalProcessor
 from mmalign.models.checkpoint import load_lmm
-from tests.distributed import ROOT, deepspeed_cmd, dist_env, run, torchrun_cmd, write_sft_config
+from tests.distributed import ROOT, deepspeed_cmd, dist_env, kill_tree, run, torchrun_cmd, write_sft_config
 
 pytestmark = pytest.mark.multiproc
 # Warmup then cosine, so that resuming must restore the scheduler too.
@@ -163,11 +161,12 @@ def test_sigkill_then_resume_gives_identical_weights(base, uninterrupted):
     while time.time() < deadline and not (latest.exists() and latest.read_text().strip() >= "step_000006"):
         assert proc.poll() is None, "the run ended before it could be killed"
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
+    kill_tree(proc.pid)  # SIGKILL the launcher and both ranks at once
     proc.wait()
     assert not (out / "final").exists(), "the run finished before the kill: nothing was tested"
     killed_at = latest.read_text().strip()
     resumed_from = int(killed_at.split("_")[1])
+    assert resumed_from < 12, "the ranks outlived the kill and finished training: nothing was tested"
     second = run(torchrun_cmd(SFT, ["--config", str(cfg)]))  # resume=auto
     assert f"start at step {resumed_from}" in second.stdout
     # metrics.jsonl: the killed run's records up to the checkpoint, then the resumed run's, once each.
