@@ -114,63 +114,35 @@ def tiny_lmm(
         vision: an image encoder; its ``image_size`` sets the pixel processing size.
         seed: seeds weight initialisation, so two calls build identical models.
     """
+    from transformers import AutoModelForCausalLM
+
     with torch.random.fork_rng():  # seeded init without touching the caller's RNG
         torch.manual_seed(seed)
-        return _tiny_lmm(
-            tokenizer,
-            vision,
+        vision = vision if vision is not None else tiny_vision()
+        cfg = LMMConfig(
+            vision=vision.cfg,
+            projector=projector,
+            video_frames=video_frames,
+            video_pool=video_pool,
+            image_processor=ImageProcessorConfig(
+                size=vision.image_size, mode=image_mode, mean=(0.5,) * 3, std=(0.5,) * 3
+            ),
+            template=template,
+        )
+        llm_config = tiny_llm_config(
+            len(tokenizer),
             llm_hidden_size,
             llm_layers,
             llm_heads,
             llm_intermediate_size,
-            projector,
-            video_frames,
-            video_pool,
-            image_mode,
-            template,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
         )
-
-
-def _tiny_lmm(
-    tokenizer: Any,
-    vision: HFVisionTower | TimmViT | None,
-    llm_hidden_size: int,
-    llm_layers: int,
-    llm_heads: int,
-    llm_intermediate_size: int,
-    projector: str,
-    video_frames: int,
-    video_pool: int,
-    image_mode: Literal["pad", "resize"],
-    template: str | None,
-) -> LMM:
-    from transformers import AutoModelForCausalLM
-
-    vision = vision if vision is not None else tiny_vision()
-    cfg = LMMConfig(
-        vision=vision.cfg,
-        projector=projector,
-        video_frames=video_frames,
-        video_pool=video_pool,
-        image_processor=ImageProcessorConfig(
-            size=vision.image_size, mode=image_mode, mean=(0.5,) * 3, std=(0.5,) * 3
-        ),
-        template=template,
-    )
-    llm_config = tiny_llm_config(
-        len(tokenizer),
-        llm_hidden_size,
-        llm_layers,
-        llm_heads,
-        llm_intermediate_size,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    llm = AutoModelForCausalLM.from_config(llm_config)
-    add_media_tokens(tokenizer, llm, cfg)
-    proj = build_projector(projector, vision.hidden_size, llm.config.hidden_size)
-    return LMM(vision, proj, llm, cfg)
+        llm = AutoModelForCausalLM.from_config(llm_config)
+        add_media_tokens(tokenizer, llm, cfg)
+        proj = build_projector(projector, vision.hidden_size, llm.config.hidden_size)
+        return LMM(vision, proj, llm, cfg)
 
 
 def llava15(

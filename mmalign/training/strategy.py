@@ -145,13 +145,10 @@ class Strategy:
 
     def all_reduce_mean(self, value: float) -> float:
         """Mean of a float over ranks (for logging)."""
-        if not torch.distributed.is_initialized() or self.world_size == 1:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(t)
-        return float(t.item()) / self.world_size
+        return self.all_reduce_sum(value) / self.world_size
 
     def all_reduce_sum(self, value: float) -> float:
+        """Sum of a float over ranks (for logging)."""
         if not torch.distributed.is_initialized() or self.world_size == 1:
             return value
         t = torch.tensor([value], dtype=torch.float64, device=self.device)
