@@ -1,0 +1,167 @@
+"""Sequence log-probs of responses, computed with the least work: the policy/reference module.
+
+:class:`PreferenceModel` is what the DeepSpeed engine wraps for DPO. One call embeds the batch
+(the encoder and projector run once over all its images/video frames), runs the LLM on the
+shared-prefix rows, applies the LM head **only at scored positions** and returns summed
+log-probs per sequence. With an online reference it also scores the batch under the reference in
+the same call (no gradient):
+
+* ``lora`` — the same LLM with its LoRA adapter disabled, on the same input embeddings (the
+  embedding table is frozen under LoRA; the encoder/projector features are the current ones).
+* ``frozen`` — a frozen copy of the start model held inside the module (so ZeRO-3 shards it as
+  well); when encoder and projector are frozen it reuses the policy's media features instead of
+  encoding the media again.
+
+The reference-free ``none`` mode is used with precomputed reference log-probs
+(:mod:`mmalign.preference.ref_cache`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from mmalign.models.lmm import LMM
+from mmalign.preference.batch import PreferenceBatch
+from mmalign.training.parts import reference_mode
+
+Reference = Literal["none", "lora", "frozen"]
+
+
+def _decoder_and_head(llm: nn.Module) -> tuple[nn.Module, nn.Module]:
+    return llm.get_decoder(), llm.get_output_embeddings()
+
+
+def score_tokens(
+    llm: nn.Module,
+    embeds: torch.Tensor,
+    batch: PreferenceBatch,
+    response_logits_only: bool = True,
+) -> torch.Tensor:
+    """Log-prob of each scored token ``(N,)`` (float32).
+
+    Args:
+        llm: a Hugging Face causal LM (``get_decoder`` / ``get_output_embeddings``).
+        embeds: ``(B, L, D)`` input embeddings.
+        response_logits_only: apply the LM head only at the N scored positions; ``False`` computes
+            full ``(B, L, V)`` logits and a full log-softmax, as peers do (for ablations).
+    """
+    if response_logits_only:
+        decoder, head = _decoder_and_head(llm)
+        hidden = decoder(
+            inputs_embeds=embeds,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+        ).last_hidden_state
+        logits = head(hidden[batch.pred_rows, batch.pred_cols]).float()  # (N, V)
+        logps = logits.log_softmax(-1)
+    else:
+        logits = llm(
+            inputs_embeds=embeds,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            use_cache=False,
+        ).logits
+        logps = logits.float().log_softmax(-1)[batch.pred_rows, batch.pred_cols]  # full (B, L, V) first
+    return logps.gather(-1, batch.targets.unsqueeze(-1)).squeeze(-1)
+
+
+def sequence_sums(token_logps: torch.Tensor, batch: PreferenceBatch) -> torch.Tensor:
+    """Summed log-probs per sequence, ``(num_pairs, num_responses)``."""
+    n = batch.num_pairs * batch.num_responses
+    sums = token_logps.new_zeros(n).index_add(0, batch.seq_index, token_logps)
+    return sums.view(batch.num_pairs, batch.num_responses)
+
+
+class PreferenceModel(nn.Module):
+    """The policy (and optionally a frozen reference) scoring preference batches.
+
+    Args:
+        policy: the trained LMM.
+        reference: ``none`` | ``lora`` | ``frozen`` (see module docstring).
+        ref_model: the frozen reference LMM for ``frozen``.
+        media_frozen: encoder and projector do not train (then ``frozen`` reuses media features).
+        response_logits_only: see :func:`score_tokens`.
+    """
+
+    def __init__(
+        self,
+        policy: LMM,
+        reference: Reference = "none",
+        ref_model: LMM | None = None,
+        media_frozen: bool = True,
+        response_logits_only: bool = True,
+    ) -> None:
+        super().__init__()
+        if reference == "frozen" and ref_model is None:
+            raise ValueError("reference='frozen' needs ref_model")
+        if reference != "frozen" and ref_model is not None:
+            raise ValueError(f"ref_model given but reference={reference!r}")
+        self.policy = policy
+        self.ref_model = ref_model
+        if ref_model is not None:
+            ref_model.requires_grad_(False)
+            ref_model.eval()
+        self.reference = reference
+        self.media_frozen = media_frozen
+        self.response_logits_only = response_logits_only
+
+    @property
+    def always_run_media(self) -> bool:
+        return self.policy.always_run_media
+
+    @always_run_media.setter
+    def always_run_media(self, value: bool) -> None:
+        self.policy.always_run_media = value
+        if self.ref_model is not None:
+            self.ref_model.always_run_media = value
+
+    def train(self, mode: bool = True) -> PreferenceModel:
+        super().train(mode)
+        if self.ref_model is not None:
+            self.ref_model.eval()
+        return self
+
+    def forward(self, batch: PreferenceBatch, with_reference: bool = True) -> dict[str, torch.Tensor]:
+        """Score ``batch``.
+
+        Returns:
+            ``policy``: ``(P, K)`` summed log-probs (with grad); ``reference``: ``(P, K)`` without
+            grad when an online reference exists and ``with_reference``; ``token_logps`` ``(N,)``.
+        """
+        embeds = self.policy.embed(batch.input_ids, batch.images, batch.videos)
+        tokens = score_tokens(self.policy.llm, embeds, batch, self.response_logits_only)
+        out = {"policy": sequence_sums(tokens, batch), "token_logps": tokens}
+        if with_reference and self.reference != "none":
+            out["reference"] = self.reference_logps(batch, embeds)
+        return out
+
+    @torch.no_grad()
+    def reference_logps(
+        self, batch: PreferenceBatch, policy_embeds: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``(P, K)`` summed reference log-probs (the policy's embeddings are reused where exact)."""
+        if self.reference == "lora":
+            embeds = policy_embeds.detach() if policy_embeds is not None else None
+            with reference_mode(self.policy):
+                if embeds is None:
+                    embeds = self.policy.embed(batch.input_ids, batch.images, batch.videos)
+                tokens = score_tokens(self.policy.llm, embeds, batch, self.response_logits_only)
+            return sequence_sums(tokens, batch)
+        if self.reference != "frozen":
+            raise ValueError("no online reference in this model")
+        ref = self.ref_model
+        if self.media_frozen and policy_embeds is not None:
+            # Same encoder/projector weights: copy the media slots from the policy's embeddings.
+            text = ref.llm.get_input_embeddings()(batch.input_ids)
+            media = batch.input_ids == ref.cfg.image_token_id
+            if ref.cfg.video_token_id >= 0:
+                media |= batch.input_ids == ref.cfg.video_token_id
+            embeds = torch.where(media.unsqueeze(-1), policy_embeds.detach().to(text.dtype), text)
+        else:
+            embeds = ref.embed(batch.input_ids, batch.images, batch.videos)
+        tokens = score_tokens(ref.llm, embeds, batch, self.response_logits_only)
+        return sequence_sums(tokens, batch)
