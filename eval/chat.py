@@ -1,0 +1,146 @@
+"""Chat with an mmalign checkpoint: an OpenAI-compatible server with a web UI, or a terminal chat.
+
+    python eval/chat.py serve --model runs/sft-stage2/final [--host 127.0.0.1 --port 8000] \
+        [--api-key-env MMALIGN_API_KEY] [--media-root DIR] [--max-new-tokens 512] [--name NAME]
+    python eval/chat.py chat --model runs/sft-stage2/final --image runs/shapeworld/images/img_0_000000.png \
+        [--video clip.mp4] [--prompt "What is in the image?"] [--temperature 0]
+
+``serve`` opens the web UI at ``http://HOST:PORT/`` and the API at ``http://HOST:PORT/v1``
+(``/v1/chat/completions`` with SSE streaming, ``/v1/models``): point any OpenAI client, or
+mmalign's own judges and data builders (``MMALIGN_LLM_BASE_URL``), at it. It binds 127.0.0.1 by
+default; an API key is required when the environment variable named by ``--api-key-env`` is set.
+``chat`` runs in the terminal: the media are attached to the first message; ``/image PATH``,
+``/video PATH`` attach more, ``/reset`` starts over, ``/quit`` (or EOF) leaves; ``--prompt``
+answers once and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from mmalign.llm.client import image_part
+from mmalign.models.checkpoint import load_model
+from mmalign.serve.engine import ChatEngine
+from mmalign.serve.protocol import RequestError, ServeLimits, parse_chat_request
+
+
+def _engine(args: argparse.Namespace) -> ChatEngine:
+    model, tokenizer = load_model(args.model)
+    name = args.name or Path(args.model).resolve().name
+    return ChatEngine(model, tokenizer, name, max_queue=getattr(args, "max_queue", 32))
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from mmalign.serve.app import create_app
+
+    api_key = os.environ.get(args.api_key_env) or None
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        print(
+            f"warning: serving on {args.host} without an API key (set ${args.api_key_env})", file=sys.stderr
+        )
+    limits = ServeLimits(
+        max_body_bytes=args.max_body_mb * 2**20,
+        max_image_bytes=args.max_image_mb * 2**20,
+        max_images=args.max_images,
+        max_new_tokens=args.max_new_tokens,
+        media_root=args.media_root,
+    )
+    engine = _engine(args)
+    print(
+        f"serving {engine.model_name}: UI http://{args.host}:{args.port}/  API http://{args.host}:{args.port}/v1"
+    )
+    uvicorn.run(create_app(engine, limits, api_key), host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _media_part(path: str, video: bool) -> dict:
+    if not video:
+        return image_part(path)
+    import base64
+    import mimetypes
+
+    mime = mimetypes.guess_type(path)[0] or "video/mp4"
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return {"type": "video_url", "video_url": {"url": f"data:{mime};base64,{data}"}}
+
+
+def chat(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    limits = ServeLimits(max_new_tokens=args.max_new_tokens)
+    history: list[dict] = []
+    attach = [_media_part(p, False) for p in args.image] + [_media_part(p, True) for p in args.video]
+    interactive = args.prompt is None
+    while True:
+        if interactive:
+            try:
+                line = input("you> ").strip()
+            except EOFError:
+                return 0
+        else:
+            line = args.prompt
+        if line in ("/quit", "/exit"):
+            return 0
+        if line == "/reset":
+            history, attach = [], []
+            continue
+        if line.startswith(("/image ", "/video ")):
+            attach.append(_media_part(line.split(maxsplit=1)[1], line.startswith("/video")))
+            continue
+        if not line:
+            continue
+        message = {"role": "user", "content": [*attach, {"type": "text", "text": line}]}
+        body = {
+            "messages": [*history, message],
+            "temperature": args.temperature,
+            "max_tokens": args.max_new_tokens,
+        }
+        try:
+            req = parse_chat_request(body, engine.placeholders, limits)
+            gen = engine.run(req, engine.prepare(req))
+        except RequestError as exc:
+            print(f"error: {exc.message}", file=sys.stderr)
+            if not interactive:
+                return 2
+            continue
+        print("assistant> ", end="", flush=True)
+        answer = "".join(print(d, end="", flush=True) or d for d in gen)
+        print()
+        history += [message, {"role": "assistant", "content": answer}]
+        attach = []
+        if not interactive:
+            return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("serve", "chat"):
+        p = sub.add_parser(name)
+        p.add_argument("--model", required=True, help="mmalign checkpoint dir or llava-hf folder")
+        p.add_argument("--name", help="model id for clients (default: the folder name)")
+        p.add_argument("--max-new-tokens", type=int, default=512)
+    s = sub.choices["serve"]
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--api-key-env", default="MMALIGN_API_KEY", help="env var holding the API key")
+    s.add_argument("--media-root", type=Path, help="allow local media paths inside this folder")
+    s.add_argument("--max-body-mb", type=int, default=64)
+    s.add_argument("--max-image-mb", type=int, default=10)
+    s.add_argument("--max-images", type=int, default=8)
+    s.add_argument("--max-queue", type=int, default=32)
+    c = sub.choices["chat"]
+    c.add_argument("--image", action="append", default=[], help="image to attach (repeatable)")
+    c.add_argument("--video", action="append", default=[], help="video to attach (repeatable)")
+    c.add_argument("--prompt", help="answer this once and exit")
+    c.add_argument("--temperature", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    return serve(args) if args.command == "serve" else chat(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
