@@ -132,3 +132,46 @@ def test_dpo_resume_equals_uninterrupted(base, full_run, tmp_path):
     resumed = llm_state(part / "final")
     for k in end:
         torch.testing.assert_close(resumed[k], end[k], atol=1e-6, rtol=1e-5)
+
+
+def test_dpo_lora_reference_with_povid_noise_term(base, tmp_path):
+    out = tmp_path / "povid"
+    cfg = config(
+        base,
+        out,
+        max_steps=2,
+        reference="lora",
+        lora={"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0},
+        parts={"train_vision": False, "train_projector": True, "train_llm": True},
+        povid={"inject_weight": 0.5, "noise_weight": 0.5, "noise_source": "argmax"},
+    )
+    run(torchrun_cmd(ROOT / "train" / "dpo.py", ["--config", str(cfg)]))
+    recs = metrics(out)
+    assert [r["step"] for r in recs] == [1, 2]
+    # adapter starts at zero: policy == reference, both POVID terms are log 2, weights 0.5 + 0.5
+    assert abs(recs[0]["loss"] - 0.693147) < 1e-4 and "noise/rewards/margin" in recs[0]
+    assert (out / "final_adapter" / "adapter_model.safetensors").exists()
+
+
+def test_reward_model_zero3_factual_prompt(base, tmp_path):
+    from mmalign.data.processor import MultimodalProcessor
+    from mmalign.preference.batch import collate_shared, encode_pair
+    from mmalign.preference.formats import load_preferences
+    from mmalign.preference.reward_model import load_reward_model, reward_suffix
+
+    out = tmp_path / "reward"
+    prompt = ROOT / "configs" / "prompts" / "fact_rlhf_reward.txt"
+    cfg = config(base, out, max_steps=3, reward_prompt=str(prompt), eval_fraction=0.25, max_length=400)
+    run(torchrun_cmd(ROOT / "train" / "reward.py", ["--config", str(cfg)]))
+    recs = metrics(out)
+    assert [r["step"] for r in recs][:3] == [1, 2, 3] and "eval/accuracy" in recs[-1]
+    assert abs(recs[0]["loss"] - 0.693147) < 1e-5  # zero-initialised head: r = 0
+    model, tok = load_reward_model(out / "final")
+    assert model.head.weight.abs().sum() > 0
+    pairs = load_preferences(base / "data" / "pairs.jsonl", media_root=base / "data")[:2]
+    processor = MultimodalProcessor.for_model(model.lmm, tok)
+    template = prompt.read_text().strip()
+    enc = [encode_pair(processor, p, suffix=reward_suffix(template, p)) for p in pairs]
+    with torch.no_grad():
+        rewards = model(collate_shared(enc, processor.pad_token_id))
+    assert rewards.shape == (2, 2) and torch.isfinite(rewards).all() and rewards.std() > 0

@@ -1,0 +1,118 @@
+"""Reward model = LMM + a scalar head on the last token; factually augmented reward prompts.
+
+LLaVA-RLHF (https://arxiv.org/abs/2309.14525) reads the reward from the hidden state of the last
+token of ``[conversation | response | reward prompt]``, where the reward prompt asks the model to
+judge its last response and, for *factual augmentation*, lists the image's ground-truth captions
+(one per line, shuffled per example) and, for multiple-choice / yes-no data, the true option.
+Templates live in ``configs/prompts/`` with ``{captions}`` and ``{answer}`` placeholders filled from
+the record's ``captions`` and ``answer`` (or ``gt_answer``) fields.
+
+Pairs are scored in the shared-prefix layout of :mod:`mmalign.preference.batch`: the prompt
+(and its image) once, each response followed by the reward prompt as its own segment.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mmalign.data.templates import Message
+from mmalign.models.checkpoint import load_model
+from mmalign.models.lmm import LMM
+from mmalign.preference.batch import PreferenceBatch
+from mmalign.preference.formats import PreferencePair
+
+HEAD_FILE = "reward_head.safetensors"
+
+
+class RewardModel(nn.Module):
+    """``r(x, y)``: the LMM's last hidden state at the end of each sequence → ``Linear(D, 1)``.
+
+    Args:
+        lmm: the (SFT) model.
+        head: the scalar head (default: zero-initialised weight and bias, so r = 0 at the start).
+    """
+
+    def __init__(self, lmm: LMM, head: nn.Linear | None = None) -> None:
+        super().__init__()
+        self.lmm = lmm
+        hidden = lmm.llm.get_input_embeddings().weight.shape[1]
+        if head is None:
+            head = nn.Linear(hidden, 1)
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+        self.head = head
+
+    @property
+    def always_run_media(self) -> bool:
+        return self.lmm.always_run_media
+
+    @always_run_media.setter
+    def always_run_media(self, value: bool) -> None:
+        self.lmm.always_run_media = value
+
+    def forward(self, batch: PreferenceBatch) -> torch.Tensor:
+        """``(num_pairs, num_responses)`` rewards (float32)."""
+        embeds = self.lmm.embed(batch.input_ids, batch.images, batch.videos)
+        hidden = (
+            self.lmm.llm.get_decoder()(
+                inputs_embeds=embeds,
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids,
+                use_cache=False,
+            )
+            .last_hidden_state[batch.last_rows, batch.last_cols]
+            .to(self.head.weight.dtype)
+        )
+        return self.head(hidden).squeeze(-1).float().view(batch.num_pairs, batch.num_responses)
+
+
+def save_head(head: nn.Linear | dict[str, torch.Tensor], directory: str | Path) -> Path:
+    """Write the head next to an mmalign checkpoint (``reward_head.safetensors``)."""
+    state = head.state_dict() if isinstance(head, nn.Module) else head
+    path = Path(directory) / HEAD_FILE
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path))
+    return path
+
+
+def load_reward_model(directory: str | Path, dtype: torch.dtype | None = None) -> tuple[RewardModel, Any]:
+    """An mmalign checkpoint with ``reward_head.safetensors`` → (RewardModel, tokenizer)."""
+    lmm, tokenizer = load_model(directory, dtype)
+    path = Path(directory) / HEAD_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{directory} has no {HEAD_FILE}: not a reward model")
+    state = load_file(str(path))
+    head = nn.Linear(state["weight"].shape[1], 1)
+    head.load_state_dict(state)
+    return RewardModel(lmm, head.to(dtype or head.weight.dtype)).eval(), tokenizer
+
+
+def reward_suffix(template: str, pair: PreferencePair, seed: int = 0) -> list[Message]:
+    """The reward prompt as a user turn, ``{captions}`` / ``{answer}`` filled from the record.
+
+    Captions are shuffled per example (seeded by ``seed`` and the pair id), one per line.
+
+    Raises:
+        ValueError: the template needs captions or an answer that the record lacks (names the id).
+    """
+    fields: dict[str, str] = {}
+    if "{captions}" in template:
+        captions = pair.meta.get("captions")
+        if not isinstance(captions, list) or not captions or not all(isinstance(c, str) for c in captions):
+            raise ValueError(
+                f"pair {pair.id}: the reward prompt needs a non-empty 'captions' list of strings"
+            )
+        shuffled = list(captions)
+        random.Random(f"{seed}:{pair.id}").shuffle(shuffled)
+        fields["captions"] = "\n".join(shuffled)
+    if "{answer}" in template:
+        answer = pair.meta.get("answer", pair.meta.get("gt_answer"))
+        if not isinstance(answer, str) or not answer:
+            raise ValueError(f"pair {pair.id}: the reward prompt needs an 'answer' (or 'gt_answer') string")
+        fields["answer"] = answer
+    return [{"role": "user", "content": template.format(**fields)}]

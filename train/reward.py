@@ -1,0 +1,168 @@
+"""Bradley–Terry reward model (LMM + scalar head on the last token) under DeepSpeed (ZeRO-0…3, LoRA).
+
+Launch:
+
+    deepspeed --num_gpus 8 train/reward.py --config configs/reward/llava15_7b_fact_rlhf.yaml
+    DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 deepspeed --num_gpus 2 train/reward.py --config configs/reward/tiny_shapeworld.yaml
+
+Each step: this rank's pairs (deterministic in seed and step) become one shared-prefix row per
+pair, ``[prompt | chosen + reward prompt | rejected + reward prompt]``; the encoder runs once per
+pair; the head reads the last token of each segment; the loss is ``−log σ(r_w − r_l − m)``
+(``m`` = the record's ``margin`` field, else ``margin`` from the config). With ``reward_prompt``
+set, the reward prompt (``configs/prompts/``) carries the image's ground-truth captions and, for
+multiple-choice data, the true answer — LLaVA-RLHF's factual augmentation. At the end: held-out
+accuracy (``eval_fraction``), the consolidated model in ``out/final`` with
+``reward_head.safetensors`` (load with :func:`mmalign.preference.reward_model.load_reward_model`).
+
+Departures from LLaVA-RLHF: the head is zero-initialised (r = 0 at the start); no early stopping
+(the paper stops early on a held-out split; here the held-out accuracy is logged at the end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from mmalign.config import load_config, save_config
+from mmalign.data.datasets import ExampleOrder
+from mmalign.data.processor import MultimodalProcessor
+from mmalign.losses.reward import bradley_terry_loss, reward_metrics
+from mmalign.models.checkpoint import load_model
+from mmalign.preference.batch import collate_shared, encode_pair
+from mmalign.preference.config import RewardConfig, load_sources
+from mmalign.preference.reward_model import RewardModel, reward_suffix, save_head
+from mmalign.training.checkpoint import export_final, prune_checkpoints, resolve_resume, step_tag
+from mmalign.training.logging import MetricsLogger
+from mmalign.training.parts import apply_lora, configure_parts, lr_lambda
+from mmalign.training.strategy import Strategy
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="mmalign reward model")
+    parser.add_argument("--config", help="YAML file with RewardConfig fields")
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", help="key=value overrides")
+    args = parser.parse_args(argv)
+    cfg = load_config(RewardConfig, args.config, args.overrides)
+    out = Path(cfg.out)
+
+    # 1. Processes, LMM + head, trainable parts (the head always trains).
+    strategy = Strategy(cfg.strategy, seed=cfg.seed)
+    strategy.setup_distributed()
+    lmm, tokenizer = load_model(cfg.model)
+    if cfg.lora.enabled:
+        apply_lora(lmm, cfg.lora)
+    param_groups = configure_parts(lmm, cfg.parts, cfg.optim)
+    model = RewardModel(lmm)
+    param_groups.append(
+        {"params": list(model.head.parameters()), "lr": cfg.optim.lr, "weight_decay": 0.0, "name": "head"}
+    )
+    model.to(strategy.device)
+
+    # 2. Data (a held-out share for accuracy), reward prompt, order.
+    processor = MultimodalProcessor.for_model(lmm, tokenizer)
+    pairs = load_sources(cfg.data)
+    random.Random(cfg.seed).shuffle(held := list(pairs))
+    n_eval = int(len(held) * cfg.eval_fraction)
+    eval_pairs, train_pairs = held[:n_eval], (held[n_eval:] if n_eval else pairs)
+    template = Path(cfg.reward_prompt).read_text().strip() if cfg.reward_prompt else None
+
+    def encode(pair):
+        suffix = reward_suffix(template, pair, cfg.seed) if template else None
+        return encode_pair(processor, pair, cfg.max_length, suffix=suffix)
+
+    order = ExampleOrder(
+        len(train_pairs),
+        cfg.seed,
+        cfg.strategy.micro_batch_size,
+        cfg.strategy.grad_accum,
+        strategy.world_size,
+    )
+    total_steps = cfg.max_steps or max(1, int(cfg.epochs * len(train_pairs) / order.global_batch))
+
+    # 3. Engine; resume.
+    optimizer = strategy.make_optimizer(param_groups, cfg.optim.betas, cfg.optim.eps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim, total_steps))
+    engine = strategy.prepare(model, optimizer, scheduler)
+    dev, dtype = strategy.device, strategy.dtype
+    ckpt_dir = out / "checkpoints"
+    start_step = 0
+    run_shape = {
+        "global_batch": order.global_batch,
+        "world_size": strategy.world_size,
+        "n_examples": len(train_pairs),
+    }
+    resume_from = resolve_resume(cfg.resume, ckpt_dir)
+    if resume_from is not None:
+        state = strategy.load_checkpoint(*resume_from)
+        start_step = int(state["step"])
+        saved = {k: state.get(k) for k in run_shape}
+        if saved != run_shape:
+            raise ValueError(f"cannot resume {resume_from[0]}: saved with {saved}, this run has {run_shape}")
+    if strategy.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    log = MetricsLogger(out, total_steps, start_step, enabled=strategy.is_main)
+    log.write(f"[reward] {strategy.describe()}; {len(train_pairs)} train / {len(eval_pairs)} held-out pairs")
+
+    # 4. The loop.
+    engine.train()
+    for step in range(start_step, total_steps):
+        sums: dict[str, float] = {}
+        step_lr, t_step = strategy.current_lrs()[0], time.time()
+        for micro in range(cfg.strategy.grad_accum):
+            batch_pairs = [train_pairs[i] for i in order.micro_batch(step, micro, strategy.rank)]
+            batch = collate_shared([encode(p) for p in batch_pairs], processor.pad_token_id).to(dev, dtype)
+            rewards = engine(batch)
+            margin = torch.tensor([float(p.meta.get("margin", cfg.margin)) for p in batch_pairs], device=dev)
+            loss = bradley_terry_loss(rewards[:, 0], rewards[:, 1], margin).mean()
+            strategy.backward(loss)
+            strategy.step()
+            for k, v in {"loss": float(loss), **reward_metrics(rewards[:, 0], rewards[:, 1])}.items():
+                sums[k] = sums.get(k, 0.0) + v / cfg.strategy.grad_accum
+        done = step + 1
+        if done % cfg.log_every == 0 or done == total_steps:
+            record = {k: strategy.all_reduce_mean(v) for k, v in sums.items()}
+            record.update(lr=step_lr, grad_norm=strategy.grad_norm(), step_s=time.time() - t_step)
+            log.log(done, record)
+        if cfg.save_every and done % cfg.save_every == 0 and done < total_steps:
+            strategy.save_checkpoint(ckpt_dir, step_tag(done), {"step": done, **run_shape})
+            if strategy.is_main:
+                prune_checkpoints(ckpt_dir, cfg.keep_last)
+
+    # 5. Held-out accuracy (every rank runs the same number of forwards), checkpoint, export.
+    if eval_pairs:
+        engine.eval()
+        mine = eval_pairs[strategy.rank :: strategy.world_size]
+        per_rank = -(-len(eval_pairs) // strategy.world_size)
+        correct, mb = 0.0, cfg.strategy.micro_batch_size
+        for start in range(0, per_rank, mb):
+            chunk = mine[start : start + mb] or eval_pairs[:1]
+            with torch.no_grad():
+                r = engine(collate_shared([encode(p) for p in chunk], processor.pad_token_id).to(dev, dtype))
+            correct += float((r[:, 0] > r[:, 1]).float().sum()) if mine[start : start + mb] else 0.0
+        log.log(total_steps, {"eval/accuracy": strategy.all_reduce_sum(correct) / len(eval_pairs)})
+    strategy.save_checkpoint(ckpt_dir, step_tag(total_steps), {"step": total_steps, **run_shape})
+    if strategy.is_main:
+        prune_checkpoints(ckpt_dir, cfg.keep_last)
+    lmm.always_run_media = False
+    written = export_final(strategy, lmm, cfg.model, cfg.lora, out, cfg.export_lora, cfg.export_llava_hf)
+    head = strategy.trainable_state_dict(model.head)
+    if strategy.is_main:
+        for name in ("final", "adapter"):
+            if name in written:
+                save_head(head, written[name])
+    strategy.barrier()
+    log.write(f"[reward] done: {json.dumps(written)}")
+    log.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
