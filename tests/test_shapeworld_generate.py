@@ -13,7 +13,10 @@ from mmalign.shapeworld.judges import parse_mentions
 from mmalign.shapeworld.video import read_mp4
 from mmalign.shapeworld.world import Scene, WorldConfig
 
-ARGS = ["--n-images", "20", "--n-videos", "2", "--seed", "3", "--annotation-noise", "0.5", "--no-progress"]
+ARGS = [
+    *("--n-images", "20", "--n-videos", "2", "--seed", "3", "--annotation-noise", "0.5"),
+    *("--prior-per-group", "3", "--no-progress"),
+]
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -25,7 +28,13 @@ def test_cli_writes_every_file_and_is_idempotent(tmp_path: Path, capsys: pytest.
     assert main(["generate", "--out", str(out), *ARGS]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["counts"]["train"]["images"] == 16 and summary["counts"]["test"]["images"] == 2
-    assert len(list((out / "images").glob("*.png"))) == 20 and len(list((out / "videos").glob("*.mp4"))) == 2
+    assert (
+        len(list((out / "images").glob("img_*.png"))) == 20 and len(list((out / "videos").glob("*.mp4"))) == 2
+    )
+    assert len(list((out / "images").glob("prior_*.png"))) == 6
+    probes = _jsonl(out / "prior" / "test.jsonl")
+    assert [p["group"] for p in probes] == ["violating"] * 3 + ["control"] * 3
+    assert all((out / p["image"]).is_file() for p in probes)
     for split in ("train", "val", "test"):
         for sub, ext in (("scenes", "jsonl"), ("llava", "json"), ("qa", "jsonl"), ("dense", "jsonl")):
             assert (out / sub / f"{split}.{ext}").is_file()
@@ -97,3 +106,29 @@ def test_training_text_is_noisy_and_eval_text_exact(tmp_path: Path) -> None:
             assert any(extra.values()) and all(extra[s.id] == set(s.noise_partners) for s in scenes.values())
         else:
             assert not any(extra.values()) and any(s.noise_partners for s in scenes.values())
+
+    # The clean train records: the same scenes with the exact annotation (the control's data).
+    noisy = json.loads((tmp_path / "llava" / "train.json").read_text())
+    clean = json.loads((tmp_path / "llava" / "train_clean.json").read_text())
+    assert [r["id"] for r in noisy] != [] and {r["scene_id"] for r in noisy} == {r["scene_id"] for r in clean}
+    train = {s["id"]: Scene.from_dict(s) for s in _jsonl(tmp_path / "scenes" / "train.jsonl")}
+    for r in clean:
+        if r["task"] == "caption":
+            named = {m.shape for m in parse_mentions(r["conversations"][1]["value"])}
+            assert named == train[r["scene_id"]].shapes()
+
+
+def test_prior_probes_violate_the_rule_and_controls_avoid_it() -> None:
+    from mmalign.shapeworld.prior import prior_probes
+
+    cfg = WorldConfig()
+    probes = prior_probes(cfg, seed=5, n_per_group=8)
+    assert len(probes) == 16
+    for scene, rec in probes:
+        shapes = scene.shapes()
+        assert cfg.cooccurrence[rec["trigger"]][0] == rec["partner"] and rec["partner"] not in shapes
+        assert (rec["trigger"] in shapes) == (rec["group"] == "violating")
+        assert rec["question"] == f"Is there a {rec['partner']} in the image?" and not scene.noise_partners
+    assert {rec["trigger"] for _, rec in probes} == {"star", "triangle"}  # rules taken in turn
+    again = prior_probes(cfg, seed=5, n_per_group=8)
+    assert [r["scene"] for _, r in again] == [r["scene"] for _, r in probes]

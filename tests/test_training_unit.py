@@ -34,6 +34,26 @@ def test_example_order_is_the_same_whatever_the_split():
     assert sorted(first_epoch) == list(range(10))
 
 
+def test_length_grouping_keeps_each_epoch_and_groups_similar_lengths():
+    lengths = [(i * 37) % 100 for i in range(64)]  # 64 examples, lengths 0..99 scattered
+    order = ExampleOrder(64, seed=1, micro_batch_size=4, grad_accum=1, world_size=2, lengths=lengths, group=4)
+    steps = [[i for r in range(2) for i in order.micro_batch(s, 0, r)] for s in range(8)]  # one epoch
+    assert sorted(i for b in steps for i in b) == list(range(64))  # every example once
+    spans = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in steps]
+    assert max(spans) < 40  # ungrouped batches of 8 span ~90 here
+    plain = ExampleOrder(64, seed=1, micro_batch_size=4, grad_accum=1, world_size=2)
+    plain_spans = [
+        max(lengths[i] for i in b) - min(lengths[i] for i in b)
+        for b in ([i for r in range(2) for i in plain.micro_batch(s, 0, r)] for s in range(8))
+    ]
+    assert sum(spans) < sum(plain_spans) / 2
+    # a pure function of (seed, step): a fresh order resumed at step 5 sees the same batch
+    fresh = ExampleOrder(64, seed=1, micro_batch_size=4, grad_accum=1, world_size=2, lengths=lengths, group=4)
+    assert [i for r in range(2) for i in fresh.micro_batch(5, 0, r)] == steps[5]
+    with pytest.raises(ValueError, match="one length per example"):
+        ExampleOrder(64, 1, 4, 1, 2, lengths=[1, 2], group=4)
+
+
 def test_user_json_auto_filled_and_contradictions_refused(tmp_path):
     path = tmp_path / "ds.json"
     path.write_text(

@@ -20,9 +20,10 @@ consolidated into ``out/final`` (an mmalign checkpoint directory; LoRA runs also
 ``out/final_adapter``).
 
 Departures from LLaVA's train.py: ``loss_reduction: example`` is offered (each answer's tokens
-averaged first) because short answers otherwise drown under long captions; no packing or
-length-grouped sampling yet; the vision tower always runs once per step on every rank (a blank
-image when the batch has none) so that ZeRO-3 never hangs on mixed batches.
+averaged first) because short answers otherwise drown under long captions; no packing, but
+``group_by_length`` batches similar lengths (deterministically); the vision tower always runs
+once per step on every rank (a blank image when the batch has none) so that ZeRO-3 never hangs
+on mixed batches.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from pathlib import Path
 import torch
 
 from mmalign.config import load_config, save_config
-from mmalign.data.datasets import ExampleOrder, load_mixture
+from mmalign.data.datasets import ExampleOrder, length_hint, load_mixture
 from mmalign.data.processor import MultimodalProcessor
 from mmalign.models.checkpoint import load_model
 from mmalign.training.checkpoint import export_final, prune_checkpoints, resolve_resume, step_tag
@@ -68,7 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     processor = MultimodalProcessor.for_model(model, tokenizer)
     examples = load_mixture(cfg.data)
     order = ExampleOrder(
-        len(examples), cfg.seed, cfg.strategy.micro_batch_size, cfg.strategy.grad_accum, strategy.world_size
+        len(examples),
+        cfg.seed,
+        cfg.strategy.micro_batch_size,
+        cfg.strategy.grad_accum,
+        strategy.world_size,
+        lengths=[length_hint(e, processor.image_tokens, processor.video_tokens) for e in examples]
+        if cfg.group_by_length > 1
+        else None,
+        group=cfg.group_by_length,
     )
     total_steps = cfg.max_steps or max(1, int(cfg.epochs * len(examples) / order.global_batch))
 

@@ -4,11 +4,18 @@ The order of examples is a pure function of ``(seed, position)``: position ``p``
 example ``perm_e[p mod n]`` of epoch ``e = p div n``, each epoch shuffled with its own seed. A run
 resumed at optimizer step ``s`` therefore sees exactly the examples an uninterrupted run would,
 and every rank computes its share without communication.
+
+Optional length grouping (LLaVA's ``group_by_modality_length``, done deterministically): the
+stream is cut into blocks of ``group`` global batches; each block is sorted by example length,
+cut back into ``group`` global batches, and those are visited in a seeded random order. Every
+example is still seen once per epoch, but a batch no longer pads 30-token answers to the length of
+a 100-token caption (or a video), which on the tiny preset roughly halves the tokens computed.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mmalign.data.formats import Example, load_llava
@@ -49,6 +56,12 @@ class DataSource:
         return examples * self.repeat
 
 
+def length_hint(example: Example, image_tokens: int, video_tokens: int) -> int:
+    """A cheap length estimate for grouping: ~4 characters per token plus the media tokens."""
+    chars = sum(len(m["content"]) for m in example.messages)
+    return chars // 4 + image_tokens * len(example.images) + video_tokens * len(example.videos)
+
+
 def load_mixture(sources: list[DataSource]) -> list[Example]:
     """Concatenate sources (the shuffle mixes them)."""
     if not sources:
@@ -68,11 +81,28 @@ class ExampleOrder:
         micro_batch_size: examples per rank per micro-step.
         grad_accum: micro-steps per optimizer step.
         world_size: number of ranks.
+        lengths: per-example lengths (e.g. :func:`length_hint`); with ``group`` > 1, batches are
+            formed from examples of similar length (see module docstring).
+        group: global batches per length-sorted block; 0 or 1 = no grouping.
     """
 
-    def __init__(self, n: int, seed: int, micro_batch_size: int, grad_accum: int, world_size: int) -> None:
+    def __init__(
+        self,
+        n: int,
+        seed: int,
+        micro_batch_size: int,
+        grad_accum: int,
+        world_size: int,
+        lengths: Sequence[int] | None = None,
+        group: int = 0,
+    ) -> None:
         if n < 1:
             raise ValueError("empty dataset")
+        if group > 1 and (lengths is None or len(lengths) != n):
+            raise ValueError(f"length grouping needs one length per example ({n})")
+        self.lengths = list(lengths) if group > 1 and lengths is not None else None
+        self.group = group if self.lengths is not None else 0
+        self._block: tuple[int, list[list[int]]] | None = None
         self.n = n
         self.seed = seed
         self.mb = micro_batch_size
@@ -100,8 +130,28 @@ class ExampleOrder:
         block and rank ``r`` its ``r``-th slice, so one step covers the same ``global_batch``
         examples whatever the split into micro-batches, accumulation and ranks.
         """
-        start = step * self.global_batch + (micro * self.world + rank) * self.mb
-        return [self._index(p) for p in range(start, start + self.mb)]
+        offset = (micro * self.world + rank) * self.mb
+        if not self.group:
+            start = step * self.global_batch + offset
+            return [self._index(p) for p in range(start, start + self.mb)]
+        return self._grouped_batch(step)[offset : offset + self.mb]
+
+    def _grouped_batch(self, step: int) -> list[int]:
+        """The dataset indices of ``step``'s global batch under length grouping."""
+        block, within = divmod(step, self.group)
+        if self._block is None or self._block[0] != block:
+            g = self.global_batch
+            start = block * self.group * g
+            idx = [self._index(p) for p in range(start, start + self.group * g)]
+            assert self.lengths is not None
+            idx.sort(key=lambda i: self.lengths[i])  # stable: ties keep the shuffled order
+            batches = [idx[k * g : (k + 1) * g] for k in range(self.group)]
+            rng = random.Random(f"{self.seed}:group:{block}")
+            rng.shuffle(batches)
+            for b in batches:  # spread lengths over ranks and micro-steps
+                rng.shuffle(b)
+            self._block = (block, batches)
+        return self._block[1][within]
 
     def epoch_of(self, step: int) -> float:
         return step * self.global_batch / self.n

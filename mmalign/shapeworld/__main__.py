@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--val-frac", type=float, default=0.1)
     gen.add_argument("--test-frac", type=float, default=0.1)
     gen.add_argument("--pope-per-image", type=int, default=6)
+    gen.add_argument(
+        "--prior-per-group", type=int, default=100, help="violating and control prior probes, each"
+    )
     gen.add_argument("--config", help="JSON file with WorldConfig fields (flags below override it)")
     defaults = WorldConfig()
     for flag, kind in (
@@ -89,6 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             val_frac=args.val_frac,
             test_frac=args.test_frac,
             pope_per_image=args.pope_per_image,
+            prior_per_group=args.prior_per_group,
             progress=not args.no_progress,
         )
     except (ValueError, FileExistsError) as err:

@@ -8,6 +8,12 @@ Layout of ``out_dir`` (paths inside records are relative to ``out_dir``)::
                                            {"id", "image"|"video", "conversations": [human, gpt],
                                             "task": caption|short_caption|<qa type>|video_caption,
                                             "scene_id"}; "<image>\n"/"<video>\n" opens the human turn
+    llava/train_clean.json                 the train records with the exact annotation (same
+                                           scenes, ids and prompts; a noisy scene's questions may
+                                           differ; written when annotation_noise > 0): the data
+                                           of a control continuation
+    prior/test.jsonl                       held-out prior-hallucination probes (:mod:`.prior`):
+                                           violating (trigger, no partner) and control scenes
     qa/{train,val,test}.jsonl              QA items with exact answers (evaluation truth)
     dense/{train,val,test}.jsonl           per-image region captions with [x, y, w, h] boxes
     pope/{split}_{random,popular,adversarial}.jsonl
@@ -36,6 +42,7 @@ from tqdm import tqdm
 from mmalign.shapeworld.captions import caption_prompt, dense_captions, detailed_caption, short_caption
 from mmalign.shapeworld.pope import SPLITS as POPE_SPLITS
 from mmalign.shapeworld.pope import compute_corpus_stats, pope_probes
+from mmalign.shapeworld.prior import prior_probes
 from mmalign.shapeworld.qa import image_qa
 from mmalign.shapeworld.render import render_scene
 from mmalign.shapeworld.video import render_video, sample_video, write_mp4
@@ -91,8 +98,25 @@ def _record(rid: str, media_key: str, media: str, prompt: str, answer: str, task
 
 def _image_text(
     scene: Scene, cfg: WorldConfig, seed: int, i: int, noisy: bool
-) -> tuple[list[dict], list[dict]]:
-    """LLaVA records (following the annotation) and exact QA items for one image scene."""
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """LLaVA records (following the annotation; and with the exact one) and exact QA items for one
+    image scene.
+
+    Returns:
+        ``(records, exact_records, qa_items)``.
+    """
+    media = f"images/{scene.id}.png"
+    records = _image_records(scene, cfg, seed, i, noisy)
+    exact = records if not (noisy and scene.noise_partners) else _image_records(scene, cfg, seed, i, False)
+    qa = [
+        {"scene_id": scene.id, "image": media, **item}
+        for item in image_qa(scene, cfg, random.Random(f"{seed}:qa:{i}"), noisy=False)
+    ]
+    return records, exact, qa
+
+
+def _image_records(scene: Scene, cfg: WorldConfig, seed: int, i: int, noisy: bool) -> list[dict]:
+    """The LLaVA records of one image scene (captions, then QA), following the annotation if ``noisy``."""
     media = f"images/{scene.id}.png"
     rng = random.Random(f"{seed}:text:{i}")
     records = [
@@ -122,13 +146,7 @@ def _image_text(
                 f"{scene.id}-qa{k}", "image", media, item["question"], item["answer"], item["type"], scene.id
             )
         )
-    exact = (
-        train_qa
-        if not (noisy and scene.noise_partners)
-        else image_qa(scene, cfg, random.Random(f"{seed}:qa:{i}"), noisy=False)
-    )
-    qa = [{"scene_id": scene.id, "image": media, **item} for item in exact]
-    return records, qa
+    return records
 
 
 def _params(
@@ -139,6 +157,7 @@ def _params(
     val_frac: float,
     test_frac: float,
     pope_per_image: int,
+    prior_per_group: int,
 ) -> dict[str, Any]:
     return {
         "format_version": FORMAT_VERSION,
@@ -149,6 +168,7 @@ def _params(
         "val_frac": val_frac,
         "test_frac": test_frac,
         "pope_per_image": pope_per_image,
+        "prior_per_group": prior_per_group,
     }
 
 
@@ -181,6 +201,7 @@ def generate(
     val_frac: float = 0.1,
     test_frac: float = 0.1,
     pope_per_image: int = 6,
+    prior_per_group: int = 100,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Generate a ShapeWorld dataset (see module docstring for the layout); idempotent.
@@ -196,6 +217,7 @@ def generate(
         val_frac: Share of items in the val split.
         test_frac: Share of items in the test split.
         pope_per_image: POPE probes per image (half yes, half no).
+        prior_per_group: violating and control scenes of ``prior/test.jsonl`` (each; 0 = none).
         progress: Show a tqdm bar.
 
     Returns:
@@ -212,11 +234,11 @@ def generate(
     if n_videos and cfg.image_size % 2:
         raise ValueError(f"videos need an even image_size (yuv420p), got {cfg.image_size}")
     out = Path(out_dir)
-    params = _params(cfg, seed, n_images, n_videos, val_frac, test_frac, pope_per_image)
+    params = _params(cfg, seed, n_images, n_videos, val_frac, test_frac, pope_per_image, prior_per_group)
     previous = _check_out_dir(out, params)
     if previous is not None:
         return {**previous, "skipped": True}
-    for sub in ("images", "videos", "scenes", "llava", "qa", "dense", "pope"):
+    for sub in ("images", "videos", "scenes", "llava", "qa", "dense", "pope", "prior"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     (out / MARKER).unlink(missing_ok=True)
     atomic_write(out / "world.json", json.dumps({"params": params, "complete": False}, indent=2).encode())
@@ -228,15 +250,16 @@ def generate(
     video_ranges = _split_ranges(n_videos, val_frac, test_frac)
     for split, indices in _split_ranges(n_images, val_frac, test_frac).items():
         noisy = split == "train"
-        scene_recs, llava, qa, dense, scenes = [], [], [], [], []
+        scene_recs, llava, clean, qa, dense, scenes = [], [], [], [], [], []
         start = time.perf_counter()
         for i in indices:
             scene = sample_scene(random.Random(f"{seed}:image:{i}"), cfg, f"img_{seed}_{i:06d}")
             buf = io.BytesIO()
             render_scene(scene, cfg).save(buf, format="PNG", compress_level=1)
             atomic_write(out / "images" / f"{scene.id}.png", buf.getvalue())
-            records, items = _image_text(scene, cfg, seed, i, noisy)
+            records, exact, items = _image_text(scene, cfg, seed, i, noisy)
             llava += records
+            clean += exact
             qa += items
             dense.append(
                 {
@@ -257,7 +280,7 @@ def generate(
             write_mp4(render_video(video, cfg), tmp, cfg.video_fps)
             os.replace(tmp, out / media)
             rng = random.Random(f"{seed}:vtext:{i}")
-            llava.append(
+            video_records = [
                 _record(
                     f"{video.id}-caption",
                     "video",
@@ -267,9 +290,9 @@ def generate(
                     "video_caption",
                     video.id,
                 )
-            )
+            ]
             for k, item in enumerate(video_qa(video, cfg, rng)):
-                llava.append(
+                video_records.append(
                     _record(
                         f"{video.id}-qa{k}",
                         "video",
@@ -281,11 +304,15 @@ def generate(
                     )
                 )
                 qa.append({"scene_id": video.id, "video": media, **item})
+            llava += video_records
+            clean += video_records
             scene_recs.append({**video.to_dict(), "video": media, "split": split})
             bar.update()
         t_videos += time.perf_counter() - start
         atomic_write(out / "scenes" / f"{split}.jsonl", _jsonl(scene_recs))
         atomic_write(out / "llava" / f"{split}.json", json.dumps(llava).encode())
+        if split == "train" and cfg.annotation_noise > 0:
+            atomic_write(out / "llava" / "train_clean.json", json.dumps(clean).encode())
         atomic_write(out / "qa" / f"{split}.jsonl", _jsonl(qa))
         atomic_write(out / "dense" / f"{split}.jsonl", _jsonl(dense))
         scenes_by_split[split] = scenes
@@ -305,6 +332,15 @@ def generate(
             )
             atomic_write(out / "pope" / f"{split}_{kind}.jsonl", _jsonl(probes))
             counts[split][f"pope_{kind}"] = len(probes)
+
+    probes = []
+    for scene, record in prior_probes(cfg, seed, prior_per_group):
+        buf = io.BytesIO()
+        render_scene(scene, cfg).save(buf, format="PNG", compress_level=1)
+        atomic_write(out / "images" / f"{scene.id}.png", buf.getvalue())
+        probes.append({**record, "image": f"images/{scene.id}.png"})
+    atomic_write(out / "prior" / "test.jsonl", _jsonl(probes))
+    counts["test"]["prior_probes"] = len(probes)
 
     summary = {
         "out_dir": str(out),

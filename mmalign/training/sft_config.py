@@ -22,6 +22,8 @@ class SFTConfig:
         epochs: passes over the data when ``max_steps`` is 0.
         max_length: tokens per example (media tokens are never truncated; longer examples error).
         loss_reduction: ``token`` (LLaVA) or ``example`` (each answer weighs the same).
+        group_by_length: form batches from examples of similar length, sorting blocks of this
+            many global batches (0 = off; see :class:`mmalign.data.datasets.ExampleOrder`).
         save_every: DeepSpeed checkpoint every N steps (0 = only at the end).
         keep_last: checkpoints kept on disk.
         resume: ``auto`` (latest checkpoint in ``out`` if any), ``none``, or a checkpoint folder.
@@ -43,6 +45,7 @@ class SFTConfig:
     epochs: float = 1.0
     max_length: int = 2048
     loss_reduction: Literal["token", "example"] = "token"
+    group_by_length: int = 0
     save_every: int = 0
     keep_last: int = 2
     resume: str = "auto"

@@ -1,0 +1,78 @@
+"""Print the tiny ShapeWorld model's quality bars (measured vs required) for one or more checkpoints.
+
+    python eval/bars.py --model sft=runs/sft/final --data runs/shapeworld
+    python eval/bars.py --model sft=checkpoints/tiny-shapeworld --model control=runs/control/final \
+        --model dpo=runs/dpo/final --data runs/shapeworld --out runs/bars.json
+
+Bars (see mmalign/eval/bars.py): clear-scene existence/colour/count/position accuracy, existence
+yes-ratio and caption CHAIR-i on the held-out test split; prior-driven hallucination (false "yes"
+and caption mentions of the absent co-occurrence partner on violating scenes, beside the control
+rate); video motion direction and existence. Models are given as NAME=DIR (an mmalign checkpoint
+directory or a llava-hf folder); the table has one column per model, in the order given, so a
+method is read beside its same-budget control continuation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from mmalign.data.processor import MultimodalProcessor
+from mmalign.eval.bars import BarLimits, format_table, measure, passes
+from mmalign.models.checkpoint import load_model
+
+
+def parse_model(spec: str) -> tuple[str, str]:
+    """``name=dir`` → (name, dir); a bare ``dir`` is named after its folder."""
+    name, sep, path = spec.partition("=")
+    if not sep:
+        path = name
+        name = Path(path).name if Path(path).name != "final" else Path(path).parent.name
+    if not Path(path).is_dir():
+        raise SystemExit(f"error: model folder not found: {path}")
+    return name, path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="ShapeWorld quality bars, measured vs required")
+    parser.add_argument("--model", action="append", required=True, help="NAME=DIR (repeatable)")
+    parser.add_argument(
+        "--data", required=True, help="a dataset from `python -m mmalign.shapeworld generate`"
+    )
+    parser.add_argument("--n-images", type=int, default=200)
+    parser.add_argument("--n-videos", type=int, default=100)
+    parser.add_argument("--n-prior", type=int, default=100, help="prior probes per group")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--out", help="write every measurement as JSON here")
+    parser.add_argument("--check", action="store_true", help="exit 1 unless the first model passes every bar")
+    args = parser.parse_args(argv)
+
+    limits = BarLimits(args.n_images, args.n_videos, args.n_prior, args.batch_size)
+    results = {}
+    for spec in args.model:
+        name, path = parse_model(spec)
+        start = time.time()
+        model, tokenizer = load_model(path)
+        model.eval()
+        processor = MultimodalProcessor.for_model(model, tokenizer)
+        results[name] = measure(model, processor, args.data, limits, progress=True)
+        results[name]["checkpoint"] = path
+        print(f"{name}: measured in {time.time() - start:.0f} s", file=sys.stderr)
+    print(format_table(results))
+    first = next(iter(results.values()))
+    print(f"\n(n = {json.dumps(first['n'])})")
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2))
+    if args.check:
+        failed = [k for k, ok in passes(first).items() if ok is False]
+        if failed:
+            print(f"FAILED bars: {', '.join(failed)}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
