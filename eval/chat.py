@@ -70,6 +70,10 @@ def _media_part(path: str, video: bool) -> dict:
 
 
 def chat(args: argparse.Namespace) -> int:
+    missing = [p for p in [*args.image, *args.video] if not Path(p).is_file()]
+    if missing:
+        print(f"error: media file(s) not found: {', '.join(missing)}", file=sys.stderr)
+        return 2
     engine = _engine(args)
     limits = ServeLimits(max_new_tokens=args.max_new_tokens)
     history: list[dict] = []
@@ -89,7 +93,11 @@ def chat(args: argparse.Namespace) -> int:
             history, attach = [], []
             continue
         if line.startswith(("/image ", "/video ")):
-            attach.append(_media_part(line.split(maxsplit=1)[1], line.startswith("/video")))
+            path = line.split(maxsplit=1)[1]
+            if Path(path).is_file():
+                attach.append(_media_part(path, line.startswith("/video")))
+            else:
+                print(f"error: no such file {path}", file=sys.stderr)
             continue
         if not line:
             continue

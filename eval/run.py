@@ -41,10 +41,11 @@ from mmalign.models.checkpoint import load_model
 def _names(models: list[str]) -> list[str]:
     """Short unique labels: the folder name, or ``parent/name`` when names clash."""
     short = [Path(m).resolve().name for m in models]
-    return [
+    labels = [
         f"{Path(m).resolve().parent.name}/{s}" if short.count(s) > 1 else s
         for m, s in zip(models, short, strict=True)
     ]
+    return [f"{lab}#{i + 1}" if labels.count(lab) > 1 else lab for i, lab in enumerate(labels)]
 
 
 def build_parser() -> argparse.ArgumentParser:

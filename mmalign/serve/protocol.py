@@ -65,7 +65,8 @@ class ServeLimits:
         max_image_pixels: width × height of one image (decompression bombs).
         max_images / max_videos: media items per request (whole conversation).
         max_messages: messages per request.
-        max_new_tokens: cap on ``max_tokens``; also the default when a request gives none.
+        max_new_tokens: cap on ``max_tokens`` (larger requests are clamped to it); also the
+            default when a request gives none.
         media_root: folder local media paths may come from (None: local paths refused).
     """
 
@@ -297,13 +298,9 @@ def parse_chat_request(body: Any, placeholders: tuple[str, str], limits: ServeLi
     if model is not None and not isinstance(model, str):
         raise RequestError(400, "'model' must be a string", "model")
     req.model = model
-    req.max_new_tokens = _number(
-        body,
-        "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens",
-        1,
-        limits.max_new_tokens,
-        limits.max_new_tokens,
-        integer=True,
+    key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    req.max_new_tokens = min(
+        _number(body, key, 1, 2**31, limits.max_new_tokens, integer=True), limits.max_new_tokens
     )
     req.temperature = float(_number(body, "temperature", 0.0, 2.0, 1.0))
     req.top_p = float(_number(body, "top_p", 0.0, 1.0, 1.0))
