@@ -1,22 +1,29 @@
 """The quickstart on the embedded default (ShapeWorld), end to end on this machine's CPU.
 
-    make quickstart            # or: python scripts/quickstart.py [--runs runs] [--fast]
+    make quickstart            # or: python scripts/quickstart.py [--runs runs] [--fast] [--from-scratch]
 
-1. generate a ShapeWorld dataset (images, mp4 videos, scene graphs, LLaVA records, POPE files);
-2. build the tiny preset: BPE tokenizer, stage-0 pretrained tiny CLIP tower (frozen), projector,
-   tiny Llama — an ordinary checkpoint directory;
-3. SFT stage 1 (projector on captions) and stage 2 (projector + LLM on captions and QA), each
-   under DeepSpeed ZeRO-3 with 2 CPU ranks (``deepspeed --num_gpus 2``, gloo);
-4. evaluate the final checkpoint on the held-out test split with the exact judges (QA accuracy by
-   type, POPE F1 and yes-ratio, CHAIR), print the table, and save a PNG of the loss curves.
+1. generate the ShapeWorld dataset of the tiny recipe (``configs/shapeworld/world.json``: the
+   co-occurrence priors star→circle and triangle→square, and annotation noise that names the
+   absent partner in 75 % of the training text of trigger-without-partner scenes);
+2. the SFT model: by default the shipped tiny checkpoint ``checkpoints/tiny-shapeworld`` (its
+   model card lists its bars and the command that made it); ``--from-scratch`` trains it instead:
+   stage 0 (tokenizer + supervised tiny CLIP tower) and SFT of projector + LLM
+   (``configs/shapeworld/sft.yaml``, DeepSpeed, 2 CPU ranks);
+3. (truth, injected hallucination) preference pairs from the train split's exact scene graphs;
+4. a **control continuation**: SFT on the pairs' chosen answers with DPO's budget and optimizer
+   (``configs/shapeworld/control.yaml``, ZeRO-3, 2 ranks) — what the data alone does;
+5. DPO + SFT term on the pairs (``configs/dpo/tiny_shapeworld.yaml``, ZeRO-3, 2 ranks);
+6. the quality bars of the SFT model, the control and DPO side by side (``eval/bars.py``), written
+   to ``runs/bars.md`` / ``runs/bars.json``, and a PNG of the loss curves.
 
 A step whose output exists is skipped (delete the folder to redo it). ``--fast`` shrinks every
-step for a smoke run (about 3 minutes).
+step for a smoke run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import subprocess
@@ -28,6 +35,8 @@ from mmalign.eval.plots import plot_loss_curves
 from mmalign.shapeworld import WorldConfig, generate
 
 ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "checkpoints" / "tiny-shapeworld"
+WORLD = ROOT / "configs" / "shapeworld" / "world.json"
 
 
 def banner(title: str) -> None:
@@ -64,108 +73,157 @@ def launch(script: str, args: list[str], ranks: int) -> None:
     subprocess.run(cmd, check=True, env=env, cwd=ROOT)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="mmalign quickstart on ShapeWorld")
-    parser.add_argument("--runs", default="runs", help="output folder")
-    parser.add_argument("--n-images", type=int, default=4000)
-    parser.add_argument("--n-videos", type=int, default=200)
-    parser.add_argument("--ranks", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--fast", action="store_true", help="a smoke run: little data, few steps")
-    args = parser.parse_args(argv)
-    runs = Path(args.runs).resolve()
-    data, base = runs / "shapeworld", runs / "tiny-base"
-    stage1, stage2 = runs / "sft-stage1", runs / "sft-stage2"
-    n_images, n_videos = (400, 20) if args.fast else (args.n_images, args.n_videos)
-    steps1, steps2 = (10, 30) if args.fast else (60, 400)
-    start = time.time()
+def run(args: list[str]) -> None:
+    print("$", " ".join(args), flush=True)
+    subprocess.run([sys.executable, *args], check=True, cwd=ROOT)
 
-    banner(f"1/5 ShapeWorld → {data}")
-    summary = generate(data, n_images, n_videos, args.seed, WorldConfig())
-    print(
-        "already there, skipped" if summary.get("skipped") else f"train split: {summary['counts']['train']}"
-    )
 
-    banner(f"2/5 tiny preset: tokenizer + stage-0 vision encoder → {base}")
-    if (base / "mmalign.json").exists():
-        print("already there, skipped")
-    else:
-        over = ["stage0.steps=150"] if args.fast else []
-        subprocess.run(
+def sft_from_scratch(data: Path, runs: Path, fast: bool, ranks: int) -> Path:
+    """Stage 0 (tokenizer + tiny CLIP tower) then SFT of projector + LLM; returns ``runs/sft/final``."""
+    base, sft = runs / "tiny-base", runs / "sft"
+    if not (base / "mmalign.json").exists():
+        over = ["stage0.steps=150"] if fast else []
+        run(
             [
-                sys.executable,
-                str(ROOT / "train" / "stage0.py"),
+                "train/stage0.py",
                 "--config",
-                str(ROOT / "configs/shapeworld/tiny_preset.yaml"),
+                "configs/shapeworld/tiny_preset.yaml",
                 f"data={data}",
                 f"out={base}",
                 *over,
-            ],
-            check=True,
-            cwd=ROOT,
+            ]
+        )
+    if not (sft / "final" / "mmalign.json").exists():
+        media = f"media_root: {data}"
+        data_arg = (
+            f"data=[{{path: {data}/llava/train.json, {media}, tasks: [caption, short_caption, existence, color, "
+            f"count, position, relation, multiple_choice]}}, {{path: {data}/llava/train.json, {media}, repeat: 2, "
+            "tasks: [video_caption, video_existence, video_motion, video_appear, video_leave, video_event, video_count]}]"
+        )
+        over = ["max_steps=30", "save_every=0", "optim.warmup_steps=5"] if fast else []
+        launch(
+            "train/sft.py",
+            ["--config", "configs/shapeworld/sft.yaml", f"model={base}", f"out={sft}", data_arg, *over],
+            ranks,
+        )
+    return sft / "final"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="mmalign quickstart on ShapeWorld")
+    parser.add_argument("--runs", default="runs", help="output folder")
+    parser.add_argument("--ranks", type=int, default=2)
+    parser.add_argument("--fast", action="store_true", help="a smoke run: little data, few steps")
+    parser.add_argument(
+        "--from-scratch", action="store_true", help="train the SFT model instead of using the shipped one"
+    )
+    parser.add_argument("--steps", type=int, default=150, help="DPO and control-continuation steps")
+    args = parser.parse_args(argv)
+    runs = Path(args.runs).resolve()
+    data = runs / "shapeworld"
+    fast = args.fast
+    n_images, n_videos = (400, 40) if fast else (8000, 1000)
+    steps = 8 if fast else args.steps
+    start = time.time()
+
+    banner(f"1/6 ShapeWorld → {data}")
+    cfg = WorldConfig.from_dict(json.loads(WORLD.read_text()))
+    summary = generate(data, n_images, n_videos, 0, cfg, prior_per_group=20 if fast else 100)
+    print("already there, skipped" if summary.get("skipped") else f"counts: {json.dumps(summary['counts'])}")
+
+    banner("2/6 the SFT model")
+    if args.from_scratch:
+        sft_model = sft_from_scratch(data, runs, fast, args.ranks)
+    else:
+        if not (SHIPPED / "mmalign.json").exists():
+            raise SystemExit(f"error: the shipped checkpoint {SHIPPED} is missing; use --from-scratch")
+        sft_model = SHIPPED
+    print(f"SFT model: {sft_model}")
+
+    banner("3/6 preference pairs (truth vs injected hallucination) from the train split's scene graphs")
+    pairs = data / "pairs" / "train.jsonl"
+    if pairs.exists():
+        print("already there, skipped")
+    else:
+        run(
+            [
+                "-m",
+                "mmalign.preference.shapeworld_pairs",
+                "--data",
+                str(data),
+                "--split",
+                "train",
+                "--out",
+                str(pairs),
+            ]
         )
 
-    banner(f"3/5 SFT stage 1 (projector on captions, ZeRO-3, {args.ranks} ranks) → {stage1}")
-    if (stage1 / "final" / "mmalign.json").exists():
+    budget = [f"max_steps={steps}", f"data=[{{path: {pairs}, media_root: {data}}}]"]
+    stages = {"control": runs / "control", "dpo": runs / "dpo"}
+    banner(
+        f"4/6 control continuation: SFT on the pairs' chosen answers, {steps} steps (ZeRO-3) → {stages['control']}"
+    )
+    if (stages["control"] / "final" / "mmalign.json").exists():
         print("already there, skipped")
     else:
         launch(
             "train/sft.py",
             [
                 "--config",
-                "configs/sft/tiny_shapeworld_stage1.yaml",
-                f"model={base}",
-                f"out={stage1}",
-                f"max_steps={steps1}",
-                f"data=[{{path: {data}/llava/train.json, media_root: {data}, "
-                f"tasks: [caption, short_caption]}}]",
+                "configs/shapeworld/control.yaml",
+                f"model={sft_model}",
+                f"out={stages['control']}",
+                *budget,
             ],
             args.ranks,
         )
 
-    banner(f"4/5 SFT stage 2 (projector + LLM on captions and QA, ZeRO-3, {args.ranks} ranks) → {stage2}")
-    if (stage2 / "final" / "mmalign.json").exists():
+    banner(f"5/6 DPO + SFT term on the pairs, {steps} steps (ZeRO-3) → {stages['dpo']}")
+    if (stages["dpo"] / "final" / "mmalign.json").exists():
         print("already there, skipped")
     else:
         launch(
-            "train/sft.py",
+            "train/dpo.py",
             [
                 "--config",
-                "configs/sft/tiny_shapeworld_stage2.yaml",
-                f"model={stage1}/final",
-                f"out={stage2}",
-                f"max_steps={steps2}",
-                f"data=[{{path: {data}/llava/train.json, media_root: {data}}}]",
+                "configs/dpo/tiny_shapeworld.yaml",
+                f"model={sft_model}",
+                f"out={stages['dpo']}",
+                *budget,
             ],
             args.ranks,
         )
 
-    banner("5/5 evaluate the SFT model on the held-out test split (exact judges)")
-    n_eval = "40" if args.fast else "200"
-    subprocess.run(
+    banner("6/6 quality bars: SFT model, control, DPO (exact judges on held-out scenes)")
+    n_eval = ["--n-images", "40", "--n-videos", "20", "--n-prior", "20"] if fast else []
+    table = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "eval" / "shapeworld_eval.py"),
+            str(ROOT / "eval" / "bars.py"),
             "--model",
-            str(stage2 / "final"),
+            f"sft={sft_model}",
+            "--model",
+            f"control={stages['control'] / 'final'}",
+            "--model",
+            f"dpo={stages['dpo'] / 'final'}",
             "--data",
             str(data),
-            "--split",
-            "test",
-            "--n-images",
-            n_eval,
-            "--n-videos",
-            "20",
             "--out",
-            str(stage2 / "eval_test.json"),
+            str(runs / "bars.json"),
+            *n_eval,
         ],
         check=True,
         cwd=ROOT,
-    )
-    png = plot_loss_curves(
-        {"stage 1 (projector)": stage1, "stage 2 (projector + LLM)": stage2}, runs / "loss_curves.png"
-    )
-    print(f"\nloss curves: {png}")
+        stdout=subprocess.PIPE,
+        text=True,
+    ).stdout
+    print(table)
+    (runs / "bars.md").write_text(table)
+    curves = {name: path for name, path in stages.items()}
+    if args.from_scratch:
+        curves = {"sft": runs / "sft", **curves}
+    png = plot_loss_curves(curves, runs / "loss_curves.png")
+    print(f"\nbars: {runs / 'bars.md'}; loss curves: {png}")
     print(f"quickstart done in {time.time() - start:.0f} s; outputs under {runs}/")
     return 0
 

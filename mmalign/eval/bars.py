@@ -48,7 +48,7 @@ class Bar:
 
 
 def _ratio_ok(num: str, den: str, factor: float = 5.0) -> Callable[[Mapping[str, float]], bool]:
-    return lambda m: m[num] >= factor * m[den]
+    return lambda m: m[num] > 0 and m[num] >= factor * m[den]
 
 
 BARS: tuple[Bar, ...] = (

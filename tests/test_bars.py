@@ -1,0 +1,102 @@
+"""The quality-bars report: judgements on hand-made measurements, and the shipped tiny checkpoint.
+
+The shipped-checkpoint test is the proof the issue asks for: the committed model loads and meets
+the clear-scene and video bars (and still shows the prior-driven hallucination the alignment
+methods are measured on) on held-out ShapeWorld scenes generated here with a seed the training
+data never used.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mmalign.eval.bars import BARS, format_table, passes
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "checkpoints" / "tiny-shapeworld"
+
+GOOD = {
+    "existence": 0.95,
+    "existence_yes_ratio": 0.5,
+    "color": 0.9,
+    "count": 0.95,
+    "position": 0.85,
+    "chair_i": 0.01,
+    "prior_yes": 0.7,
+    "prior_yes_control": 0.0,
+    "prior_yes_x": 0.7 / 1e-9,
+    "prior_mention": 0.3,
+    "prior_mention_control": 0.03,
+    "prior_mention_x": 10.0,
+    "video_motion": 0.9,
+    "video_existence": 0.95,
+}
+
+
+def test_bars_judge_each_requirement():
+    assert all(ok in (True, None) for ok in passes(GOOD).values())
+    assert {b.key for b in BARS} == set(GOOD)
+    cases = {
+        "existence": 0.89,
+        "existence_yes_ratio": 0.56,
+        "color": 0.84,
+        "count": 0.89,
+        "position": 0.79,
+        "chair_i": 0.051,
+        "prior_yes": 0.49,
+        "prior_mention": 0.19,
+        "video_motion": 0.84,
+        "video_existence": 0.89,
+    }
+    for key, bad in cases.items():
+        verdict = passes({**GOOD, key: bad})
+        assert verdict[key] is False and sum(v is False for v in verdict.values()) == 1, key
+    # 5x the control: 0.3 vs 0.07 fails, 0.3 vs 0.06 passes
+    assert passes({**GOOD, "prior_mention_control": 0.07})["prior_mention_x"] is False
+    assert passes({**GOOD, "prior_mention_control": 0.06})["prior_mention_x"] is True
+    assert passes({**GOOD, "existence_yes_ratio": 0.44})["existence_yes_ratio"] is False
+
+
+def test_table_has_one_column_per_model_in_order():
+    bad = {**GOOD, "prior_yes": 0.0, "prior_yes_x": 0.0}
+    table = format_table({"sft": GOOD, "dpo": bad})
+    lines = table.splitlines()
+    assert lines[0] == "| bar | required | sft | dpo |" and len(lines) == 2 + len(BARS)
+    row = next(line for line in lines if 'false "yes" to partner, violating' in line)
+    assert row.split("|")[3].strip() == "0.700 ok" and row.split("|")[4].strip() == "0.000 FAIL"
+    assert "inf" in next(line for line in lines if "false-yes violating >= 5x" in line)
+
+
+@pytest.mark.slow
+def test_shipped_checkpoint_meets_the_bars_on_held_out_scenes(tmp_path):
+    from mmalign.data.processor import MultimodalProcessor
+    from mmalign.eval.bars import BarLimits, measure
+    from mmalign.models.checkpoint import load_model
+    from mmalign.shapeworld import WorldConfig, generate
+
+    world = WorldConfig.from_dict(json.loads((ROOT / "configs/shapeworld/world.json").read_text()))
+    # seed 101: none of these scenes was trained on (the shipped model saw seed 0)
+    generate(
+        tmp_path,
+        120,
+        40,
+        seed=101,
+        cfg=world,
+        val_frac=0.0,
+        test_frac=0.5,
+        prior_per_group=40,
+        progress=False,
+    )
+    model, tokenizer = load_model(SHIPPED)
+    model.eval()
+    processor = MultimodalProcessor.for_model(model, tokenizer)
+    m = measure(model, processor, tmp_path, BarLimits(n_images=60, n_videos=20, n_prior=40, batch_size=64))
+    assert m["n"]["existence"] >= 100 and m["n"]["video_motion"] >= 20 and m["n"]["prior_violating"] == 40
+    verdict = passes(m)
+    clear = ["existence", "existence_yes_ratio", "color", "count", "position", "chair_i"]
+    video = ["video_motion", "video_existence"]
+    failed = [k for k in clear + video + ["prior_yes", "prior_yes_x"] if not verdict[k]]
+    assert not failed, f"bars failed: {failed}\n{format_table({'shipped': m})}"
