@@ -226,7 +226,7 @@ class ChatClient:
     def chat_many(
         self,
         conversations: Sequence[Sequence[Message]],
-        validate: Callable[[str], T] | None = None,
+        validate: Callable[[str], T] | Sequence[Callable[[str], T]] | None = None,
         on_invalid: Literal["raise", "none"] = "raise",
         progress: bool = False,
         desc: str = "llm",
@@ -235,18 +235,25 @@ class ChatClient:
         """:meth:`chat` over many conversations, ``concurrency`` at a time, results in input order.
 
         Args:
+            validate: one hook for every conversation, or a sequence of hooks, one per conversation.
             on_invalid: for a conversation whose every response failed ``validate``: ``"raise"``
                 re-raises, ``"none"`` puts ``None`` in its place. HTTP and transport failures always raise.
         """
+        if isinstance(validate, Sequence):
+            if len(validate) != len(conversations):
+                raise ValueError(f"{len(validate)} validate hooks for {len(conversations)} conversations")
+            hooks = list(validate)
+        else:
+            hooks = [validate] * len(conversations)
 
-        def one(msgs: Sequence[Message]) -> T | str | None:
+        def one(msgs: Sequence[Message], hook: Callable[[str], T] | None) -> T | str | None:
             try:
-                return self.chat(msgs, validate, **params)
+                return self.chat(msgs, hook, **params)
             except InvalidResponse:
                 if on_invalid == "none":
                     return None
                 raise
 
         with ThreadPoolExecutor(max_workers=self.config.concurrency) as pool:
-            results = pool.map(one, conversations)
+            results = pool.map(one, conversations, hooks)
             return list(tqdm(results, total=len(conversations), desc=desc, disable=not progress, leave=False))
