@@ -11,7 +11,9 @@ A ``LlavaForConditionalGeneration`` is built from config (random init, seeded) a
 ``LlavaProcessor`` to a temporary folder; every measurement then runs in its **own subprocess**
 (so peak memory is per system): TRL loads the folder with ``from_pretrained``, mmalign imports it
 with :func:`mmalign.models.llava_hf.import_llava_hf`. Both train with AdamW (same lr), β, the same
-pairs (a seeded synthetic image + prompt + chosen/rejected answers), no gradient checkpointing.
+pairs in the same order (a seeded synthetic image + prompt + chosen/rejected answers), no
+gradient checkpointing, vision tower and projector frozen (the LLM trains; a frozen projector is
+what lets the reference reuse the policy's media features, optimisation B).
 
 Printed: samples/s (training steps after warm-up), peak memory, the first-step loss of each
 (same weights, so they must agree: TRL vs mmalign to 1e-4 in fp32), and an ablation of mmalign's
@@ -185,6 +187,7 @@ def run_trl(s: dict, folder: Path, beta: float, lr: float) -> dict:
     dtype = getattr(torch, s["dtype"])
     model = LlavaForConditionalGeneration.from_pretrained(folder, dtype=dtype)
     model.model.vision_tower.requires_grad_(False)
+    model.model.multi_modal_projector.requires_grad_(False)
     processor = AutoProcessor.from_pretrained(folder)
     times, losses = [], []
 
@@ -206,7 +209,12 @@ def run_trl(s: dict, folder: Path, beta: float, lr: float) -> dict:
         remove_unused_columns=False, seed=0, optim="adamw_torch", weight_decay=0.0, max_grad_norm=0.0,
         disable_tqdm=True,
     )  # fmt: skip
-    trainer = DPOTrainer(
+
+    class InOrder(DPOTrainer):  # the same batches, in the same order, as the mmalign runs
+        def _get_train_sampler(self, *args, **kwargs):
+            return torch.utils.data.SequentialSampler(self.train_dataset)
+
+    trainer = InOrder(
         model=model, args=args, train_dataset=ds, processing_class=processor, callbacks=[Timer()]
     )
     trainer.train()
@@ -238,6 +246,7 @@ def run_mmalign(s: dict, folder: Path, beta: float, lr: float, variant: str) -> 
         prefs.append(PreferencePair(str(i), prompt, p["chosen"], p["rejected"], images=[tmp / f"{i}.png"]))
     policy, tok = import_llava_hf(folder, dtype=dtype)
     policy.vision.requires_grad_(False)
+    policy.projector.requires_grad_(False)
     policy.to(dev)
     ref = copy.deepcopy(policy).eval() if opt["reference"] == "frozen" else None
     processor = MultimodalProcessor.for_model(policy, tok)
