@@ -60,8 +60,11 @@ def iter_inputs(path: str | Path) -> Iterator[tuple[str, dict[str, Any] | Record
             yield where, rec
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def _dumps(rec: Mapping[str, Any]) -> str:
-    return json.dumps(rec, ensure_ascii=False, separators=(",", ":")) + "\n"
+    return _ENCODER.encode(rec) + "\n"
 
 
 class CommittedOutput:

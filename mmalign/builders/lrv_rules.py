@@ -252,10 +252,9 @@ def existent_element(
     scene: SceneDesc, rng: random.Random, variant: int | None = None, vocab: Vocab = Vocab()
 ) -> Instruction | None:
     """A present object named with a wrong colour (or size); the answer corrects it."""
-    cands = [(t, "color", vocab.colors) for t in scene.unique() if t.attrs.get("color") in COLOR_WORDS]
-    cands += [
-        (t, "size", vocab.sizes) for t in scene.unique() if "size" in t.attrs and "color" not in t.attrs
-    ]
+    unique = scene.unique()
+    cands = [(t, "color", vocab.colors) for t in unique if t.attrs.get("color") in COLOR_WORDS]
+    cands += [(t, "size", vocab.sizes) for t in unique if "size" in t.attrs and "color" not in t.attrs]
     if not cands:
         return None
     t, cat, values = rng.choice(cands)

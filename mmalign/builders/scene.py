@@ -17,6 +17,7 @@ ShapeWorld's cell words on its 3×3 grid.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,7 +67,8 @@ class SceneDesc:
 
     def unique(self) -> list[Thing]:
         """Things whose name occurs once (so ``the <name>`` refers to one object)."""
-        return [t for t in self.things if self.count(t.name) == 1]
+        counts = Counter(t.name for t in self.things)
+        return [t for t in self.things if counts[t.name] == 1]
 
     def position(self, thing: Thing) -> str | None:
         """``top left``, ``left``, ``center`` … from the box centre (None without box or size)."""
