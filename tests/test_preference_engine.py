@@ -72,8 +72,9 @@ def encode_all(processor, pairs, extra=None):
     return [encode_pair(processor, p, extra_rejected=(extra or {}).get(p.id)) for p in pairs]
 
 
-@pytest.mark.parametrize("layout", ["shared", "shared_packed", "plain"])
-@pytest.mark.parametrize("logits_only", [True, False])
+@pytest.mark.parametrize(
+    "layout, logits_only", [("shared", True), ("shared_packed", True), ("shared", False), ("plain", False)]
+)
 def test_frozen_reference_modes_match_plain(tiny_model, tokenizer, pairs, layout, logits_only):
     reference = copy.deepcopy(tiny_model)
     policy = tiny_model
@@ -197,3 +198,27 @@ def test_shared_row_mask_and_positions(tiny_model, tokenizer, pairs):
     # one image per pair in the shared row, K copies in the plain layout
     assert batch.images.shape[0] == 1
     assert collate_plain([enc], processor.pad_token_id).images.shape[0] == 2
+
+
+def test_povid_argmax_noise_answer_is_teacher_forced_argmax(tiny_model, tokenizer, pairs):
+    from mmalign.preference.povid import distort_pixels, noise_answers
+
+    processor = MultimodalProcessor.for_model(tiny_model, tokenizer)
+    enc = encode_all(processor, pairs)
+    texts = noise_answers(
+        tiny_model, processor, enc, "argmax", t=500, generator=torch.Generator().manual_seed(3)
+    )
+    gen = torch.Generator().manual_seed(3)
+    for p, e, text in zip(pairs, enc, texts, strict=True):
+        noisy = distort_pixels(e.images, processor, 500, gen)
+        assert not torch.allclose(noisy, e.images, atol=0.1)
+        ids, labels = processor.tokenize_conversation(
+            [*p.prompt, {"role": "assistant", "content": p.chosen}], 1, 0, p.id
+        )
+        with torch.no_grad():
+            logits = tiny_model(torch.tensor([ids]), images=noisy)["logits"][0]
+        keep = [i for i in range(1, len(ids)) if labels[i] != IGNORE_INDEX]
+        want = tokenizer.decode([int(logits[i - 1].argmax()) for i in keep], skip_special_tokens=True).strip()
+        assert text == (want or ".")
+    generated = noise_answers(tiny_model, processor, enc, "generate", max_new_tokens=4)
+    assert len(generated) == 3 and all(isinstance(g, str) and g for g in generated)

@@ -175,3 +175,22 @@ def test_reward_model_zero3_factual_prompt(base, tmp_path):
     with torch.no_grad():
         rewards = model(collate_shared(enc, processor.pad_token_id))
     assert rewards.shape == (2, 2) and torch.isfinite(rewards).all() and rewards.std() > 0
+
+
+def test_dpo_frozen_reference_povid_generated_noise(base, tmp_path):
+    """The frozen reference inside the ZeRO-3 engine; y_noise generated (synced_gpus) from noised images."""
+    out = tmp_path / "frozen"
+    cfg = config(
+        base,
+        out,
+        max_steps=2,
+        reference="frozen",
+        povid={"inject_weight": 0.5, "noise_weight": 0.5, "noise_source": "generate", "max_new_tokens": 6},
+    )
+    run(torchrun_cmd(ROOT / "train" / "dpo.py", ["--config", str(cfg)]))
+    recs = metrics(out)
+    assert [r["step"] for r in recs] == [1, 2]
+    assert abs(recs[0]["loss"] - 0.693147) < 1e-4  # policy == frozen reference at step 1
+    assert abs(recs[1]["rewards/chosen"]) > 1e-5  # and they differ after a step
+    start, end = llm_state(base / "base"), llm_state(out / "final")
+    assert any(not torch.equal(start[k], end[k]) for k in start)
