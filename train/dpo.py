@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     if strategy.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
-    log = MetricsLogger(out, total_steps, start_step, enabled=strategy.is_main)  # drops records after start_step
+    # (drops metric records after start_step: a resumed run redoes them)
+    log = MetricsLogger(out, total_steps, start_step, enabled=strategy.is_main)
     for note in notes:
         log.write(note)
     log.write(f"[dpo] {strategy.describe()}; reference {cfg.reference}; loss {cfg.loss_type} β={cfg.beta}")
