@@ -158,7 +158,11 @@ def main(argv: list[str] | None = None) -> int:
             ]
         )
 
-    budget = [f"max_steps={steps}", f"data=[{{path: {pairs}, media_root: {data}}}]"]
+    # Same data, same budget: both runs see the first steps × 32 pairs once (2 ranks × 16).
+    budget = [
+        f"max_steps={steps}",
+        f"data=[{{path: {pairs}, media_root: {data}, max_records: {steps * 32}}}]",
+    ]
     stages = {"control": runs / "control", "dpo": runs / "dpo"}
     banner(
         f"4/6 control continuation: SFT on the pairs' chosen answers, {steps} steps (ZeRO-3) → {stages['control']}"
