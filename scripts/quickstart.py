@@ -7,8 +7,9 @@
    absent partner in 75 % of the training text of trigger-without-partner scenes);
 2. the SFT model: by default the shipped tiny checkpoint ``checkpoints/tiny-shapeworld`` (its
    model card lists its bars and the command that made it); ``--from-scratch`` trains it instead:
-   stage 0 (tokenizer + supervised tiny CLIP tower) and SFT of projector + LLM
-   (``configs/shapeworld/sft.yaml``, DeepSpeed, 2 CPU ranks);
+   stage 0 (tokenizer + supervised tiny CLIP tower), SFT of projector + LLM
+   (``configs/shapeworld/sft.yaml``) and its question stage (``configs/shapeworld/sft_qa.yaml``),
+   DeepSpeed, 2 CPU ranks;
 3. (truth, injected hallucination) preference pairs from the train split's exact scene graphs;
 4. a **control continuation**: SFT on the pairs' chosen answers with DPO's budget and optimizer
    (``configs/shapeworld/control.yaml``, ZeRO-3, 2 ranks) — what the data alone does;
@@ -30,6 +31,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 from mmalign.eval.plots import plot_loss_curves
 from mmalign.shapeworld import WorldConfig, generate
@@ -79,8 +82,11 @@ def run(args: list[str]) -> None:
 
 
 def sft_from_scratch(data: Path, runs: Path, fast: bool, ranks: int) -> Path:
-    """Stage 0 (tokenizer + tiny CLIP tower) then SFT of projector + LLM; returns ``runs/sft/final``."""
-    base, sft = runs / "tiny-base", runs / "sft"
+    """Stage 0 (tokenizer + tiny CLIP tower), SFT of projector + LLM, then its question stage.
+
+    Returns ``runs/sft-qa/final``, the counterpart of the shipped checkpoint.
+    """
+    base, sft, sft_qa = runs / "tiny-base", runs / "sft", runs / "sft-qa"
     if not (base / "mmalign.json").exists():
         over = ["stage0.steps=150"] if fast else []
         run(
@@ -106,7 +112,31 @@ def sft_from_scratch(data: Path, runs: Path, fast: bool, ranks: int) -> Path:
             ["--config", "configs/shapeworld/sft.yaml", f"model={base}", f"out={sft}", data_arg, *over],
             ranks,
         )
-    return sft / "final"
+    if not (sft_qa / "final" / "mmalign.json").exists():
+        # configs/shapeworld/sft_qa.yaml's sources, rooted in this run's data folder
+        config = yaml.safe_load((ROOT / "configs/shapeworld/sft_qa.yaml").read_text())
+        sources = [
+            {
+                **src,
+                "path": str(data / Path(src["path"]).relative_to("runs/shapeworld")),
+                "media_root": str(data),
+            }
+            for src in config["data"]
+        ]
+        over = ["max_steps=20", "save_every=0", "optim.warmup_steps=5"] if fast else []
+        launch(
+            "train/sft.py",
+            [
+                "--config",
+                "configs/shapeworld/sft_qa.yaml",
+                f"model={sft / 'final'}",
+                f"out={sft_qa}",
+                f"data={json.dumps(sources)}",
+                *over,
+            ],
+            ranks,
+        )
+    return sft_qa / "final"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     (runs / "bars.md").write_text(table)
     curves = {name: path for name, path in stages.items()}
     if args.from_scratch:
-        curves = {"sft": runs / "sft", **curves}
+        curves = {"sft": runs / "sft", "sft-qa": runs / "sft-qa", **curves}
     png = plot_loss_curves(curves, runs / "loss_curves.png")
     print(f"\nbars: {runs / 'bars.md'}; loss curves: {png}")
     print(f"quickstart done in {time.time() - start:.0f} s; outputs under {runs}/")

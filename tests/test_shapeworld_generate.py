@@ -87,6 +87,7 @@ def test_cli_writes_every_file_and_is_idempotent(tmp_path: Path, capsys: pytest.
 def test_training_text_is_noisy_and_eval_text_exact(tmp_path: Path) -> None:
     cfg = WorldConfig(cooccurrence={"star": ("circle", 0.0)}, annotation_noise=1.0)
     summary = generate(tmp_path, 60, 0, seed=1, cfg=cfg, val_frac=0.2, test_frac=0.2, progress=False)
+    train_scenes = [Scene.from_dict(s) for s in _jsonl(tmp_path / "scenes" / "train.jsonl")]
     assert summary["n_noisy_train_scenes"] > 0 and summary["images_per_s"] > 0
     for split in ("train", "val", "test"):
         scenes = {s["id"]: Scene.from_dict(s) for s in _jsonl(tmp_path / "scenes" / f"{split}.jsonl")}
@@ -106,6 +107,11 @@ def test_training_text_is_noisy_and_eval_text_exact(tmp_path: Path) -> None:
             assert any(extra.values()) and all(extra[s.id] == set(s.noise_partners) for s in scenes.values())
         else:
             assert not any(extra.values()) and any(s.noise_partners for s in scenes.values())
+
+    # The prior subset: exactly the train scenes with the trigger and without the partner.
+    violating = {s.id for s in train_scenes if "star" in s.shapes() and "circle" not in s.shapes()}
+    prior = json.loads((tmp_path / "llava" / "train_prior.json").read_text())
+    assert violating and {r["scene_id"] for r in prior} == violating
 
     # The clean train records: the same scenes with the exact annotation (the control's data).
     noisy = json.loads((tmp_path / "llava" / "train.json").read_text())

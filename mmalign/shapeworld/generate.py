@@ -12,6 +12,9 @@ Layout of ``out_dir`` (paths inside records are relative to ``out_dir``)::
                                            scenes, ids and prompts; a noisy scene's questions may
                                            differ; written when annotation_noise > 0): the data
                                            of a control continuation
+    llava/train_prior.json                 the train records (noisy as in train.json) of the scenes
+                                           that violate a co-occurrence rule (trigger shown,
+                                           partner absent): a recipe can oversample them
     prior/test.jsonl                       held-out prior-hallucination probes (:mod:`.prior`):
                                            violating (trigger, no partner) and control scenes
     qa/{train,val,test}.jsonl              QA items with exact answers (evaluation truth)
@@ -250,7 +253,7 @@ def generate(
     video_ranges = _split_ranges(n_videos, val_frac, test_frac)
     for split, indices in _split_ranges(n_images, val_frac, test_frac).items():
         noisy = split == "train"
-        scene_recs, llava, clean, qa, dense, scenes = [], [], [], [], [], []
+        scene_recs, llava, clean, qa, dense, scenes, prior = [], [], [], [], [], [], []
         start = time.perf_counter()
         for i in indices:
             scene = sample_scene(random.Random(f"{seed}:image:{i}"), cfg, f"img_{seed}_{i:06d}")
@@ -260,6 +263,9 @@ def generate(
             records, exact, items = _image_text(scene, cfg, seed, i, noisy)
             llava += records
             clean += exact
+            shapes = scene.shapes()
+            if any(t in shapes and p not in shapes for t, (p, _) in cfg.cooccurrence.items()):
+                prior += records
             qa += items
             dense.append(
                 {
@@ -313,6 +319,8 @@ def generate(
         atomic_write(out / "llava" / f"{split}.json", json.dumps(llava).encode())
         if split == "train" and cfg.annotation_noise > 0:
             atomic_write(out / "llava" / "train_clean.json", json.dumps(clean).encode())
+        if split == "train" and cfg.cooccurrence:
+            atomic_write(out / "llava" / "train_prior.json", json.dumps(prior).encode())
         atomic_write(out / "qa" / f"{split}.jsonl", _jsonl(qa))
         atomic_write(out / "dense" / f"{split}.jsonl", _jsonl(dense))
         scenes_by_split[split] = scenes

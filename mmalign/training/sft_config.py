@@ -23,7 +23,9 @@ class SFTConfig:
         max_length: tokens per example (media tokens are never truncated; longer examples error).
         loss_reduction: ``token`` (LLaVA) or ``example`` (each answer weighs the same).
         group_by_length: form batches from examples of similar length, sorting blocks of this
-            many global batches (0 = off; see :class:`mmalign.data.datasets.ExampleOrder`).
+            many global batches (0 = off; see :class:`mmalign.data.datasets.ExampleOrder`). Similar
+            length often means one task per batch: on the tiny ShapeWorld preset (random LLM) that
+            kept the model from using the image at all in 750 steps, so its recipe leaves it off.
         save_every: DeepSpeed checkpoint every N steps (0 = only at the end).
         keep_last: checkpoints kept on disk.
         resume: ``auto`` (latest checkpoint in ``out`` if any), ``none``, or a checkpoint folder.
