@@ -28,6 +28,7 @@ from typing import Any
 
 from mmalign.data.formats import Example
 from mmalign.data.processor import MultimodalProcessor
+from mmalign.eval.common import question
 from mmalign.models.lmm import LMM
 from mmalign.shapeworld import Scene, answer_yes_no, chair, parse_mentions, qa_correct
 from mmalign.training.generation import generate_responses
@@ -107,14 +108,8 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _ask(root: Path, media: str, question: str, video: bool = False) -> Example:
-    placeholder = "<video>" if video else "<image>"
-    return Example(
-        id=media,
-        messages=[{"role": "user", "content": f"{placeholder}\n{question}"}],
-        images=[] if video else [root / media],
-        videos=[root / media] if video else [],
-    )
+def _ask(root: Path, media: str, text: str, video: bool = False) -> Example:
+    return question(media, text, video=root / media) if video else question(media, text, image=root / media)
 
 
 def _rate(flags: Sequence[bool]) -> float:
