@@ -99,44 +99,29 @@ def sft_from_scratch(data: Path, runs: Path, fast: bool, ranks: int) -> Path:
                 *over,
             ]
         )
-    if not (sft / "final" / "mmalign.json").exists():
-        media = f"media_root: {data}"
-        data_arg = (
-            f"data=[{{path: {data}/llava/train.json, {media}, tasks: [caption, short_caption, existence, color, "
-            f"count, position, relation, multiple_choice]}}, {{path: {data}/llava/train.json, {media}, repeat: 2, "
-            "tasks: [video_caption, video_existence, video_motion, video_appear, video_leave, video_event, video_count]}]"
-        )
-        over = ["max_steps=30", "save_every=0", "optim.warmup_steps=5"] if fast else []
+    for config, start, out, fast_steps in (
+        ("configs/shapeworld/sft.yaml", base, sft, 30),
+        ("configs/shapeworld/sft_qa.yaml", sft / "final", sft_qa, 20),
+    ):
+        if (out / "final" / "mmalign.json").exists():
+            continue
+        over = [f"max_steps={fast_steps}", "save_every=0", "optim.warmup_steps=5"] if fast else []
         launch(
             "train/sft.py",
-            ["--config", "configs/shapeworld/sft.yaml", f"model={base}", f"out={sft}", data_arg, *over],
-            ranks,
-        )
-    if not (sft_qa / "final" / "mmalign.json").exists():
-        # configs/shapeworld/sft_qa.yaml's sources, rooted in this run's data folder
-        config = yaml.safe_load((ROOT / "configs/shapeworld/sft_qa.yaml").read_text())
-        sources = [
-            {
-                **src,
-                "path": str(data / Path(src["path"]).relative_to("runs/shapeworld")),
-                "media_root": str(data),
-            }
-            for src in config["data"]
-        ]
-        over = ["max_steps=20", "save_every=0", "optim.warmup_steps=5"] if fast else []
-        launch(
-            "train/sft.py",
-            [
-                "--config",
-                "configs/shapeworld/sft_qa.yaml",
-                f"model={sft / 'final'}",
-                f"out={sft_qa}",
-                f"data={json.dumps(sources)}",
-                *over,
-            ],
+            ["--config", config, f"model={start}", f"out={out}", rooted_sources(config, data), *over],
             ranks,
         )
     return sft_qa / "final"
+
+
+def rooted_sources(config: str, data: Path) -> str:
+    """The ``data=`` override giving a recipe config's sources (under runs/shapeworld) in ``data``."""
+    sources = yaml.safe_load((ROOT / config).read_text())["data"]
+    rooted = [
+        {**s, "path": str(data / Path(s["path"]).relative_to("runs/shapeworld")), "media_root": str(data)}
+        for s in sources
+    ]
+    return f"data={json.dumps(rooted)}"
 
 
 def main(argv: list[str] | None = None) -> int:
