@@ -7,7 +7,7 @@ Launch:
     # several nodes: a hostfile of "host slots=N" lines
     deepspeed --hostfile hostfile --num_nodes 2 --num_gpus 8 train/sft.py --config ... key=value ...
     # CPU, 2 ranks (the embedded ShapeWorld default)
-    DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 deepspeed --num_gpus 2 train/sft.py --config configs/sft/tiny_shapeworld_stage2.yaml
+    DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 deepspeed --num_gpus 2 train/sft.py --config configs/shapeworld/sft.yaml
     # or torchrun --nproc_per_node 2 train/sft.py ...; or plain `python train/sft.py ...` (one process)
 
 Each optimizer step: for each of ``grad_accum`` micro-batches, this rank takes its slice of the
