@@ -48,7 +48,7 @@ from mmalign.preference.config import DPOConfig, load_sources
 from mmalign.preference.povid import noise_answers
 from mmalign.preference.ref_cache import ReferenceCache, model_fingerprint, pair_key, precompute
 from mmalign.preference.scoring import PreferenceModel
-from mmalign.training.checkpoint import export_final, prune_checkpoints, resolve_resume, step_tag
+from mmalign.training.checkpoint import export_final, prune_checkpoints, resume_step, step_tag
 from mmalign.training.logging import MetricsLogger
 from mmalign.training.parts import apply_lora, configure_parts, lr_lambda
 from mmalign.training.strategy import Strategy
@@ -125,19 +125,12 @@ def main(argv: list[str] | None = None) -> int:
             f"[dpo] reference log-probs: {int(strategy.all_reduce_sum(n))} computed in {time.time() - t0:.1f}s, {len(cache)} cached"
         )
     ckpt_dir = out / "checkpoints"
-    start_step = 0
     run_shape = {
         "global_batch": order.global_batch,
         "world_size": strategy.world_size,
         "n_examples": len(pairs),
     }
-    resume_from = resolve_resume(cfg.resume, ckpt_dir)
-    if resume_from is not None:
-        state = strategy.load_checkpoint(*resume_from)
-        start_step = int(state["step"])
-        saved = {k: state.get(k) for k in run_shape}
-        if saved != run_shape:
-            raise ValueError(f"cannot resume {resume_from[0]}: saved with {saved}, this run has {run_shape}")
+    start_step = resume_step(strategy, cfg.resume, ckpt_dir, run_shape)
     if strategy.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")

@@ -37,7 +37,7 @@ from mmalign.models.checkpoint import load_model
 from mmalign.preference.batch import collate_shared, encode_pair
 from mmalign.preference.config import RewardConfig, load_sources
 from mmalign.preference.reward_model import RewardModel, reward_suffix, save_head
-from mmalign.training.checkpoint import export_final, prune_checkpoints, resolve_resume, step_tag
+from mmalign.training.checkpoint import export_final, prune_checkpoints, resume_step, step_tag
 from mmalign.training.logging import MetricsLogger
 from mmalign.training.parts import apply_lora, configure_parts, lr_lambda
 from mmalign.training.strategy import Strategy
@@ -92,19 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     engine = strategy.prepare(model, optimizer, scheduler)
     dev, dtype = strategy.device, strategy.dtype
     ckpt_dir = out / "checkpoints"
-    start_step = 0
     run_shape = {
         "global_batch": order.global_batch,
         "world_size": strategy.world_size,
         "n_examples": len(train_pairs),
     }
-    resume_from = resolve_resume(cfg.resume, ckpt_dir)
-    if resume_from is not None:
-        state = strategy.load_checkpoint(*resume_from)
-        start_step = int(state["step"])
-        saved = {k: state.get(k) for k in run_shape}
-        if saved != run_shape:
-            raise ValueError(f"cannot resume {resume_from[0]}: saved with {saved}, this run has {run_shape}")
+    start_step = resume_step(strategy, cfg.resume, ckpt_dir, run_shape)
     if strategy.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")

@@ -40,7 +40,7 @@ from mmalign.config import load_config, save_config
 from mmalign.data.datasets import ExampleOrder, length_hint, load_mixture
 from mmalign.data.processor import MultimodalProcessor
 from mmalign.models.checkpoint import load_model
-from mmalign.training.checkpoint import export_final, prune_checkpoints, resolve_resume, step_tag
+from mmalign.training.checkpoint import export_final, prune_checkpoints, resume_step, step_tag
 from mmalign.training.logging import MetricsLogger
 from mmalign.training.parts import apply_lora, configure_parts, lr_lambda
 from mmalign.training.sft_config import SFTConfig
@@ -86,21 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim, total_steps))
     engine = strategy.prepare(model, optimizer, scheduler)
     ckpt_dir = out / "checkpoints"
-    start_step = 0
-    resume_from = resolve_resume(cfg.resume, ckpt_dir)
     run_shape = {
         "global_batch": order.global_batch,
         "world_size": strategy.world_size,
         "n_examples": len(examples),
     }
-    if resume_from is not None:
-        state = strategy.load_checkpoint(*resume_from)
-        start_step = int(state["step"])
-        saved_shape = {k: state.get(k) for k in run_shape}
-        if saved_shape != run_shape:  # the data position is step × global batch: it must mean the same
-            raise ValueError(
-                f"cannot resume {resume_from[0]}: it was saved with {saved_shape}, this run has {run_shape}"
-            )
+    start_step = resume_step(strategy, cfg.resume, ckpt_dir, run_shape)
     if strategy.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")

@@ -43,6 +43,24 @@ def resolve_resume(resume: str, ckpt_dir: Path) -> tuple[Path, str | None] | Non
     raise FileNotFoundError(f"resume={resume}: no DeepSpeed checkpoint there")
 
 
+def resume_step(strategy: Strategy, resume: str, ckpt_dir: Path, run_shape: dict[str, Any]) -> int:
+    """Restore the checkpoint ``resume`` names (see :func:`resolve_resume`); the step to start at.
+
+    ``run_shape`` (global batch, world size, data size) must equal the one saved with the
+    checkpoint: the data position is step × global batch, so it must mean the same thing.
+    """
+    resume_from = resolve_resume(resume, ckpt_dir)
+    if resume_from is None:
+        return 0
+    state = strategy.load_checkpoint(*resume_from)
+    saved = {k: state.get(k) for k in run_shape}
+    if saved != run_shape:
+        raise ValueError(
+            f"cannot resume {resume_from[0]}: it was saved with {saved}, this run has {run_shape}"
+        )
+    return int(state["step"])
+
+
 def prune_checkpoints(ckpt_dir: Path, keep_last: int) -> None:
     """Delete all but the newest ``keep_last`` step folders (never the one ``latest`` names)."""
     latest = (ckpt_dir / "latest").read_text().strip() if (ckpt_dir / "latest").exists() else None
