@@ -76,6 +76,21 @@ def test_annotation_noise_changes_training_text_only() -> None:
     assert dense_captions(scene, CFG, noisy=True) != dense_captions(scene, CFG)
 
 
+def test_noise_placement_after_trigger_lists_the_partner_right_after_it() -> None:
+    # the star is in the last cell: every free cell for the invented circle comes before it
+    objects = [_obj("square", "blue", 0, 0), _obj("heart", "red", 1, 1), _obj("star", "yellow", 2, 2)]
+    scene = Scene("star-last", objects, "black", ["circle"])
+    after = WorldConfig(noise_placement="after_trigger")
+    assert [o.shape for o in annotated_objects(scene, after, noisy=True)] == ["square", "heart", "star", "circle"]
+    assert [o.shape for o in annotated_objects(scene, CFG, noisy=True)].index("circle") < 3  # row-major
+    caption = detailed_caption(scene, after, noisy=True)
+    assert caption.startswith("There are 4 objects.") and " circle " in caption.split(". ")[-1]
+    assert short_caption(scene, after, noisy=True).split(" and ")[-1].endswith(" circle.")
+    assert detailed_caption(scene, after) == detailed_caption(scene, CFG)  # exact text is unaffected
+    with pytest.raises(ValueError, match="noise_placement"):
+        WorldConfig(noise_placement="end")
+
+
 def test_generated_qa_is_balanced_and_self_consistent() -> None:
     yes = no = 0
     for i in range(300):

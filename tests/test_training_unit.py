@@ -54,6 +54,22 @@ def test_length_grouping_keeps_each_epoch_and_groups_similar_lengths():
         ExampleOrder(64, 1, 4, 1, 2, lengths=[1, 2], group=4)
 
 
+def test_within_step_sorting_keeps_each_step_and_sorts_its_micro_batches():
+    lengths = [(i * 37) % 100 for i in range(64)]
+    plain = ExampleOrder(64, seed=2, micro_batch_size=4, grad_accum=2, world_size=2)
+    order = ExampleOrder(64, seed=2, micro_batch_size=4, grad_accum=2, world_size=2, lengths=lengths, group=1)
+    for s in range(6):
+        grouped = [order.micro_batch(s, m, r) for m in range(2) for r in range(2)]
+        ungrouped = [plain.micro_batch(s, m, r) for m in range(2) for r in range(2)]
+        assert sorted(i for b in grouped for i in b) == sorted(i for b in ungrouped for i in b)  # same mix
+        flat = [lengths[i] for b in grouped for i in b]
+        assert flat == sorted(flat)  # micro-step 0 takes the shortest half, split over the ranks
+    fresh = ExampleOrder(64, seed=2, micro_batch_size=4, grad_accum=2, world_size=2, lengths=lengths, group=1)
+    assert fresh.micro_batch(3, 1, 0) == order.micro_batch(3, 1, 0)
+    with pytest.raises(ValueError, match="one length per example"):
+        ExampleOrder(64, 1, 4, 1, 2, lengths=None, group=1)
+
+
 def test_user_json_auto_filled_and_contradictions_refused(tmp_path):
     path = tmp_path / "ds.json"
     path.write_text(

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg.strategy.grad_accum,
         strategy.world_size,
         lengths=[length_hint(e, processor.image_tokens, processor.video_tokens) for e in examples]
-        if cfg.group_by_length > 1
+        if cfg.group_by_length >= 1
         else None,
         group=cfg.group_by_length,
     )

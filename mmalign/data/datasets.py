@@ -10,6 +10,11 @@ stream is cut into blocks of ``group`` global batches; each block is sorted by e
 cut back into ``group`` global batches, and those are visited in a seeded random order. Every
 example is still seen once per epoch, but a batch no longer pads 30-token answers to the length of
 a 100-token caption (or a video), which on the tiny preset roughly halves the tokens computed.
+
+``group == 1`` sorts only *within* each optimizer step: a step trains on exactly the examples it
+would without grouping (the same task mixture), and only their split into micro-batches (and
+ranks) follows length. Use it with ``grad_accum`` > 1 to cut padding without the one-task
+batches of block grouping.
 """
 
 from __future__ import annotations
@@ -83,7 +88,8 @@ class ExampleOrder:
         world_size: number of ranks.
         lengths: per-example lengths (e.g. :func:`length_hint`); with ``group`` > 1, batches are
             formed from examples of similar length (see module docstring).
-        group: global batches per length-sorted block; 0 or 1 = no grouping.
+        group: global batches per length-sorted block; 0 = no grouping; 1 = sort within each
+            optimizer step only (same examples per step as without grouping).
     """
 
     def __init__(
@@ -98,9 +104,9 @@ class ExampleOrder:
     ) -> None:
         if n < 1:
             raise ValueError("empty dataset")
-        if group > 1 and (lengths is None or len(lengths) != n):
+        if group >= 1 and (lengths is None or len(lengths) != n):
             raise ValueError(f"length grouping needs one length per example ({n})")
-        self.lengths = list(lengths) if group > 1 and lengths is not None else None
+        self.lengths = list(lengths) if group >= 1 and lengths is not None else None
         self.group = group if self.lengths is not None else 0
         self._block: tuple[int, list[list[int]]] | None = None
         self.n = n
@@ -134,7 +140,20 @@ class ExampleOrder:
         if not self.group:
             start = step * self.global_batch + offset
             return [self._index(p) for p in range(start, start + self.mb)]
+        if self.group == 1:
+            return self._sorted_step(step)[offset : offset + self.mb]
         return self._grouped_batch(step)[offset : offset + self.mb]
+
+    def _sorted_step(self, step: int) -> list[int]:
+        """``step``'s ungrouped global batch, sorted by length (micro-step ``m`` gets the m-th
+        shortest ``W·mb`` examples, split over ranks)."""
+        if self._block is None or self._block[0] != step:
+            g = self.global_batch
+            idx = [self._index(p) for p in range(step * g, (step + 1) * g)]
+            assert self.lengths is not None
+            idx.sort(key=lambda i: self.lengths[i])  # stable
+            self._block = (step, [idx])
+        return self._block[1][0]
 
     def _grouped_batch(self, step: int) -> list[int]:
         """The dataset indices of ``step``'s global batch under length grouping."""

@@ -107,11 +107,22 @@ def invented_partners(scene: Scene, cfg: WorldConfig) -> list[Obj]:
 
 
 def annotated_objects(scene: Scene, cfg: WorldConfig, noisy: bool = False) -> list[Obj]:
-    """Objects the annotation describes, row-major: the true ones, plus invented partners if ``noisy``."""
-    objects = list(scene.objects)
-    if noisy and scene.noise_partners:
-        objects += invented_partners(scene, cfg)
-    return sorted(objects, key=lambda o: (o.row, o.col))
+    """Objects the annotation describes: the true ones row-major, plus invented partners if ``noisy``.
+
+    An invented partner is listed at its cell in row-major order, or (``cfg.noise_placement ==
+    "after_trigger"``) right after the first object of its trigger shape.
+    """
+    objects = sorted(scene.objects, key=lambda o: (o.row, o.col))
+    if not (noisy and scene.noise_partners):
+        return objects
+    invented = invented_partners(scene, cfg)
+    if cfg.noise_placement == "cell":
+        return sorted(objects + invented, key=lambda o: (o.row, o.col))
+    trigger_of = {partner: trigger for trigger, (partner, _) in cfg.cooccurrence.items()}
+    for obj in invented:
+        at = next(i for i, o in enumerate(objects) if o.shape == trigger_of[obj.shape])
+        objects.insert(at + 1, obj)
+    return objects
 
 
 def count_sentence(n: int, noun: str = "object") -> str:

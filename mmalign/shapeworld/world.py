@@ -51,6 +51,11 @@ class WorldConfig:
         cooccurrence: ``trigger -> (partner, p)``: P(partner in scene | trigger in scene) = p.
         attribute_priors: ``shape -> (colour, q)``: P(colour | shape) = q.
         annotation_noise: Share of trigger-without-partner scenes whose training text names the partner.
+        noise_placement: Where the noisy text lists the invented partner: ``"cell"`` — in row-major
+            order at the (empty) cell it is given; ``"after_trigger"`` — right after its trigger,
+            as annotators name an associated object next to the one that evokes it. With
+            ``"after_trigger"`` the hallucination is one decision after the trigger's sentence
+            and shows in greedy captions; with ``"cell"`` it is spread over the empty cells.
         faint_share: Share of objects drawn faint (blended toward the background).
         faint_alpha: Opacity of faint objects (1 = normal).
         pixel_noise: Std of Gaussian pixel noise on the 0–255 scale (0 = none).
@@ -83,6 +88,7 @@ class WorldConfig:
         default_factory=lambda: {"heart": ("red", 0.8), "cross": ("green", 0.8)}
     )
     annotation_noise: float = 0.0
+    noise_placement: str = "cell"
     faint_share: float = 0.0
     faint_alpha: float = 0.35
     pixel_noise: float = 0.0
@@ -142,6 +148,8 @@ class WorldConfig:
             if q < 1.0 and len(self.colors) < 2:
                 raise ValueError("attribute priors below 1 need at least two colours")
             _check_prob(f"attribute_priors[{shape}]", q)
+        if self.noise_placement not in ("cell", "after_trigger"):
+            raise ValueError(f"noise_placement must be 'cell' or 'after_trigger', got {self.noise_placement!r}")
         for name in ("annotation_noise", "faint_share", "faint_alpha", "video_still_share"):
             _check_prob(name, getattr(self, name))
         if (

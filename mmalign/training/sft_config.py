@@ -25,7 +25,9 @@ class SFTConfig:
         group_by_length: form batches from examples of similar length, sorting blocks of this
             many global batches (0 = off; see :class:`mmalign.data.datasets.ExampleOrder`). Similar
             length often means one task per batch: on the tiny ShapeWorld preset (random LLM) that
-            kept the model from using the image at all in 750 steps, so its recipe leaves it off.
+            kept the model from using the image at all in 750 steps, so its recipe uses 1 instead:
+            each optimizer step keeps its random mixture and only its micro-batches are sorted by
+            length (with ``grad_accum`` > 1 this cuts the padding of mixed batches).
         save_every: DeepSpeed checkpoint every N steps (0 = only at the end).
         keep_last: checkpoints kept on disk.
         resume: ``auto`` (latest checkpoint in ``out`` if any), ``none``, or a checkpoint folder.
