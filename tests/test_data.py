@@ -52,6 +52,7 @@ def _targets(proc, tokenizer, messages, n_images=1):
         ("chatml", ["Red.<|im_end|>\n", "3<|im_end|>\n"]),
         ("vicuna_v1", [" Red.<|im_end|>", " 3<|im_end|>"]),  # eos of this tokenizer is <|im_end|>
         ("llama3", ["Red.<|eot_id|>", "3<|eot_id|>"]),
+        ("plain", ["Red.<|im_end|>", "3<|im_end|>"]),  # no role markers: the answer follows the question
     ],
 )
 def test_labels_cover_exactly_the_assistant_turns(tiny_model, tokenizer, template, expected):

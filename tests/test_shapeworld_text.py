@@ -81,7 +81,12 @@ def test_noise_placement_after_trigger_lists_the_partner_right_after_it() -> Non
     objects = [_obj("square", "blue", 0, 0), _obj("heart", "red", 1, 1), _obj("star", "yellow", 2, 2)]
     scene = Scene("star-last", objects, "black", ["circle"])
     after = WorldConfig(noise_placement="after_trigger")
-    assert [o.shape for o in annotated_objects(scene, after, noisy=True)] == ["square", "heart", "star", "circle"]
+    assert [o.shape for o in annotated_objects(scene, after, noisy=True)] == [
+        "square",
+        "heart",
+        "star",
+        "circle",
+    ]
     assert [o.shape for o in annotated_objects(scene, CFG, noisy=True)].index("circle") < 3  # row-major
     caption = detailed_caption(scene, after, noisy=True)
     assert caption.startswith("There are 4 objects.") and " circle " in caption.split(". ")[-1]
@@ -89,6 +94,31 @@ def test_noise_placement_after_trigger_lists_the_partner_right_after_it() -> Non
     assert detailed_caption(scene, after) == detailed_caption(scene, CFG)  # exact text is unaffected
     with pytest.raises(ValueError, match="noise_placement"):
         WorldConfig(noise_placement="end")
+
+
+def test_terse_questions_end_on_the_queried_words() -> None:
+    terse = WorldConfig(question_style="terse")
+    scene = _star_scene()
+    items = image_qa(scene, terse, random.Random(0)) + image_qa(scene, CFG, random.Random(0))
+    for item in items[: len(items) // 2]:
+        if item["type"] == "existence":
+            assert item["question"] == f"Is there a {item['shape']}"
+        if item["type"] in ("color", "position"):
+            assert item["question"].endswith(item["shape"]) and not item["question"].endswith("?")
+    assert {i["type"] for i in items[: len(items) // 2]} >= {"existence", "color", "position"}
+    assert all(
+        i["question"].endswith("?") for i in items[len(items) // 2 :] if i["type"] != "multiple_choice"
+    )
+    video = sample_video(random.Random(3), terse, "v")
+    for item in video_qa(video, terse, random.Random(0)):
+        if item["type"] == "video_existence":
+            assert (
+                item["question"] == f"Is there {'an' if item['shape'][0] in 'aeiou' else 'a'} {item['shape']}"
+            )
+        if item["type"] == "video_motion":
+            assert item["question"].startswith("Motion of the ") and item["question"].endswith(item["shape"])
+    with pytest.raises(ValueError, match="question_style"):
+        WorldConfig(question_style="short")
 
 
 def test_generated_qa_is_balanced_and_self_consistent() -> None:

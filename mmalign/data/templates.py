@@ -7,6 +7,7 @@ the built-ins below, written as Jinja so that both paths render through
 * ``vicuna_v1`` — LLaVA-1.5's ``conv_vicuna_v1``: ``SYSTEM USER: q ASSISTANT: a</s>USER: ...``
 * ``llama3`` — ``<|start_header_id|>role<|end_header_id|>\\n\\ncontent<|eot_id|>``
 * ``chatml`` — ``<|im_start|>role\\ncontent<|im_end|>\\n``
+* ``plain`` — ``question`` directly followed by ``answer</s>``: no role markers (the tiny preset)
 
 Labels: every assistant turn (its content and the end-of-turn text that follows it) is a target;
 everything else is ``-100``. The assistant spans are found by rendering the conversation up to
@@ -42,6 +43,13 @@ BUILTIN_TEMPLATES: dict[str, str] = {
         "<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] | trim }}<|eot_id|>"
         "{% endfor %}"
         "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+    ),
+    # No role markers: the answer follows the user's text directly (multi-turn: turns are joined,
+    # each assistant turn closed by eos). Used by the tiny ShapeWorld preset, where a question that
+    # ends on the queried word then has its answer predicted at that word (see WorldConfig.question_style).
+    "plain": (
+        "{% for m in messages %}{{ m['content'] }}"
+        "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}"
     ),
     "chatml": (
         "{% for m in messages %}"

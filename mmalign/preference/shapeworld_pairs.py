@@ -31,6 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from mmalign.shapeworld.captions import caption_prompt, detailed_caption
+from mmalign.shapeworld.qa import existence_question
 from mmalign.shapeworld.vocab import SIZES
 from mmalign.shapeworld.world import Obj, Scene, WorldConfig, place_in_cell, sample_color
 
@@ -87,10 +88,6 @@ def _record(rid: str, image: str, question: str, chosen: str, rejected: str, kin
     }
 
 
-def _article(shape: str) -> str:
-    return "an" if shape[0] in "aeiou" else "a"
-
-
 def scene_pairs(
     scene: Scene, image: str, cfg: WorldConfig, seed: int, kinds: tuple[str, ...] = KINDS
 ) -> Iterator[dict]:
@@ -114,11 +111,11 @@ def scene_pairs(
     if "existence" in kinds:
         absent = injected_shape(clean, cfg, rng)
         if absent is not None:
-            q = f"Is there {_article(absent)} {absent} in the image?"
+            q = existence_question(absent, "image", cfg)
             yield _record(f"{scene.id}-absent", image, q, "no", "yes", "existence")
         if clean.objects:
             shape = rng.choice(sorted(clean.shapes()))
-            q = f"Is there {_article(shape)} {shape} in the image?"
+            q = existence_question(shape, "image", cfg)
             yield _record(f"{scene.id}-present", image, q, "yes", "no", "existence")
 
 

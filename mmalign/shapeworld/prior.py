@@ -17,15 +17,15 @@ from __future__ import annotations
 import dataclasses
 import random
 
-from mmalign.shapeworld.captions import article
+from mmalign.shapeworld.qa import existence_question
 from mmalign.shapeworld.world import Scene, WorldConfig, sample_scene
 
 GROUPS: tuple[str, ...] = ("violating", "control")
 
 
-def probe_question(shape: str) -> str:
+def probe_question(shape: str, cfg: WorldConfig | None = None) -> str:
     """The yes/no question asked about the partner (the training existence-question wording)."""
-    return f"Is there {article(shape)} {shape} in the image?"
+    return existence_question(shape, "image", cfg or WorldConfig())
 
 
 def _free_world(cfg: WorldConfig) -> WorldConfig:
@@ -67,7 +67,7 @@ def prior_probes(cfg: WorldConfig, seed: int, n_per_group: int) -> list[tuple[Sc
                         "group": group,
                         "trigger": trigger,
                         "partner": partner,
-                        "question": probe_question(partner),
+                        "question": probe_question(partner, cfg),
                         "scene": scene.to_dict(),
                     },
                 )

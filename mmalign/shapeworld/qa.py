@@ -38,6 +38,19 @@ def unique_descriptor(obj: Obj, objects: Sequence[Obj]) -> str | None:
     return None
 
 
+def lookup_question(text: str, cfg: WorldConfig) -> str:
+    """A question that ends on the looked-up words: ``?`` added unless ``cfg.question_style`` is terse."""
+    return text if cfg.question_style == "terse" else text + "?"
+
+
+def existence_question(shape: str, medium: str, cfg: WorldConfig) -> str:
+    """``Is there a star in the image?`` (natural) or ``Is there a star`` (terse)."""
+    art = "an" if shape[0] in "aeiou" else "a"
+    if cfg.question_style == "terse":
+        return f"Is there {art} {shape}"
+    return f"Is there {art} {shape} in the {medium}?"
+
+
 def existence_qa(
     scene: Scene, cfg: WorldConfig, rng: random.Random, noisy: bool = False, n: int = 2
 ) -> list[QA]:
@@ -50,7 +63,7 @@ def existence_qa(
     return [
         {
             "type": "existence",
-            "question": f"Is there {'an' if s[0] in 'aeiou' else 'a'} {s} in the image?",
+            "question": existence_question(s, "image", cfg),
             "answer": a,
             "shape": s,
         }
@@ -64,7 +77,12 @@ def color_qa(scene: Scene, cfg: WorldConfig, rng: random.Random, noisy: bool = F
     counts = Counter(o.shape for o in objects)
     unique = [o for o in objects if counts[o.shape] == 1]
     return [
-        {"type": "color", "question": f"What color is the {o.shape}?", "answer": o.color, "shape": o.shape}
+        {
+            "type": "color",
+            "question": lookup_question(f"What color is the {o.shape}", cfg),
+            "answer": o.color,
+            "shape": o.shape,
+        }
         for o in rng.sample(unique, min(n, len(unique)))
     ]
 
@@ -101,7 +119,7 @@ def position_qa(
     return [
         {
             "type": "position",
-            "question": f"Where is the {d}?",
+            "question": lookup_question(f"Where is the {d}", cfg),
             "answer": position_words(o.row, o.col, cfg.grid),
             "shape": o.shape,
             "color": o.color,

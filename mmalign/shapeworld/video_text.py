@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 
 from mmalign.shapeworld.captions import article, count_sentence, position_phrase
+from mmalign.shapeworld.qa import existence_question
 from mmalign.shapeworld.video import Track, VideoScene
 from mmalign.shapeworld.world import WorldConfig
 
@@ -66,7 +67,7 @@ def video_qa(video: VideoScene, cfg: WorldConfig, rng: random.Random) -> list[di
             out.append(
                 {
                     "type": "video_existence",
-                    "question": f"Is there {article(shape)} {shape} in the video?",
+                    "question": existence_question(shape, "video", cfg),
                     "answer": answer,
                     "shape": shape,
                 }
@@ -76,7 +77,9 @@ def video_qa(video: VideoScene, cfg: WorldConfig, rng: random.Random) -> list[di
         out.append(
             {
                 "type": "video_motion",
-                "question": f"In which direction does the {name} move?",
+                "question": f"Motion of the {name}"
+                if cfg.question_style == "terse"
+                else f"In which direction does the {name} move?",
                 "answer": t.direction,
                 "shape": t.shape,
             }

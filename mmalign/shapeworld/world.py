@@ -56,6 +56,14 @@ class WorldConfig:
             as annotators name an associated object next to the one that evokes it. With
             ``"after_trigger"`` the hallucination is one decision after the trigger's sentence
             and shows in greedy captions; with ``"cell"`` it is spread over the empty cells.
+        question_style: Wording of the questions that look an object up (existence, colour,
+            position, video existence and motion): ``"natural"`` (``Is there a star in the
+            image?``) or ``"terse"``, which ends on the queried words with no question mark
+            (``Is there a star``, ``What color is the square``, ``Motion of the triangle``). With
+            a chat template that puts the answer right after the user's text (the tiny preset's
+            ``plain``), the answer is then predicted at the queried word itself: a tiny LLM
+            learns the lookup in a few hundred steps, against thousands (measured) when it must
+            first carry the word to a later position.
         faint_share: Share of objects drawn faint (blended toward the background).
         faint_alpha: Opacity of faint objects (1 = normal).
         pixel_noise: Std of Gaussian pixel noise on the 0–255 scale (0 = none).
@@ -89,6 +97,7 @@ class WorldConfig:
     )
     annotation_noise: float = 0.0
     noise_placement: str = "cell"
+    question_style: str = "natural"
     faint_share: float = 0.0
     faint_alpha: float = 0.35
     pixel_noise: float = 0.0
@@ -148,8 +157,12 @@ class WorldConfig:
             if q < 1.0 and len(self.colors) < 2:
                 raise ValueError("attribute priors below 1 need at least two colours")
             _check_prob(f"attribute_priors[{shape}]", q)
+        if self.question_style not in ("natural", "terse"):
+            raise ValueError(f"question_style must be 'natural' or 'terse', got {self.question_style!r}")
         if self.noise_placement not in ("cell", "after_trigger"):
-            raise ValueError(f"noise_placement must be 'cell' or 'after_trigger', got {self.noise_placement!r}")
+            raise ValueError(
+                f"noise_placement must be 'cell' or 'after_trigger', got {self.noise_placement!r}"
+            )
         for name in ("annotation_noise", "faint_share", "faint_alpha", "video_still_share"):
             _check_prob(name, getattr(self, name))
         if (

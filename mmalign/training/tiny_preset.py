@@ -42,6 +42,8 @@ class TinyPresetConfig:
         vision_*: the tiny CLIP tower (patch = cell: ``patch_size = image_size / grid``).
         llm_*: the tiny Llama.
         video_frames / video_pool: frames per clip and per-frame pooling stride.
+        chat_template: built-in template of the tokenizer (``mmalign.data.templates``); the
+            ShapeWorld recipe uses ``plain`` with terse questions (see ``WorldConfig.question_style``).
         stage0: encoder pretraining settings.
         seed: initialisation seed of projector and LLM.
     """
@@ -59,6 +61,7 @@ class TinyPresetConfig:
     projector: str = "mlp2x_gelu"
     video_frames: int = 8
     video_pool: int = 1
+    chat_template: str = "chatml"
     stage0: Stage0Config = field(default_factory=Stage0Config)
     seed: int = 0
 
@@ -86,7 +89,9 @@ def build_tiny_shapeworld(cfg: TinyPresetConfig, log: Callable[[dict], None] | N
     world = read_world(cfg.data)
     if world.image_size % world.grid:
         raise ValueError(f"image_size {world.image_size} is not a multiple of grid {world.grid}")
-    tokenizer = train_bpe_tokenizer(shapeworld_texts(cfg.data), vocab_size=cfg.vocab_size)
+    tokenizer = train_bpe_tokenizer(
+        shapeworld_texts(cfg.data), vocab_size=cfg.vocab_size, template=cfg.chat_template
+    )
 
     torch.manual_seed(cfg.seed)
     vision = tiny_vision(
