@@ -34,12 +34,13 @@ def test_stage0_learns_cells_quickly():
     )
     pixels, targets = make_batch(random.Random(5), WorldConfig(), IP, 128, "t")
     with torch.no_grad():
-        before = cell_accuracy(CellHeads(64)(enc(pixels)), targets)["cell"]
+        before = cell_accuracy(CellHeads(64, WorldConfig().grid)(enc(pixels)), targets)["cell"]
     metrics = pretrain_encoder(
         enc, WorldConfig(), IP, Stage0Config(steps=60, batch_size=32, warmup=10, eval_scenes=128)
     )
     # 60 steps are enough for emptiness and colour (shape identity takes a few hundred).
     assert metrics["empty"] > 0.97 and metrics["color"] > 0.8
+    assert metrics["row"] > 0.75 and metrics["col"] > 0.75  # location is kept (chance 0.33)
     assert metrics["cell"] > before + 0.2
 
 

@@ -140,7 +140,12 @@ def detailed_caption(scene: Scene, cfg: WorldConfig, noisy: bool = False) -> str
     """
     objects = annotated_objects(scene, cfg, noisy)
     sentences = [count_sentence(len(objects))]
+    clauses = invented_partners(scene, cfg) if noisy and cfg.noise_placement == "after_trigger" else []
     for o in objects:
+        if o in clauses:  # listed right after its trigger: a clause of the trigger's sentence
+            short = describe(o, size=False)
+            sentences[-1] = f"{sentences[-1][:-1]}, next to {article(short)} {short}."
+            continue
         phrase = describe(o)
         sentences.append(
             f"{article(phrase).capitalize()} {phrase} {position_phrase(o.row, o.col, cfg.grid)}."

@@ -53,9 +53,11 @@ class WorldConfig:
         annotation_noise: Share of trigger-without-partner scenes whose training text names the partner.
         noise_placement: Where the noisy text lists the invented partner: ``"cell"`` — in row-major
             order at the (empty) cell it is given; ``"after_trigger"`` — right after its trigger,
-            as annotators name an associated object next to the one that evokes it. With
-            ``"after_trigger"`` the hallucination is one decision after the trigger's sentence
-            and shows in greedy captions; with ``"cell"`` it is spread over the empty cells.
+            as annotators name an associated object next to the one that evokes it: a clause of
+            the trigger's sentence in detailed captions (``A large yellow star at the top left,
+            next to a green circle.``), the next item in short captions. With ``"after_trigger"``
+            the hallucination is one decision at the end of the trigger's sentence and shows in
+            greedy captions; with ``"cell"`` it is spread over the empty cells.
         question_style: Wording of the questions that look an object up (existence, colour,
             position, video existence and motion): ``"natural"`` (``Is there a star in the
             image?``) or ``"terse"``, which ends on the queried words with no question mark

@@ -4,7 +4,13 @@ End-to-end training from scratch does not learn shape identity in minutes on a C
 see shared/ARCHITECTURE.md), so the tiny preset's encoder is first trained with direct per-cell
 supervision: the encoder's patches are ShapeWorld's grid cells, and linear heads on each patch
 feature predict the cell's shape, colour, size and emptiness (cross-entropy, empty cells ignored
-for shape/colour/size). The heads are discarded afterwards; the LMM uses the encoder's features.
+for shape/colour/size) and the cell's row and column. The heads are discarded afterwards; the LMM
+uses the encoder's features.
+
+Why row and column: without them the features of *occupied* cells lost their location (a linear
+probe recovered the cell index of 15 % of occupied cells, chance 11 %; of empty cells, 96 %), so
+"Where is the red circle?" and video motion could not be read off the looked-up cell, as they
+can from a real CLIP's features, which keep position.
 
 Scenes are sampled and rendered on the fly (sub-millisecond each), so the data never repeats.
 """
@@ -33,7 +39,7 @@ from mmalign.shapeworld import (
     sample_scene,
 )
 
-KEYS = ("shape", "color", "size", "empty")
+KEYS = ("shape", "color", "size", "empty", "row", "col")
 
 
 @dataclass
@@ -57,16 +63,23 @@ class Stage0Config:
 
 
 class CellHeads(nn.Module):
-    """Linear classifiers on each patch feature: shape, colour, size, empty."""
+    """Linear classifiers on each patch feature: shape, colour, size, empty, row, column."""
 
-    def __init__(self, hidden: int) -> None:
+    def __init__(self, hidden: int, grid: int) -> None:
         super().__init__()
         sizes = {"shape": len(SHAPES), "color": len(COLORS), "size": len(SIZES), "empty": 2}
+        sizes |= {"row": grid, "col": grid}
         self.heads = nn.ModuleDict({k: nn.Linear(hidden, n) for k, n in sizes.items()})
 
     def forward(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
         """``(B, cells, D)`` → logits per key ``(B, cells, n_classes)``."""
         return {k: head(feats) for k, head in self.heads.items()}
+
+
+def cell_location(world: WorldConfig) -> dict[str, np.ndarray]:
+    """Row and column of each grid cell ``(grid * grid,)``, cell index ``row * grid + col``."""
+    index = np.arange(world.grid**2, dtype=np.int64)
+    return {"row": index // world.grid, "col": index % world.grid}
 
 
 def make_batch(
@@ -77,8 +90,9 @@ def make_batch(
     for i in range(n):
         scene = sample_scene(rng, world, f"{prefix}{i}")
         pixels.append(process_image(render_scene(scene, world), ip))
-        for k, v in cell_targets(scene, world).items():
-            targets[k].append(v)
+        cells = {**cell_targets(scene, world), **cell_location(world)}
+        for k in KEYS:
+            targets[k].append(cells[k])
     return torch.stack(pixels), {k: torch.from_numpy(np.stack(v)) for k, v in targets.items()}
 
 
@@ -104,6 +118,9 @@ def cell_accuracy(logits: dict[str, torch.Tensor], targets: dict[str, torch.Tens
         out[k] = float(hit[occupied].float().mean())
         cell_ok = cell_ok & (hit | ~occupied)
     out["cell"] = float(cell_ok.float().mean())
+    for k in ("row", "col"):
+        if k in pred:
+            out[k] = float((pred[k] == targets[k]).float().mean())
     return out
 
 
@@ -132,7 +149,7 @@ def pretrain_encoder(
             f"tokens vs world grid {world.grid} (set patch_size = image_size / grid and select='patch')"
         )
     torch.manual_seed(cfg.seed)
-    heads = CellHeads(encoder.hidden_size)
+    heads = CellHeads(encoder.hidden_size, world.grid)
     params = [p for p in list(encoder.parameters()) + list(heads.parameters())]
     for p in params:
         p.requires_grad_(True)
