@@ -7,8 +7,9 @@
    absent partner in 75 % of the training text of trigger-without-partner scenes);
 2. the SFT model: by default the shipped tiny checkpoint ``checkpoints/tiny-shapeworld`` (its
    model card lists its bars and the command that made it); ``--from-scratch`` trains it instead:
-   stage 0 (tokenizer + supervised tiny CLIP tower), then SFT of projector + LLM
-   (``configs/shapeworld/sft.yaml``, DeepSpeed ZeRO-2, 2 CPU ranks);
+   stage 0 (tokenizer + supervised tiny CLIP tower), then SFT of projector + LLM on images
+   (``configs/shapeworld/sft.yaml``) and on every task with videos added
+   (``configs/shapeworld/sft_video.yaml``), DeepSpeed ZeRO-2, 2 CPU ranks;
 3. (truth, injected hallucination) preference pairs from the train split's exact scene graphs;
 4. a **control continuation**: SFT on the pairs' chosen answers with DPO's budget and optimizer
    (``configs/shapeworld/control.yaml``, ZeRO-3, 2 ranks) — what the data alone does;
@@ -81,11 +82,11 @@ def run(args: list[str]) -> None:
 
 
 def sft_from_scratch(data: Path, runs: Path, fast: bool, ranks: int) -> Path:
-    """Stage 0 (tokenizer + tiny CLIP tower), then SFT of projector + LLM.
+    """Stage 0 (tokenizer + tiny CLIP tower), then the two SFT stages (images, then with videos).
 
-    Returns ``runs/sft/final``, the counterpart of the shipped checkpoint.
+    Returns ``runs/sft-video/final``, the counterpart of the shipped checkpoint.
     """
-    base, sft = runs / "tiny-base", runs / "sft"
+    base, sft, sft_video = runs / "tiny-base", runs / "sft", runs / "sft-video"
     if not (base / "mmalign.json").exists():
         over = ["stage0.steps=150"] if fast else []
         run(
@@ -98,15 +99,19 @@ def sft_from_scratch(data: Path, runs: Path, fast: bool, ranks: int) -> Path:
                 *over,
             ]
         )
-    if not (sft / "final" / "mmalign.json").exists():
-        config = "configs/shapeworld/sft.yaml"
-        over = ["max_steps=30", "save_every=0", "optim.warmup_steps=5"] if fast else []
+    for config, start, out, fast_steps in (
+        ("configs/shapeworld/sft.yaml", base, sft, 30),
+        ("configs/shapeworld/sft_video.yaml", sft / "final", sft_video, 20),
+    ):
+        if (out / "final" / "mmalign.json").exists():
+            continue
+        over = [f"max_steps={fast_steps}", "save_every=0", "optim.warmup_steps=5"] if fast else []
         launch(
             "train/sft.py",
-            ["--config", config, f"model={base}", f"out={sft}", rooted_sources(config, data), *over],
+            ["--config", config, f"model={start}", f"out={out}", rooted_sources(config, data), *over],
             ranks,
         )
-    return sft / "final"
+    return sft_video / "final"
 
 
 def rooted_sources(config: str, data: Path) -> str:
@@ -235,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     (runs / "bars.md").write_text(table)
     curves = {name: path for name, path in stages.items()}
     if args.from_scratch:
-        curves = {"sft": runs / "sft", **curves}
+        curves = {"sft": runs / "sft", "sft-video": runs / "sft-video", **curves}
     png = plot_loss_curves(curves, runs / "loss_curves.png")
     print(f"\nbars: {runs / 'bars.md'}; loss curves: {png}")
     print(f"quickstart done in {time.time() - start:.0f} s; outputs under {runs}/")

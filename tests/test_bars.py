@@ -1,9 +1,9 @@
 """The quality-bars report: judgements on hand-made measurements, and the shipped tiny checkpoint.
 
-The shipped-checkpoint test is the proof the issue asks for: the committed model loads and meets
-the clear-scene and video bars (and still shows the prior-driven hallucination the alignment
-methods are measured on) on held-out ShapeWorld scenes generated here with a seed the training
-data never used.
+The shipped-checkpoint tests measure the committed model on held-out ShapeWorld scenes generated
+here with a seed the training data never used: it loads, meets the bars in ``MET`` (grounded
+answers and captions, and the prior-driven "yes" the alignment methods are measured on), and
+the bars in ``MISSING`` are asserted unmet (strict xfail), so the list cannot go stale.
 """
 
 from __future__ import annotations
@@ -81,38 +81,38 @@ def shipped_measurement(tmp_path_factory):
     data = tmp_path_factory.mktemp("heldout")
     world = WorldConfig.from_dict(json.loads((ROOT / "configs/shapeworld/world.json").read_text()))
     generate(
-        data, 120, 40, seed=101, cfg=world, val_frac=0.0, test_frac=0.5, prior_per_group=40, progress=False
+        data, 240, 40, seed=101, cfg=world, val_frac=0.0, test_frac=0.5, prior_per_group=40, progress=False
     )
     model, tokenizer = load_model(SHIPPED)
     model.eval()
     processor = MultimodalProcessor.for_model(model, tokenizer)
-    m = measure(model, processor, data, BarLimits(n_images=60, n_videos=20, n_prior=40, batch_size=64))
+    m = measure(model, processor, data, BarLimits(n_images=120, n_videos=20, n_prior=40, batch_size=64))
     assert m["n"]["existence"] >= 100 and m["n"]["video_motion"] >= 20 and m["n"]["prior_violating"] == 40
     return m
 
 
+# What the shipped checkpoint meets on this held-out set (120 images, 20 videos, 40 + 40 probes;
+# its model card has the full test split); the rest is listed in MISSING and asserted unmet,
+# strictly, so the day a checkpoint meets one of them the test fails and the bar moves up here.
+# Measured here: count 0.875 (0.877 on the full split), position 0.625, mentions 0.100 vs 0.025.
+MET = ["existence", "existence_yes_ratio", "color", "chair_i", "prior_yes", "prior_yes_x"]
+MISSING = ["count", "position", "prior_mention", "prior_mention_x", "video_motion", "video_existence"]
+
+
 @pytest.mark.slow
-def test_shipped_checkpoint_loads_and_grounds_captions(shipped_measurement):
-    assert passes(shipped_measurement)["chair_i"], format_table({"shipped": shipped_measurement})
+def test_shipped_checkpoint_grounds_and_hallucinates_from_the_prior(shipped_measurement):
+    verdict = passes(shipped_measurement)
+    failed = [k for k in MET if not verdict[k]]
+    assert not failed, f"bars failed: {failed}\n{format_table({'shipped': shipped_measurement})}"
+    assert set(MET) | set(MISSING) == {b.key for b in BARS if b.check is not None}
 
 
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="the shipped interim checkpoint answers questions from priors (see its model card); "
-    "a checkpoint that meets the bars turns this into an XPASS, i.e. a failure: then drop the marker",
+    reason="the shipped checkpoint does not meet these bars yet (see its model card); a checkpoint "
+    "that meets one turns this into an XPASS, i.e. a failure: then move the bar to MET",
 )
-def test_shipped_checkpoint_meets_every_question_bar(shipped_measurement):
-    verdict = passes(shipped_measurement)
-    keys = [
-        "existence",
-        "existence_yes_ratio",
-        "color",
-        "count",
-        "position",
-        "video_motion",
-        "video_existence",
-    ]
-    keys += ["prior_yes", "prior_yes_x", "prior_mention", "prior_mention_x"]
-    failed = [k for k in keys if not verdict[k]]
-    assert not failed, f"bars failed: {failed}\n{format_table({'shipped': shipped_measurement})}"
+@pytest.mark.parametrize("key", MISSING)
+def test_shipped_checkpoint_bars_not_met_yet(shipped_measurement, key):
+    assert passes(shipped_measurement)[key], format_table({"shipped": shipped_measurement})
