@@ -86,8 +86,7 @@ class ExampleOrder:
         micro_batch_size: examples per rank per micro-step.
         grad_accum: micro-steps per optimizer step.
         world_size: number of ranks.
-        lengths: per-example lengths (e.g. :func:`length_hint`); with ``group`` > 1, batches are
-            formed from examples of similar length (see module docstring).
+        lengths: per-example lengths (e.g. :func:`length_hint`), needed when ``group`` ≥ 1.
         group: global batches per length-sorted block; 0 = no grouping; 1 = sort within each
             optimizer step only (same examples per step as without grouping).
     """
