@@ -105,7 +105,9 @@ def sft_from_scratch(data: Path, runs: Path, fast: bool, ranks: int) -> Path:
     ):
         if (out / "final" / "mmalign.json").exists():
             continue
-        over = [f"max_steps={fast_steps}", "save_every=0", "optim.warmup_steps=5"] if fast else []
+        over = (
+            [f"max_steps={fast_steps}", "save_every=0", "optim.warmup_steps=5", "log_every=5"] if fast else []
+        )
         launch(
             "train/sft.py",
             ["--config", config, f"model={start}", f"out={out}", rooted_sources(config, data), *over],
