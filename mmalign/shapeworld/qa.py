@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 
-from mmalign.shapeworld.captions import annotated_objects, describe, plural, position_words
+from mmalign.shapeworld.captions import annotated_objects, article, describe, plural, position_words
 from mmalign.shapeworld.world import RELATIONS, Obj, Scene, WorldConfig, relation_holds
 
 QA = dict
@@ -45,7 +45,7 @@ def lookup_question(text: str, cfg: WorldConfig) -> str:
 
 def existence_question(shape: str, medium: str, cfg: WorldConfig) -> str:
     """``Is there a star in the image?`` (natural) or ``Is there a star`` (terse)."""
-    art = "an" if shape[0] in "aeiou" else "a"
+    art = article(shape)
     if cfg.question_style == "terse":
         return f"Is there {art} {shape}"
     return f"Is there {art} {shape} in the {medium}?"

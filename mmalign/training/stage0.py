@@ -87,10 +87,11 @@ def make_batch(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Sample and render ``n`` scenes: pixels ``(n, 3, S, S)`` and per-cell targets ``(n, cells)``."""
     pixels, targets = [], {k: [] for k in KEYS}
+    location = cell_location(world)
     for i in range(n):
         scene = sample_scene(rng, world, f"{prefix}{i}")
         pixels.append(process_image(render_scene(scene, world), ip))
-        cells = {**cell_targets(scene, world), **cell_location(world)}
+        cells = {**cell_targets(scene, world), **location}
         for k in KEYS:
             targets[k].append(cells[k])
     return torch.stack(pixels), {k: torch.from_numpy(np.stack(v)) for k, v in targets.items()}
