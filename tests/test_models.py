@@ -10,7 +10,7 @@ from mmalign.models.builders import tiny_lmm, tiny_vision
 from mmalign.models.checkpoint import build_lmm, load_lmm, save_lmm
 from mmalign.models.lmm import LMMConfig, causal_lm_loss
 from mmalign.models.projector import build_projector
-from mmalign.models.video import VideoEncoder
+from mmalign.models.video import VideoEncoder, sinusoid_codes
 from mmalign.models.vision import TimmViT, VisionConfig, load_vision_encoder
 
 SMALL = {
@@ -244,6 +244,36 @@ def test_generate_rejects_right_padding(tiny_model, tokenizer):
     )
     with pytest.raises(ValueError, match="left-padded"):
         tiny_model.generate(batch["input_ids"], batch["attention_mask"])
+
+
+def test_video_temporal_codes_tell_frames_apart():
+    enc = tiny_vision(**SMALL).eval()
+    plain = VideoEncoder(enc, num_frames=3)
+    timed = VideoEncoder(enc, num_frames=3, temporal="sinusoid")
+    frame = torch.randn(1, 1, 3, 32, 32)
+    clip = frame.expand(1, 3, 3, 32, 32)  # the same picture three times
+    with torch.no_grad():
+        same, coded = plain(clip).view(3, 16, 32), timed(clip).view(3, 16, 32)
+    torch.testing.assert_close(same[0], same[2])
+    assert (coded[0] - coded[2]).abs().max() > 0.1  # frame order is now in the features
+    # Frame t's tokens carry code t, scaled to each token's RMS (code RMS = token RMS).
+    rms = same.pow(2).mean(-1, keepdim=True).sqrt() * 2**0.5
+    torch.testing.assert_close(coded, same + sinusoid_codes(3, 32)[:, None] * rms)
+    torch.testing.assert_close((sinusoid_codes(3, 32)[:, None] * rms).pow(2).mean(-1).sqrt(), rms[..., 0] / 2**0.5)
+    with pytest.raises(ValueError, match="temporal"):
+        VideoEncoder(enc, num_frames=3, temporal="learned")
+
+
+def test_checkpoint_round_trip_keeps_the_video_temporal_code(tokenizer, tmp_path):
+    model = tiny_lmm(tokenizer, tiny_vision(**SMALL), video_frames=2, video_temporal="sinusoid")
+    save_lmm(model, tokenizer, tmp_path / "ckpt")
+    loaded, _ = load_lmm(tmp_path / "ckpt")
+    assert loaded.cfg.video_temporal == "sinusoid" and loaded._video.temporal == "sinusoid"
+    vid = torch.randn(1, 2, 3, 32, 32)
+    ids = torch.tensor([[1] + [model.cfg.video_token_id] * model.video_tokens + [10, 11]])
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids, videos=vid)["logits"], model(ids, videos=vid)["logits"])
 
 
 def test_checkpoint_round_trip(tiny_model, tokenizer, tmp_path):

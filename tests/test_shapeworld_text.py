@@ -24,6 +24,7 @@ from mmalign.shapeworld.text import (
     detailed_caption,
     existence_qa,
     image_qa,
+    plural,
     short_caption,
     video_caption,
     video_qa,
@@ -91,7 +92,7 @@ def test_noise_placement_after_trigger_lists_the_partner_right_after_it() -> Non
     assert [o.shape for o in annotated_objects(scene, CFG, noisy=True)].index("circle") < 3  # row-major
     caption = detailed_caption(scene, after, noisy=True)
     assert caption.startswith("There are 4 objects.")
-    assert re.search(r"A large yellow star at the bottom right, next to an? \w+ circle\.$", caption), caption
+    assert re.search(r"A large yellow star next to an? \w+ circle at the bottom right\.$", caption), caption
     assert short_caption(scene, after, noisy=True).split(" and ")[-1].endswith(" circle.")
     assert detailed_caption(scene, after) == detailed_caption(scene, CFG)  # exact text is unaffected
     with pytest.raises(ValueError, match="noise_placement"):
@@ -107,7 +108,11 @@ def test_terse_questions_end_on_the_queried_words() -> None:
             assert item["question"] == f"Is there a {item['shape']}"
         if item["type"] in ("color", "position"):
             assert item["question"].endswith(item["shape"]) and not item["question"].endswith("?")
-    assert {i["type"] for i in items[: len(items) // 2]} >= {"existence", "color", "position"}
+        if item["type"] == "position" and sum(o.shape == item["shape"] for o in scene.objects) == 1:
+            assert item["question"] == f"Where is the {item['shape']}"  # a unique shape needs no colour
+        if item["type"] == "count":
+            assert item["question"] in ("How many objects", f"How many {plural(item['shape'] or '')}")
+    assert {i["type"] for i in items[: len(items) // 2]} >= {"existence", "color", "position", "count"}
     assert all(
         i["question"].endswith("?") for i in items[len(items) // 2 :] if i["type"] != "multiple_choice"
     )

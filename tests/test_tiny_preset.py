@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,7 +15,16 @@ from mmalign.data.processor import MultimodalProcessor
 from mmalign.models.builders import tiny_vision
 from mmalign.models.checkpoint import load_lmm
 from mmalign.shapeworld import WorldConfig, generate
-from mmalign.training.stage0 import CellHeads, Stage0Config, cell_accuracy, make_batch, pretrain_encoder
+from mmalign.shapeworld import COLORS, IGNORE_INDEX, SHAPES
+from mmalign.shapeworld.video import frame_truth, sample_video
+from mmalign.training.stage0 import (
+    CellHeads,
+    Stage0Config,
+    cell_accuracy,
+    make_batch,
+    pretrain_encoder,
+    video_frame,
+)
 from mmalign.training.tiny_preset import TinyPresetConfig, build_tiny_shapeworld
 
 IP = ImageProcessorConfig(size=60, mode="resize", mean=(0.5,) * 3, std=(0.5,) * 3)
@@ -42,6 +52,37 @@ def test_stage0_learns_cells_quickly():
     assert metrics["empty"] > 0.97 and metrics["color"] > 0.8
     assert metrics["row"] > 0.75 and metrics["col"] > 0.75  # location is kept (chance 0.33)
     assert metrics["cell"] > before + 0.2
+
+
+def test_video_frame_targets_follow_the_object_centres():
+    world = WorldConfig()
+    for seed in range(20):
+        image, cells = video_frame(random.Random(seed), world, f"v{seed}")
+        assert image.size == (world.image_size, world.image_size)
+        # Replay the same draws to know which frame was rendered and what it holds.
+        rng = random.Random(seed)
+        video = sample_video(rng, world, f"v{seed}")
+        truth = frame_truth(video.tracks, world, rng.randrange(world.video_frames))
+        centres = [fo.row * world.grid + fo.col for fo in truth]
+        assert sorted(np.flatnonzero(cells["empty"] == 0).tolist()) == sorted(set(centres))
+        for fo, i in zip(truth, centres, strict=True):
+            shared = centres.count(i) > 1
+            assert cells["shape"][i] == (IGNORE_INDEX if shared else SHAPES.index(fo.shape))
+            assert cells["color"][i] == (IGNORE_INDEX if shared else COLORS.index(fo.color))
+        assert (cells["shape"][cells["empty"] == 1] == IGNORE_INDEX).all()
+
+
+def test_stage0_video_share_mixes_frames_and_reports_them():
+    pixels, targets = make_batch(random.Random(0), WorldConfig(), IP, 8, "m", video_share=0.5)
+    assert pixels.shape == (8, 3, 60, 60) and targets["shape"].shape == (8, 9)
+    enc = tiny_vision(
+        image_size=60, patch_size=20, hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64
+    )
+    cfg = Stage0Config(steps=2, batch_size=8, warmup=1, eval_scenes=16, video_share=0.5)
+    metrics = pretrain_encoder(enc, WorldConfig(), IP, cfg)
+    assert {"cell", "video_cell", "video_shape", "video_empty"} <= set(metrics)
+    with pytest.raises(ValueError, match="video_share"):
+        Stage0Config(video_share=1.5)
 
 
 def test_stage0_rejects_an_encoder_whose_patches_are_not_cells():

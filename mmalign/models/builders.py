@@ -103,6 +103,7 @@ def tiny_lmm(
     projector: str = "mlp2x_gelu",
     video_frames: int = 4,
     video_pool: int = 1,
+    video_temporal: str = "none",
     image_mode: Literal["pad", "resize"] = "resize",
     template: str | None = None,
     seed: int = 0,
@@ -124,6 +125,7 @@ def tiny_lmm(
             projector=projector,
             video_frames=video_frames,
             video_pool=video_pool,
+            video_temporal=video_temporal,
             image_processor=ImageProcessorConfig(
                 size=vision.image_size, mode=image_mode, mean=(0.5,) * 3, std=(0.5,) * 3
             ),

@@ -38,6 +38,8 @@ class LMMConfig:
         video_fps: sample at this rate from the start of the clip instead of uniformly over it
             (``None`` = uniform, as Video-LLaVA).
         video_pool: spatial pooling stride per frame (1 = none).
+        video_temporal: ``"none"`` or ``"sinusoid"``: a fixed code of the frame index added to each
+            frame's features (:mod:`mmalign.models.video`).
         image_processor: resize / pad / normalisation of pixels.
         template: conversation template name when the tokenizer has no ``chat_template``
             (``vicuna_v1``, ``llama3``, ``chatml``); ``None`` = the tokenizer's own template.
@@ -53,6 +55,7 @@ class LMMConfig:
     video_frames: int = 8
     video_fps: float | None = None
     video_pool: int = 1
+    video_temporal: str = "none"
     image_processor: ImageProcessorConfig = field(default_factory=ImageProcessorConfig)
     template: str | None = None
 
@@ -92,7 +95,7 @@ class LMM(nn.Module):
         self.llm = llm
         self.cfg = cfg
         # Shares the image encoder's parameters: not a second tower.
-        self._video = VideoEncoder(vision, cfg.video_frames, cfg.video_pool)
+        self._video = VideoEncoder(vision, cfg.video_frames, cfg.video_pool, cfg.video_temporal)
         #: Run encoder + projector on a blank image when a batch has no media (ZeRO-3 needs every
         #: rank to run the same modules each step). Set by the training strategy.
         self.always_run_media = False

@@ -136,21 +136,24 @@ def detailed_caption(scene: Scene, cfg: WorldConfig, noisy: bool = False) -> str
     """Every object with size, colour, shape and position, row-major.
 
     Example: ``There are 2 objects. A large red circle at the top left. A small blue square in
-    the center.``
+    the center.`` With ``noisy`` and ``cfg.noise_placement == "after_trigger"`` an invented partner
+    follows its trigger's shape word: ``A large blue triangle next to a white square at the top
+    left.``
     """
     objects = annotated_objects(scene, cfg, noisy)
-    sentences = [count_sentence(len(objects))]
     clauses = invented_partners(scene, cfg) if noisy and cfg.noise_placement == "after_trigger" else []
+    # [subject, position] per sentence; an invented partner listed right after its trigger
+    # becomes part of the trigger's subject, directly after the shape word (where a small LM
+    # decides to write it): "A large blue triangle next to a white square at the top left."
+    parts: list[list[str]] = []
     for o in objects:
-        if o in clauses:  # listed right after its trigger: a clause of the trigger's sentence
+        if o in clauses:
             short = describe(o, size=False)
-            sentences[-1] = f"{sentences[-1][:-1]}, next to {article(short)} {short}."
+            parts[-1][0] += f" next to {article(short)} {short}"
             continue
         phrase = describe(o)
-        sentences.append(
-            f"{article(phrase).capitalize()} {phrase} {position_phrase(o.row, o.col, cfg.grid)}."
-        )
-    return " ".join(sentences)
+        parts.append([f"{article(phrase).capitalize()} {phrase}", position_phrase(o.row, o.col, cfg.grid)])
+    return " ".join([count_sentence(len(objects))] + [f"{subject} {where}." for subject, where in parts])
 
 
 def short_caption(scene: Scene, cfg: WorldConfig, noisy: bool = False) -> str:

@@ -88,7 +88,10 @@ def color_qa(scene: Scene, cfg: WorldConfig, rng: random.Random, noisy: bool = F
 
 
 def count_qa(scene: Scene, cfg: WorldConfig, rng: random.Random, noisy: bool = False) -> list[QA]:
-    """``How many objects are there?`` and one ``How many circles are there?`` (present or absent shape)."""
+    """``How many objects are there?`` and one ``How many circles are there?`` (present or absent shape).
+
+    Terse style: ``How many objects`` / ``How many circles`` (the answer follows the counted word).
+    """
     objects = annotated_objects(scene, cfg, noisy)
     counts = Counter(o.shape for o in objects)
     use_present = rng.random() < 0.5 and counts
@@ -96,13 +99,15 @@ def count_qa(scene: Scene, cfg: WorldConfig, rng: random.Random, noisy: bool = F
     return [
         {
             "type": "count",
-            "question": "How many objects are there?",
+            "question": "How many objects" if cfg.question_style == "terse" else "How many objects are there?",
             "answer": str(len(objects)),
             "shape": None,
         },
         {
             "type": "count",
-            "question": f"How many {plural(shape)} are there?",
+            "question": f"How many {plural(shape)}"
+            if cfg.question_style == "terse"
+            else f"How many {plural(shape)} are there?",
             "answer": str(counts[shape]),
             "shape": shape,
         },
@@ -112,10 +117,17 @@ def count_qa(scene: Scene, cfg: WorldConfig, rng: random.Random, noisy: bool = F
 def position_qa(
     scene: Scene, cfg: WorldConfig, rng: random.Random, noisy: bool = False, n: int = 1
 ) -> list[QA]:
-    """``Where is the red circle?`` → ``top left`` for objects with a unique colour+shape."""
+    """``Where is the red circle?`` → ``top left`` for objects with a unique colour+shape.
+
+    Terse style names the object as briefly as is unambiguous (:func:`unique_descriptor`: ``Where
+    is the circle`` when the circle is the only one), as the colour questions do.
+    """
     objects = annotated_objects(scene, cfg, noisy)
-    named = [(o, describe(o, size=False)) for o in objects]
-    named = [(o, d) for o, d in named if sum(describe(p, size=False) == d for p in objects) == 1]
+    if cfg.question_style == "terse":
+        named = [(o, d) for o in objects if (d := unique_descriptor(o, objects))]
+    else:
+        named = [(o, describe(o, size=False)) for o in objects]
+        named = [(o, d) for o, d in named if sum(describe(p, size=False) == d for p in objects) == 1]
     return [
         {
             "type": "position",

@@ -42,6 +42,8 @@ class TinyPresetConfig:
         vision_*: the tiny CLIP tower (patch = cell: ``patch_size = image_size / grid``).
         llm_*: the tiny Llama.
         video_frames / video_pool: frames per clip and per-frame pooling stride.
+        video_temporal: ``"none"`` or ``"sinusoid"`` (a code of the frame index on each frame's
+            tokens, :mod:`mmalign.models.video`).
         chat_template: built-in template of the tokenizer (``mmalign.data.templates``); the
             ShapeWorld recipe uses ``plain`` with terse questions (see ``WorldConfig.question_style``).
         stage0: encoder pretraining settings.
@@ -61,6 +63,7 @@ class TinyPresetConfig:
     projector: str = "mlp2x_gelu"
     video_frames: int = 8
     video_pool: int = 1
+    video_temporal: str = "none"
     chat_template: str = "chatml"
     stage0: Stage0Config = field(default_factory=Stage0Config)
     seed: int = 0
@@ -121,6 +124,7 @@ def build_tiny_shapeworld(cfg: TinyPresetConfig, log: Callable[[dict], None] | N
         projector=cfg.projector,
         video_frames=cfg.video_frames,
         video_pool=cfg.video_pool,
+        video_temporal=cfg.video_temporal,
         image_mode="resize",
         seed=cfg.seed,
     )
