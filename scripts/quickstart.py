@@ -8,8 +8,9 @@
 2. the SFT model: by default the shipped tiny checkpoint ``checkpoints/tiny-shapeworld`` (its
    model card lists its bars and the command that made it); ``--from-scratch`` trains it instead:
    stage 0 (tokenizer + supervised tiny CLIP tower), then SFT of projector + LLM on images
-   (``configs/shapeworld/sft.yaml``) and on every task with videos added
-   (``configs/shapeworld/sft_video.yaml``), DeepSpeed ZeRO-2, 2 CPU ranks;
+   (``configs/shapeworld/sft.yaml``), on every task with videos added
+   (``configs/shapeworld/sft_video.yaml``) and on the slow skills (``sft_focus.yaml``),
+   DeepSpeed ZeRO-2, 2 CPU ranks;
 3. (truth, injected hallucination) preference pairs from the train split's exact scene graphs;
 4. a **control continuation**: SFT on the pairs' chosen answers with DPO's budget and optimizer
    (``configs/shapeworld/control.yaml``, ZeRO-3, 2 ranks) — what the data alone does;
@@ -82,11 +83,12 @@ def run(args: list[str]) -> None:
 
 
 def sft_from_scratch(data: Path, runs: Path, fast: bool, ranks: int) -> Path:
-    """Stage 0 (tokenizer + tiny CLIP tower), then the two SFT stages (images, then with videos).
+    """Stage 0 (tokenizer + tiny CLIP tower), then the three SFT stages (images; every task with
+    videos; the slow skills).
 
-    Returns ``runs/sft-video/final``, the counterpart of the shipped checkpoint.
+    Returns ``runs/sft-focus/final``, the counterpart of the shipped checkpoint.
     """
-    base, sft, sft_video = runs / "tiny-base", runs / "sft", runs / "sft-video"
+    base, sft, sft_video, focus = runs / "tiny-base", runs / "sft", runs / "sft-video", runs / "sft-focus"
     if not (base / "mmalign.json").exists():
         over = ["stage0.steps=150"] if fast else []
         run(
@@ -102,6 +104,7 @@ def sft_from_scratch(data: Path, runs: Path, fast: bool, ranks: int) -> Path:
     for config, start, out, fast_steps in (
         ("configs/shapeworld/sft.yaml", base, sft, 30),
         ("configs/shapeworld/sft_video.yaml", sft / "final", sft_video, 20),
+        ("configs/shapeworld/sft_focus.yaml", sft_video / "final", focus, 10),
     ):
         if (out / "final" / "mmalign.json").exists():
             continue
@@ -113,7 +116,7 @@ def sft_from_scratch(data: Path, runs: Path, fast: bool, ranks: int) -> Path:
             ["--config", config, f"model={start}", f"out={out}", rooted_sources(config, data), *over],
             ranks,
         )
-    return sft_video / "final"
+    return focus / "final"
 
 
 def rooted_sources(config: str, data: Path) -> str:
@@ -242,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     (runs / "bars.md").write_text(table)
     curves = {name: path for name, path in stages.items()}
     if args.from_scratch:
-        curves = {"sft": runs / "sft", "sft-video": runs / "sft-video", **curves}
+        curves = {"sft": runs / "sft", "sft-video": runs / "sft-video", "sft-focus": runs / "sft-focus", **curves}
     png = plot_loss_curves(curves, runs / "loss_curves.png")
     print(f"\nbars: {runs / 'bars.md'}; loss curves: {png}")
     print(f"quickstart done in {time.time() - start:.0f} s; outputs under {runs}/")

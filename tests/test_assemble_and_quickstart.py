@@ -83,7 +83,7 @@ def test_quickstart_fast_end_to_end(tmp_path, from_scratch):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     runs = tmp_path / "runs"
-    stages = ("sft", "sft-video", "control", "dpo") if from_scratch else ("control", "dpo")
+    stages = ("sft", "sft-video", "sft-focus", "control", "dpo") if from_scratch else ("control", "dpo")
     for stage in stages:
         assert (runs / stage / "final" / "mmalign.json").exists()
         assert len((runs / stage / "metrics.jsonl").read_text().splitlines()) >= 1

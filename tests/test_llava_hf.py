@@ -115,6 +115,19 @@ def test_export_refuses_parts_without_llava_hf_equivalent(tokenizer):
     )
     with pytest.raises(ValueError, match="mlp2x_gelu"):
         lmm_to_llava_hf(linear)
+    coded = tiny_lmm(
+        tokenizer,
+        tiny_vision(
+            image_size=32, patch_size=8, hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64
+        ),
+        llm_hidden_size=48,
+        llm_layers=1,
+        llm_heads=4,
+        llm_intermediate_size=96,
+        image_spatial="sinusoid",
+    )
+    with pytest.raises(ValueError, match="image_spatial"):
+        lmm_to_llava_hf(coded)
 
 
 def test_import_without_preprocessor_uses_the_towers_size(tokenizer, tmp_path):

@@ -10,7 +10,8 @@ from mmalign.models.builders import tiny_lmm, tiny_vision
 from mmalign.models.checkpoint import build_lmm, load_lmm, save_lmm
 from mmalign.models.lmm import LMMConfig, causal_lm_loss
 from mmalign.models.projector import build_projector
-from mmalign.models.video import VideoEncoder, sinusoid_codes
+from mmalign.models.codes import add_code, grid_codes, sinusoid_codes
+from mmalign.models.video import VideoEncoder
 from mmalign.models.vision import TimmViT, VisionConfig, load_vision_encoder
 
 SMALL = {
@@ -264,11 +265,43 @@ def test_video_temporal_codes_tell_frames_apart():
         VideoEncoder(enc, num_frames=3, temporal="learned")
 
 
-def test_checkpoint_round_trip_keeps_the_video_temporal_code(tokenizer, tmp_path):
-    model = tiny_lmm(tokenizer, tiny_vision(**SMALL), video_frames=2, video_temporal="sinusoid")
+def test_grid_codes_and_rms_scaling():
+    codes = grid_codes(3, 32)
+    assert codes.shape == (9, 32)
+    # Row code in the first half, column code in the second, row-major patches.
+    torch.testing.assert_close(codes[4, :16], sinusoid_codes(3, 16)[1])
+    torch.testing.assert_close(codes[5, 16:], sinusoid_codes(3, 16)[2])
+    assert len({tuple(c.tolist()) for c in codes}) == 9
+    feats = torch.randn(2, 9, 32) * 5
+    coded = add_code(feats, codes)
+    added_rms = (coded - feats).pow(2).mean(-1).sqrt()
+    torch.testing.assert_close(added_rms, feats.pow(2).mean(-1).sqrt())
+
+
+def test_image_spatial_code_is_added_to_patch_tokens_only_when_configured(tokenizer):
+    plain = tiny_lmm(tokenizer, tiny_vision(**SMALL), video_frames=2).eval()
+    coded = tiny_lmm(tokenizer, tiny_vision(**SMALL), video_frames=2, image_spatial="sinusoid").eval()
+    coded.load_state_dict(plain.state_dict())
+    img, vid = torch.randn(2, 3, 32, 32), torch.randn(1, 2, 3, 32, 32)
+    with torch.no_grad():
+        raw = plain.vision(img)
+        torch.testing.assert_close(plain.encode_pixels(img), raw)
+        torch.testing.assert_close(coded.encode_pixels(img), add_code(raw, grid_codes(4, raw.shape[-1])))
+        # Video frames get it too (frame by frame, before the projector).
+        frames = coded.encode_pixels(vid.flatten(0, 1))
+        torch.testing.assert_close(coded.encode_videos(vid), coded.projector(frames.reshape(1, -1, raw.shape[-1])))
+    with pytest.raises(ValueError, match="image_spatial"):
+        LMMConfig(image_spatial="learned")
+
+
+def test_checkpoint_round_trip_keeps_the_codes(tokenizer, tmp_path):
+    model = tiny_lmm(
+        tokenizer, tiny_vision(**SMALL), video_frames=2, video_temporal="sinusoid", image_spatial="sinusoid"
+    )
     save_lmm(model, tokenizer, tmp_path / "ckpt")
     loaded, _ = load_lmm(tmp_path / "ckpt")
     assert loaded.cfg.video_temporal == "sinusoid" and loaded._video.temporal == "sinusoid"
+    assert loaded.cfg.image_spatial == "sinusoid"
     vid = torch.randn(1, 2, 3, 32, 32)
     ids = torch.tensor([[1] + [model.cfg.video_token_id] * model.video_tokens + [10, 11]])
     model.eval()

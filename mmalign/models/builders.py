@@ -104,6 +104,7 @@ def tiny_lmm(
     video_frames: int = 4,
     video_pool: int = 1,
     video_temporal: str = "none",
+    image_spatial: str = "none",
     image_mode: Literal["pad", "resize"] = "resize",
     template: str | None = None,
     seed: int = 0,
@@ -126,6 +127,7 @@ def tiny_lmm(
             video_frames=video_frames,
             video_pool=video_pool,
             video_temporal=video_temporal,
+            image_spatial=image_spatial,
             image_processor=ImageProcessorConfig(
                 size=vision.image_size, mode=image_mode, mean=(0.5,) * 3, std=(0.5,) * 3
             ),

@@ -133,8 +133,8 @@ def lmm_to_llava_hf(model: LMM) -> Any:
     """Build a ``LlavaForConditionalGeneration`` holding a copy of ``model``'s weights.
 
     Raises:
-        ValueError: the LMM's parts have no llava-hf equivalent (a timm encoder, or a projector
-            other than ``mlp2x_gelu``).
+        ValueError: the LMM's parts have no llava-hf equivalent (a timm encoder, a projector
+            other than ``mlp2x_gelu``, or a spatial code on the image tokens).
     """
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
@@ -142,6 +142,11 @@ def lmm_to_llava_hf(model: LMM) -> Any:
         raise ValueError("llava-hf export needs a transformers vision tower (CLIP/SigLIP), not timm")
     if projector_depth(model.cfg.projector) != 2:
         raise ValueError(f"llava-hf export needs an mlp2x_gelu projector, not {model.cfg.projector}")
+    if model.cfg.image_spatial != "none":
+        raise ValueError(
+            f"llava-hf export: LlavaForConditionalGeneration has no image_spatial={model.cfg.image_spatial!r} "
+            "code on the image tokens; the exported model would see different features"
+        )
     cfg = model.cfg
     config = LlavaConfig(
         vision_config=model.vision.model.config.to_dict(),

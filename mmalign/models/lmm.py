@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmalign.data.media import ImageProcessorConfig
+from mmalign.models.codes import add_code, check_code, grid_codes
 from mmalign.models.video import VideoEncoder
 from mmalign.models.vision import VisionConfig
 
@@ -40,6 +41,8 @@ class LMMConfig:
         video_pool: spatial pooling stride per frame (1 = none).
         video_temporal: ``"none"`` or ``"sinusoid"``: a fixed code of the frame index added to each
             frame's features (:mod:`mmalign.models.video`).
+        image_spatial: ``"none"`` or ``"sinusoid"``: a fixed code of each patch's row and column
+            added to its features, for images and video frames (:mod:`mmalign.models.codes`).
         image_processor: resize / pad / normalisation of pixels.
         template: conversation template name when the tokenizer has no ``chat_template``
             (``vicuna_v1``, ``llama3``, ``chatml``); ``None`` = the tokenizer's own template.
@@ -56,6 +59,7 @@ class LMMConfig:
     video_fps: float | None = None
     video_pool: int = 1
     video_temporal: str = "none"
+    image_spatial: str = "none"
     image_processor: ImageProcessorConfig = field(default_factory=ImageProcessorConfig)
     template: str | None = None
 
@@ -68,6 +72,8 @@ class LMMConfig:
             raise ValueError(f"video_frames must be ≥ 1, got {self.video_frames}")
         if self.video_pool < 1:
             raise ValueError(f"video_pool must be ≥ 1, got {self.video_pool}")
+        check_code("video_temporal", self.video_temporal)
+        check_code("image_spatial", self.image_spatial)
         if self.image_token == self.video_token:
             raise ValueError("image_token and video_token must differ")
 
@@ -118,13 +124,25 @@ class LMM(nn.Module):
         """Feature tokens per video (T · N')."""
         return int(self._video.num_tokens)
 
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Encoder features ``(n, N, D_v)`` of images or frames, with the spatial code if configured."""
+        feats = self.vision(pixels)
+        if self.cfg.image_spatial == "sinusoid":
+            g = self.vision.grid
+            codes = grid_codes(g, feats.shape[-1])
+            feats = torch.cat([feats[:, : -g * g], add_code(feats[:, -g * g :], codes)], dim=1)
+        return feats
+
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """``(Ni, 3, H, W)`` → projected features ``(Ni, N, D)``."""
-        return self.projector(self.vision(images))
+        return self.projector(self.encode_pixels(images))
 
     def encode_videos(self, videos: torch.Tensor) -> torch.Tensor:
         """``(Nv, T, 3, H, W)`` → projected features ``(Nv, T · N', D)``."""
-        return self.projector(self._video(videos))
+        if videos.shape[1] != self.cfg.video_frames:
+            raise ValueError(f"videos have {videos.shape[1]} frames, the model expects {self.cfg.video_frames}")
+        feats = self.encode_pixels(videos.flatten(0, 1))
+        return self.projector(self._video.pool_features(feats, videos.shape[0]))
 
     def embed(
         self,
@@ -168,7 +186,7 @@ class LMM(nn.Module):
             pixels.append(embeds.new_zeros((1, 3, size, size)))
         video_features = None
         if pixels:
-            feats = self.vision(torch.cat(pixels) if len(pixels) > 1 else pixels[0])  # (n, N, Dv)
+            feats = self.encode_pixels(torch.cat(pixels) if len(pixels) > 1 else pixels[0])  # (n, N, Dv)
             parts = [feats[:n_img].flatten(0, 1)] if n_img else []
             if n_vid:
                 parts.append(self._video.pool_features(feats[n_img:], n_vid).flatten(0, 1))

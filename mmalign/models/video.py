@@ -6,8 +6,8 @@ independently; spatial pooling is how PLLaVA and LLaVA-NeXT-Video keep long clip
 Frame *sampling* (decord) lives in :mod:`mmalign.data.media`.
 
 Frame order reaches the LLM only through its own token positions unless ``temporal="sinusoid"``:
-then frame ``t``'s tokens carry a fixed sinusoidal code of ``t`` (added to the encoder features
-before the projector, scaled to each token's RMS; no parameters), as video transformers add a temporal position embedding.
+then frame ``t``'s tokens carry a fixed sinusoidal code of ``t`` (:mod:`mmalign.models.codes`:
+added to the encoder features before the projector, at each token's RMS; no parameters), as video transformers add a temporal position embedding.
 A small LLM can then tell early frames from late ones by content, which motion direction needs
 (the same object in an early cell and in a late cell).
 """
@@ -20,18 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-TEMPORAL = ("none", "sinusoid")
-
-
-def sinusoid_codes(num_frames: int, dim: int) -> torch.Tensor:
-    """``(num_frames, dim)`` sin/cos codes of the frame index (Transformer-style frequencies)."""
-    t = torch.arange(num_frames, dtype=torch.float32)[:, None]
-    freq = torch.exp(-math.log(10000.0) * torch.arange(0, dim, 2, dtype=torch.float32) / dim)
-    codes = torch.zeros(num_frames, dim)
-    codes[:, 0::2] = torch.sin(t * freq)
-    codes[:, 1::2] = torch.cos(t * freq)[:, : dim // 2]
-    return codes
+from mmalign.models.codes import add_code, check_code, sinusoid_codes
 
 
 class VideoEncoder(nn.Module):
@@ -55,8 +44,7 @@ class VideoEncoder(nn.Module):
             raise ValueError(f"num_frames must be ≥ 1, got {num_frames}")
         if pool < 1:
             raise ValueError(f"pool must be ≥ 1, got {pool}")
-        if temporal not in TEMPORAL:
-            raise ValueError(f"temporal must be one of {TEMPORAL}, got {temporal!r}")
+        check_code("temporal", temporal)
         self.image_encoder = image_encoder
         self.num_frames = num_frames
         self.pool = pool
@@ -102,10 +90,6 @@ class VideoEncoder(nn.Module):
             grid = F.avg_pool2d(grid, kernel_size=self.pool, stride=self.pool, ceil_mode=True)
             feats = grid.flatten(2).transpose(1, 2)
         if self.temporal == "sinusoid":
-            # Scaled to each token's own RMS, so that the code is neither drowned nor dominant
-            # whatever the encoder's output scale (a code has RMS 1/sqrt(2) before scaling).
-            codes = sinusoid_codes(self.num_frames, feats.shape[-1]).to(feats.device, feats.dtype)
-            rms = feats.pow(2).mean(-1, keepdim=True).sqrt() * math.sqrt(2.0)
             clips = feats.view(n_clips, self.num_frames, *feats.shape[1:])
-            feats = (clips + codes[None, :, None] * rms.view_as(clips[..., :1])).flatten(0, 1)
+            feats = add_code(clips, sinusoid_codes(self.num_frames, feats.shape[-1])[:, None]).flatten(0, 1)
         return feats.reshape(n_clips, -1, feats.shape[-1])

@@ -44,6 +44,8 @@ class TinyPresetConfig:
         video_frames / video_pool: frames per clip and per-frame pooling stride.
         video_temporal: ``"none"`` or ``"sinusoid"`` (a code of the frame index on each frame's
             tokens, :mod:`mmalign.models.video`).
+        image_spatial: ``"none"`` or ``"sinusoid"`` (a code of each patch's row and column on its
+            token, :mod:`mmalign.models.codes`).
         chat_template: built-in template of the tokenizer (``mmalign.data.templates``); the
             ShapeWorld recipe uses ``plain`` with terse questions (see ``WorldConfig.question_style``).
         stage0: encoder pretraining settings.
@@ -64,6 +66,7 @@ class TinyPresetConfig:
     video_frames: int = 8
     video_pool: int = 1
     video_temporal: str = "none"
+    image_spatial: str = "none"
     chat_template: str = "chatml"
     stage0: Stage0Config = field(default_factory=Stage0Config)
     seed: int = 0
@@ -125,6 +128,7 @@ def build_tiny_shapeworld(cfg: TinyPresetConfig, log: Callable[[dict], None] | N
         video_frames=cfg.video_frames,
         video_pool=cfg.video_pool,
         video_temporal=cfg.video_temporal,
+        image_spatial=cfg.image_spatial,
         image_mode="resize",
         seed=cfg.seed,
     )
