@@ -245,7 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     (runs / "bars.md").write_text(table)
     curves = {name: path for name, path in stages.items()}
     if args.from_scratch:
-        curves = {"sft": runs / "sft", "sft-video": runs / "sft-video", "sft-focus": runs / "sft-focus", **curves}
+        curves = {
+            "sft": runs / "sft",
+            "sft-video": runs / "sft-video",
+            "sft-focus": runs / "sft-focus",
+            **curves,
+        }
     png = plot_loss_curves(curves, runs / "loss_curves.png")
     print(f"\nbars: {runs / 'bars.md'}; loss curves: {png}")
     print(f"quickstart done in {time.time() - start:.0f} s; outputs under {runs}/")

@@ -102,32 +102,18 @@ def test_export_refuses_parts_without_llava_hf_equivalent(tokenizer):
     )
     with pytest.raises(ValueError, match="not timm"):
         lmm_to_llava_hf(timm_model)
-    linear = tiny_lmm(
-        tokenizer,
-        tiny_vision(
+
+    def small_clip_lmm(**options):
+        vision = tiny_vision(
             image_size=32, patch_size=8, hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64
-        ),
-        llm_hidden_size=48,
-        llm_layers=1,
-        llm_heads=4,
-        llm_intermediate_size=96,
-        projector="linear",
-    )
+        )
+        small_llm = {"llm_hidden_size": 48, "llm_layers": 1, "llm_heads": 4, "llm_intermediate_size": 96}
+        return tiny_lmm(tokenizer, vision, **small_llm, **options)
+
     with pytest.raises(ValueError, match="mlp2x_gelu"):
-        lmm_to_llava_hf(linear)
-    coded = tiny_lmm(
-        tokenizer,
-        tiny_vision(
-            image_size=32, patch_size=8, hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64
-        ),
-        llm_hidden_size=48,
-        llm_layers=1,
-        llm_heads=4,
-        llm_intermediate_size=96,
-        image_spatial="sinusoid",
-    )
+        lmm_to_llava_hf(small_clip_lmm(projector="linear"))
     with pytest.raises(ValueError, match="image_spatial"):
-        lmm_to_llava_hf(coded)
+        lmm_to_llava_hf(small_clip_lmm(image_spatial="sinusoid"))
 
 
 def test_import_without_preprocessor_uses_the_towers_size(tokenizer, tmp_path):

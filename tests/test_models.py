@@ -8,9 +8,9 @@ import torch
 from mmalign.data.processor import MultimodalProcessor
 from mmalign.models.builders import tiny_lmm, tiny_vision
 from mmalign.models.checkpoint import build_lmm, load_lmm, save_lmm
+from mmalign.models.codes import add_code, grid_codes, sinusoid_codes
 from mmalign.models.lmm import LMMConfig, causal_lm_loss
 from mmalign.models.projector import build_projector
-from mmalign.models.codes import add_code, grid_codes, sinusoid_codes
 from mmalign.models.video import VideoEncoder
 from mmalign.models.vision import TimmViT, VisionConfig, load_vision_encoder
 
@@ -260,7 +260,9 @@ def test_video_temporal_codes_tell_frames_apart():
     # Frame t's tokens carry code t, scaled to each token's RMS (code RMS = token RMS).
     rms = same.pow(2).mean(-1, keepdim=True).sqrt() * 2**0.5
     torch.testing.assert_close(coded, same + sinusoid_codes(3, 32)[:, None] * rms)
-    torch.testing.assert_close((sinusoid_codes(3, 32)[:, None] * rms).pow(2).mean(-1).sqrt(), rms[..., 0] / 2**0.5)
+    torch.testing.assert_close(
+        (sinusoid_codes(3, 32)[:, None] * rms).pow(2).mean(-1).sqrt(), rms[..., 0] / 2**0.5
+    )
     with pytest.raises(ValueError, match="temporal"):
         VideoEncoder(enc, num_frames=3, temporal="learned")
 
@@ -289,7 +291,9 @@ def test_image_spatial_code_is_added_to_patch_tokens_only_when_configured(tokeni
         torch.testing.assert_close(coded.encode_pixels(img), add_code(raw, grid_codes(4, raw.shape[-1])))
         # Video frames get it too (frame by frame, before the projector).
         frames = coded.encode_pixels(vid.flatten(0, 1))
-        torch.testing.assert_close(coded.encode_videos(vid), coded.projector(frames.reshape(1, -1, raw.shape[-1])))
+        torch.testing.assert_close(
+            coded.encode_videos(vid), coded.projector(frames.reshape(1, -1, raw.shape[-1]))
+        )
     with pytest.raises(ValueError, match="image_spatial"):
         LMMConfig(image_spatial="learned")
 

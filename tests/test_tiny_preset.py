@@ -14,8 +14,7 @@ from mmalign.data.media import ImageProcessorConfig
 from mmalign.data.processor import MultimodalProcessor
 from mmalign.models.builders import tiny_vision
 from mmalign.models.checkpoint import load_lmm
-from mmalign.shapeworld import WorldConfig, generate
-from mmalign.shapeworld import COLORS, IGNORE_INDEX, SHAPES
+from mmalign.shapeworld import COLORS, IGNORE_INDEX, SHAPES, WorldConfig, generate
 from mmalign.shapeworld.video import frame_truth, sample_video
 from mmalign.training.stage0 import (
     CellHeads,

@@ -140,7 +140,9 @@ class LMM(nn.Module):
     def encode_videos(self, videos: torch.Tensor) -> torch.Tensor:
         """``(Nv, T, 3, H, W)`` → projected features ``(Nv, T · N', D)``."""
         if videos.shape[1] != self.cfg.video_frames:
-            raise ValueError(f"videos have {videos.shape[1]} frames, the model expects {self.cfg.video_frames}")
+            raise ValueError(
+                f"videos have {videos.shape[1]} frames, the model expects {self.cfg.video_frames}"
+            )
         feats = self.encode_pixels(videos.flatten(0, 1))
         return self.projector(self._video.pool_features(feats, videos.shape[0]))
 

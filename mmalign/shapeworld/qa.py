@@ -99,7 +99,9 @@ def count_qa(scene: Scene, cfg: WorldConfig, rng: random.Random, noisy: bool = F
     return [
         {
             "type": "count",
-            "question": "How many objects" if cfg.question_style == "terse" else "How many objects are there?",
+            "question": "How many objects"
+            if cfg.question_style == "terse"
+            else "How many objects are there?",
             "answer": str(len(objects)),
             "shape": None,
         },

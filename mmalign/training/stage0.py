@@ -114,7 +114,11 @@ def video_frame(
     for fo in frame_truth(video.tracks, world, t):
         i = fo.row * world.grid + fo.col
         shared = out["empty"][i] == 0
-        for k, vocab, value in (("shape", SHAPES, fo.shape), ("color", COLORS, fo.color), ("size", SIZES, fo.size)):
+        for k, vocab, value in (
+            ("shape", SHAPES, fo.shape),
+            ("color", COLORS, fo.color),
+            ("size", SIZES, fo.size),
+        ):
             out[k][i] = IGNORE_INDEX if shared else vocab.index(value)
         out["empty"][i] = 0
     return image, out
