@@ -2,10 +2,11 @@
 
 A contrastively pretrained CLIP keeps where a patch is in its features; a small encoder trained for
 a few minutes keeps it too, but weakly: in the tiny ShapeWorld tower the cell explained 5 % of the
-feature variance (1.5 % after the trained projector) against 52 % for the shape, and a 3-layer LLM
-did not learn to read it ("Where is the circle" 0.40 after 800 steps while colour was 0.99).
-A code added at the token's own RMS makes "where" (and, for videos, "when") as easy to look up as
-"what". Both are off by default (``LMMConfig.image_spatial`` / ``video_temporal``).
+feature variance (1.5 % after the trained projector) against 52 % for the shape. A code added at
+the token's own RMS makes "where" (and, for videos, "when") as strong a direction as "what".
+Measured on the tiny recipe, it was not what limited position answers: 0.36 after stage 1 with
+the code, 0.40 without (80 test images); most errors were in the answer's second word. Both codes
+are off by default (``LMMConfig.image_spatial`` / ``video_temporal``).
 """
 
 from __future__ import annotations
