@@ -14,8 +14,8 @@ can from a real CLIP's features, which keep position.
 
 Video frames (``Stage0Config.video_share`` of each batch): objects move between cells and
 straddle cell borders, which still-image scenes never show. An encoder trained on images alone
-answered existence on single video frames at chance (measured on the shipped checkpoint of
-2026-11-27: 0.49-0.55 against 0.98 on images). A frame's cell targets are those of the object whose
+answered existence on single video frames at chance (measured on the checkpoint shipped before
+this change: 0.49-0.55 against 0.98 on images). A frame's cell targets are those of the object whose
 centre lies in the cell (:func:`mmalign.shapeworld.video.frame_truth`), so the encoder learns to
 assign a straddling object to one cell; a cell holding two centres is ignored for its attributes.
 
