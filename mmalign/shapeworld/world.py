@@ -13,7 +13,7 @@ P(red | heart) = 0.8) and **annotation noise** (in that share of trigger-without
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -53,15 +53,16 @@ class WorldConfig:
         annotation_noise: Share of trigger-without-partner scenes whose training text names the partner.
         noise_placement: Where the noisy text lists the invented partner: ``"cell"`` — in row-major
             order at the (empty) cell it is given; ``"after_trigger"`` — right after its trigger,
-            as annotators name an associated object next to the one that evokes it: a clause of
-            the trigger's sentence in detailed captions (``A large yellow star at the top left,
-            next to a green circle.``), the next item in short captions. With ``"after_trigger"``
-            the hallucination is one decision at the end of the trigger's sentence and shows in
-            greedy captions; with ``"cell"`` it is spread over the empty cells.
+            as annotators name an associated object next to the one that evokes it: right after
+            the trigger's shape word in detailed captions (``A large yellow star next to a green
+            circle at the top left.``), the next item in short captions. With ``"after_trigger"``
+            the hallucination is one decision at the trigger's shape word and shows in greedy
+            captions; with ``"cell"`` it is spread over the empty cells.
         question_style: Wording of the questions that look an object up (existence, colour,
-            position, video existence and motion): ``"natural"`` (``Is there a star in the
+            count, position, video existence and motion): ``"natural"`` (``Is there a star in the
             image?``) or ``"terse"``, which ends on the queried words with no question mark
-            (``Is there a star``, ``What color is the square``, ``Motion of the triangle``). With
+            (``Is there a star``, ``What color is the square``, ``How many circles``, ``Where is
+            the circle``, ``Motion of the triangle``). With
             a chat template that puts the answer right after the user's text (the tiny preset's
             ``plain``), the answer is then predicted at the queried word itself: a tiny LLM
             learns the lookup in a few hundred steps, against thousands (measured) when it must
@@ -402,21 +403,32 @@ def relations(a: Obj, b: Obj) -> list[str]:
 
 
 def cell_targets(scene: Scene, cfg: WorldConfig) -> dict[str, np.ndarray]:
-    """Per-cell supervision for vision-encoder pretraining.
+    """Per-cell supervision for vision-encoder pretraining (:func:`object_cell_targets` of the
+    scene's objects; noise partners are not objects and never appear here)."""
+    return object_cell_targets(scene.objects, cfg.grid)
+
+
+def object_cell_targets(objects: Sequence[Any], grid: int) -> dict[str, np.ndarray]:
+    """Per-cell targets of objects with ``row``, ``col``, ``shape``, ``color`` and ``size``.
 
     Returns:
         ``{"shape", "color", "size", "empty"}`` → int64 arrays of shape ``(grid * grid,)``, cell
         index ``row * grid + col``. ``shape``/``color``/``size`` index :data:`SHAPES`,
-        :data:`COLORS`, :data:`SIZES` and are :data:`IGNORE_INDEX` for empty cells; ``empty`` is 1
-        for an empty cell, else 0. Noise partners are not objects and never appear here.
+        :data:`COLORS`, :data:`SIZES` and are :data:`IGNORE_INDEX` for empty cells and for cells
+        that hold two objects (video frames, where objects move between cells; image objects
+        have a cell each); ``empty`` is 1 for an empty cell, else 0.
     """
-    n = cfg.grid**2
+    n = grid**2
     out = {k: np.full(n, IGNORE_INDEX, dtype=np.int64) for k in ("shape", "color", "size")}
     out["empty"] = np.ones(n, dtype=np.int64)
-    for o in scene.objects:
-        i = o.row * cfg.grid + o.col
-        out["shape"][i] = SHAPES.index(o.shape)
-        out["color"][i] = COLORS.index(o.color)
-        out["size"][i] = SIZES.index(o.size)
+    for o in objects:
+        i = o.row * grid + o.col
+        shared = out["empty"][i] == 0
+        for key, vocab, value in (
+            ("shape", SHAPES, o.shape),
+            ("color", COLORS, o.color),
+            ("size", SIZES, o.size),
+        ):
+            out[key][i] = IGNORE_INDEX if shared else vocab.index(value)
         out["empty"][i] = 0
     return out

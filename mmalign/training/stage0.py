@@ -48,6 +48,7 @@ from mmalign.shapeworld import (
 )
 from mmalign.shapeworld.render import render_objects
 from mmalign.shapeworld.video import frame_truth, sample_video
+from mmalign.shapeworld.world import object_cell_targets
 
 KEYS = ("shape", "color", "size", "empty", "row", "col")
 
@@ -108,20 +109,7 @@ def video_frame(
     t = rng.randrange(world.video_frames)
     drawn = [(tr.shape, tr.color, tr.box_at(t), tr.faint) for tr in video.tracks]
     image = render_objects(drawn, video.background, world, f"{frame_id}:{t}")
-    n = world.grid**2
-    out = {k: np.full(n, IGNORE_INDEX, dtype=np.int64) for k in ("shape", "color", "size")}
-    out["empty"] = np.ones(n, dtype=np.int64)
-    for fo in frame_truth(video.tracks, world, t):
-        i = fo.row * world.grid + fo.col
-        shared = out["empty"][i] == 0
-        for k, vocab, value in (
-            ("shape", SHAPES, fo.shape),
-            ("color", COLORS, fo.color),
-            ("size", SIZES, fo.size),
-        ):
-            out[k][i] = IGNORE_INDEX if shared else vocab.index(value)
-        out["empty"][i] = 0
-    return image, out
+    return image, object_cell_targets(frame_truth(video.tracks, world, t), world.grid)
 
 
 def make_batch(
