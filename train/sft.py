@@ -40,6 +40,7 @@ from mmalign.config import load_config, save_config
 from mmalign.data.datasets import ExampleOrder, length_hint, load_mixture
 from mmalign.data.processor import MultimodalProcessor
 from mmalign.models.checkpoint import load_model
+from mmalign.models.grow import grow_llm
 from mmalign.training.checkpoint import export_final, prune_checkpoints, resume_step, step_tag
 from mmalign.training.logging import MetricsLogger
 from mmalign.training.parts import apply_lora, configure_parts, lr_lambda
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     strategy = Strategy(cfg.strategy, seed=cfg.seed)
     strategy.setup_distributed()
     model, tokenizer = load_model(cfg.model)
+    if cfg.grow_llm_layers:
+        grow_llm(model.llm, cfg.grow_llm_layers)
     if cfg.lora.enabled:
         apply_lora(model, cfg.lora)
     param_groups = configure_parts(model, cfg.parts, cfg.optim)

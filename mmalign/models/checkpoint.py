@@ -5,6 +5,7 @@ Layout of a checkpoint directory::
     mmalign.json          LMMConfig (+ format/version): how to rebuild the model and its inputs
     vision/               the image encoder (transformers ``save_pretrained``, or timm weights + config)
     projector.safetensors the projector's weights
+    temporal.safetensors  the video temporal mixer's weights (only if ``video_mixer_layers`` > 0)
     llm/                  the causal LM (transformers ``save_pretrained``)
     tokenizer/            the tokenizer (with the image/video tokens and chat template)
 
@@ -50,6 +51,9 @@ def save_lmm(model: LMM, tokenizer: Any, directory: str | Path) -> Path:
         model.vision.save(tmp / "vision")
         proj = {k: v.detach().contiguous().cpu() for k, v in model.projector.state_dict().items()}
         save_file(proj, str(tmp / "projector.safetensors"))
+        if model.temporal is not None:
+            mixer = {k: v.detach().contiguous().cpu() for k, v in model.temporal.state_dict().items()}
+            save_file(mixer, str(tmp / "temporal.safetensors"))
         model.llm.save_pretrained(tmp / "llm")
         tokenizer.save_pretrained(tmp / "tokenizer")
     except BaseException:
@@ -103,6 +107,9 @@ def load_lmm(directory: str | Path, dtype: torch.dtype | None = None) -> tuple[L
     projector.to(dtype or next(llm.parameters()).dtype)
     tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer")
     model = LMM(vision, projector, llm, cfg)
+    if model.temporal is not None:
+        model.temporal.load_state_dict(load_file(str(directory / "temporal.safetensors")))
+        model.temporal.to(dtype or next(llm.parameters()).dtype)
     model.eval()
     return model, tokenizer
 

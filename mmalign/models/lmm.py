@@ -19,6 +19,7 @@ from torch import nn
 
 from mmalign.data.media import ImageProcessorConfig
 from mmalign.models.codes import add_code, check_code, grid_codes
+from mmalign.models.temporal import TemporalMixer
 from mmalign.models.video import VideoEncoder
 from mmalign.models.vision import VisionConfig
 
@@ -43,6 +44,10 @@ class LMMConfig:
             frame's features (:mod:`mmalign.models.video`).
         image_spatial: ``"none"`` or ``"sinusoid"``: a fixed code of each patch's row and column
             added to its features, for images and video frames (:mod:`mmalign.models.codes`).
+        video_mixer_layers: learned attention blocks over each clip's tokens, between the codes
+            and the projector (:mod:`mmalign.models.temporal`; 0 = none). Saved as
+            ``temporal.safetensors`` and trained with the projector.
+        video_mixer_heads: attention heads of those blocks.
         image_processor: resize / pad / normalisation of pixels.
         template: conversation template name when the tokenizer has no ``chat_template``
             (``vicuna_v1``, ``llama3``, ``chatml``); ``None`` = the tokenizer's own template.
@@ -60,6 +65,8 @@ class LMMConfig:
     video_pool: int = 1
     video_temporal: str = "none"
     image_spatial: str = "none"
+    video_mixer_layers: int = 0
+    video_mixer_heads: int = 4
     image_processor: ImageProcessorConfig = field(default_factory=ImageProcessorConfig)
     template: str | None = None
 
@@ -74,6 +81,11 @@ class LMMConfig:
             raise ValueError(f"video_pool must be ≥ 1, got {self.video_pool}")
         check_code("video_temporal", self.video_temporal)
         check_code("image_spatial", self.image_spatial)
+        if self.video_mixer_layers < 0 or self.video_mixer_heads < 1:
+            raise ValueError(
+                f"need video_mixer_layers ≥ 0 and video_mixer_heads ≥ 1, got "
+                f"{self.video_mixer_layers} and {self.video_mixer_heads}"
+            )
         if self.image_token == self.video_token:
             raise ValueError("image_token and video_token must differ")
 
@@ -100,8 +112,14 @@ class LMM(nn.Module):
         self.projector = projector
         self.llm = llm
         self.cfg = cfg
-        # Shares the image encoder's parameters: not a second tower.
-        self._video = VideoEncoder(vision, cfg.video_frames, cfg.video_pool, cfg.video_temporal)
+        #: The learned temporal layer over clip tokens, or ``None`` (``cfg.video_mixer_layers``).
+        self.temporal: TemporalMixer | None = None
+        if cfg.video_mixer_layers:
+            self.temporal = TemporalMixer(vision.hidden_size, cfg.video_mixer_layers, cfg.video_mixer_heads)
+        # Shares the image encoder's parameters (and the mixer): not a second tower.
+        self._video = VideoEncoder(
+            vision, cfg.video_frames, cfg.video_pool, cfg.video_temporal, mixer=self.temporal
+        )
         #: Run encoder + projector on a blank image when a batch has no media (ZeRO-3 needs every
         #: rank to run the same modules each step). Set by the training strategy.
         self.always_run_media = False
@@ -137,14 +155,27 @@ class LMM(nn.Module):
         """``(Ni, 3, H, W)`` → projected features ``(Ni, N, D)``."""
         return self.projector(self.encode_pixels(images))
 
-    def encode_videos(self, videos: torch.Tensor) -> torch.Tensor:
-        """``(Nv, T, 3, H, W)`` → projected features ``(Nv, T · N', D)``."""
+    def video_features(self, videos: torch.Tensor) -> torch.Tensor:
+        """``(Nv, T, 3, H, W)`` → encoder features ``(Nv, T · N', D_v)``: pooled, coded, mixed."""
         if videos.shape[1] != self.cfg.video_frames:
             raise ValueError(
                 f"videos have {videos.shape[1]} frames, the model expects {self.cfg.video_frames}"
             )
-        feats = self.encode_pixels(videos.flatten(0, 1))
-        return self.projector(self._video.pool_features(feats, videos.shape[0]))
+        return self._video.pool_features(self.encode_pixels(videos.flatten(0, 1)), videos.shape[0])
+
+    def encode_videos(self, videos: torch.Tensor) -> torch.Tensor:
+        """``(Nv, T, 3, H, W)`` → projected features ``(Nv, T · N', D)``."""
+        return self.projector(self.video_features(videos))
+
+    def add_temporal_mixer(self, layers: int, heads: int) -> TemporalMixer:
+        """Give a model without one a fresh temporal mixer (identity until trained); sets the config."""
+        if self.temporal is not None:
+            raise ValueError("the model already has a temporal mixer")
+        self.cfg.video_mixer_layers, self.cfg.video_mixer_heads = layers, heads
+        ref = next(self.projector.parameters())
+        self.temporal = TemporalMixer(self.vision.hidden_size, layers, heads).to(ref.device, ref.dtype)
+        self._video.mixer = self.temporal
+        return self.temporal
 
     def embed(
         self,
@@ -158,7 +189,8 @@ class LMM(nn.Module):
         Images and video frames go through the encoder in **one** call and the projector in one
         call. With ``self.always_run_media`` (set by the training strategy under ZeRO-3) a batch
         without media still runs both on a blank image and adds its features times zero, so that
-        every rank runs the same modules in the same order whatever its batch holds.
+        every rank runs the same modules in the same order whatever its batch holds; the temporal
+        mixer, if any, likewise runs on a blank clip when the batch has no video.
 
         Args:
             input_ids: ``(B, L)`` with each image expanded to N image-token ids.
@@ -202,6 +234,9 @@ class LMM(nn.Module):
                 image_features = flat[: n_img * self.image_tokens].view(n_img, self.image_tokens, width)
             if n_vid:
                 video_features = flat[n_img * self.image_tokens :].view(n_vid, self.video_tokens, width)
+        if self.temporal is not None and self.always_run_media and not n_vid:
+            blank = embeds.new_zeros((1, self.video_tokens, self.vision.hidden_size))
+            embeds = embeds + 0.0 * self.temporal(blank).sum().to(embeds.dtype)
         embeds = self._scatter(embeds, input_ids, self.cfg.image_token_id, image_features, "image")
         if self.cfg.video_token_id >= 0 or video_features is not None:
             embeds = self._scatter(embeds, input_ids, self.cfg.video_token_id, video_features, "video")

@@ -35,10 +35,17 @@ class VideoEncoder(nn.Module):
             dropped when pooling.
         temporal: ``"none"`` or ``"sinusoid"`` (add :func:`sinusoid_codes` of the frame index to
             every token of the frame; see the module docstring).
+        mixer: optional module ``(B, T · N', D) → (B, T · N', D)`` run over each clip's tokens
+            after the codes (:class:`mmalign.models.temporal.TemporalMixer`); owned by the caller.
     """
 
     def __init__(
-        self, image_encoder: nn.Module, num_frames: int, pool: int = 1, temporal: str = "none"
+        self,
+        image_encoder: nn.Module,
+        num_frames: int,
+        pool: int = 1,
+        temporal: str = "none",
+        mixer: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if num_frames < 1:
@@ -50,6 +57,7 @@ class VideoEncoder(nn.Module):
         self.num_frames = num_frames
         self.pool = pool
         self.temporal = temporal
+        self.mixer = mixer
 
     @property
     def tokens_per_frame(self) -> int:
@@ -93,4 +101,5 @@ class VideoEncoder(nn.Module):
         if self.temporal == "sinusoid":
             clips = feats.view(n_clips, self.num_frames, *feats.shape[1:])
             feats = add_code(clips, sinusoid_codes(self.num_frames, feats.shape[-1])[:, None]).flatten(0, 1)
-        return feats.reshape(n_clips, -1, feats.shape[-1])
+        feats = feats.reshape(n_clips, -1, feats.shape[-1])
+        return feats if self.mixer is None else self.mixer(feats)

@@ -126,6 +126,8 @@ def configure_parts(model: LMM, parts: PartsConfig, optim: OptimConfig) -> list[
         ("projector", model.projector, parts.train_projector, parts.projector_lr),
         ("llm", model.llm, parts.train_llm, parts.llm_lr),
     ]
+    if model.temporal is not None:  # the video mixer sits with the projector, between encoder and LLM
+        spec.insert(2, ("temporal", model.temporal, parts.train_projector, parts.projector_lr))
     groups: list[dict[str, Any]] = []
     for name, module, trainable, lr in spec:
         params = _set_trainable(module, trainable, only_lora=lora and name == "llm")

@@ -16,6 +16,9 @@ class SFTConfig:
 
     Attributes:
         model: checkpoint to start from — an mmalign directory or a llava-hf folder.
+        grow_llm_layers: append this many identity blocks to the LLM before training
+            (LLaMA-Pro block expansion, :mod:`mmalign.models.grow`; 0 = none). The grown model
+            starts out computing exactly what ``model`` does.
         out: run folder (checkpoints/, final/, metrics.jsonl, tb/, config.yaml).
         data: LLaVA-format sources (mixed and shuffled).
         max_steps: optimizer steps; if 0, ``epochs`` decides.
@@ -39,6 +42,7 @@ class SFTConfig:
     """
 
     model: str = "runs/tiny-base"
+    grow_llm_layers: int = 0
     out: str = "runs/sft"
     data: list[DataSource] = field(default_factory=list)
     parts: PartsConfig = field(default_factory=PartsConfig)
@@ -59,6 +63,8 @@ class SFTConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.grow_llm_layers < 0:
+            raise ValueError(f"grow_llm_layers must be ≥ 0, got {self.grow_llm_layers}")
         if self.max_steps < 0 or self.epochs <= 0:
             raise ValueError("max_steps must be ≥ 0 and epochs > 0")
         if self.loss_reduction not in ("token", "example"):
