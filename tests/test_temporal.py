@@ -105,7 +105,7 @@ def test_motion_targets_replay_the_tracks():
         assert targets.shape == (world.video_frames, world.grid**2)
         for t, frame in enumerate(video.frames):
             cells = [fo.row * world.grid + fo.col for fo in frame]
-            for fo, cell in zip(frame, cells):
+            for fo, cell in zip(frame, cells, strict=True):
                 if cells.count(cell) > 1:
                     assert targets[t, cell] == IGNORE_INDEX
                     ignored += 1
