@@ -10,7 +10,9 @@
    stage 0 (tokenizer + supervised tiny CLIP tower), then SFT of projector + LLM on images
    (``configs/shapeworld/sft.yaml``), on every task with videos added
    (``configs/shapeworld/sft_video.yaml``) and on the slow skills (``sft_focus.yaml``),
-   DeepSpeed ZeRO-2, 2 CPU ranks;
+   DeepSpeed ZeRO-2, 2 CPU ranks; then a temporal mixer over video tokens trained on per-cell
+   motion (``temporal.yaml``, one process) and a last SFT stage that reads it, with the LLM grown
+   by one identity block (``sft_motion.yaml``);
 3. (truth, injected hallucination) preference pairs from the train split's exact scene graphs;
 4. a **control continuation**: SFT on the pairs' chosen answers with DPO's budget and optimizer
    (``configs/shapeworld/control.yaml``, ZeRO-3, 2 ranks) — what the data alone does;
@@ -83,12 +85,13 @@ def run(args: list[str]) -> None:
 
 
 def sft_from_scratch(data: Path, runs: Path, fast: bool, ranks: int) -> Path:
-    """Stage 0 (tokenizer + tiny CLIP tower), then the three SFT stages (images; every task with
-    videos; the slow skills).
+    """Stage 0 (tokenizer + tiny CLIP tower), the three SFT stages (images; every task with videos;
+    the slow skills), the temporal mixer (stage 4) and the SFT stage that reads it (stage 5).
 
-    Returns ``runs/sft-focus/final``, the counterpart of the shipped checkpoint.
+    Returns ``runs/sft-motion/final``, the counterpart of the shipped checkpoint.
     """
     base, sft, sft_video, focus = runs / "tiny-base", runs / "sft", runs / "sft-video", runs / "sft-focus"
+    temporal, motion = runs / "temporal", runs / "sft-motion"
     if not (base / "mmalign.json").exists():
         over = ["stage0.steps=150"] if fast else []
         run(
@@ -105,7 +108,21 @@ def sft_from_scratch(data: Path, runs: Path, fast: bool, ranks: int) -> Path:
         ("configs/shapeworld/sft.yaml", base, sft, 30),
         ("configs/shapeworld/sft_video.yaml", sft / "final", sft_video, 20),
         ("configs/shapeworld/sft_focus.yaml", sft_video / "final", focus, 10),
+        ("configs/shapeworld/sft_motion.yaml", temporal, motion, 10),
     ):
+        if out == motion and not (temporal / "mmalign.json").exists():
+            over = ["steps=20", "warmup=5", "eval_clips=16", "log_every=5"] if fast else []
+            run(
+                [
+                    "train/temporal.py",
+                    "--config",
+                    "configs/shapeworld/temporal.yaml",
+                    f"init_from={focus / 'final'}",
+                    f"data={data}",
+                    f"out={temporal}",
+                    *over,
+                ]
+            )
         if (out / "final" / "mmalign.json").exists():
             continue
         over = (
@@ -116,7 +133,7 @@ def sft_from_scratch(data: Path, runs: Path, fast: bool, ranks: int) -> Path:
             ["--config", config, f"model={start}", f"out={out}", rooted_sources(config, data), *over],
             ranks,
         )
-    return focus / "final"
+    return motion / "final"
 
 
 def rooted_sources(config: str, data: Path) -> str:
@@ -249,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             "sft": runs / "sft",
             "sft-video": runs / "sft-video",
             "sft-focus": runs / "sft-focus",
+            "sft-motion": runs / "sft-motion",
             **curves,
         }
     png = plot_loss_curves(curves, runs / "loss_curves.png")

@@ -83,11 +83,18 @@ def test_quickstart_fast_end_to_end(tmp_path, from_scratch):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     runs = tmp_path / "runs"
-    stages = ("sft", "sft-video", "sft-focus", "control", "dpo") if from_scratch else ("control", "dpo")
+    stages = (
+        ("sft", "sft-video", "sft-focus", "sft-motion", "control", "dpo")
+        if from_scratch
+        else ("control", "dpo")
+    )
     for stage in stages:
         assert (runs / stage / "final" / "mmalign.json").exists()
         assert len((runs / stage / "metrics.jsonl").read_text().splitlines()) >= 1
     if from_scratch:
+        assert json.loads((runs / "temporal" / "temporal_metrics.json").read_text())["motion"] >= 0.0
+        motion = json.loads((runs / "sft-motion" / "final" / "mmalign.json").read_text())
+        assert motion["video_mixer_layers"] == 2  # stage 4's mixer travels into the final model
         losses = [json.loads(x)["loss"] for x in (runs / "sft" / "metrics.jsonl").read_text().splitlines()]
         assert losses[-1] < losses[0]
     bars = json.loads((runs / "bars.json").read_text())

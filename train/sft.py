@@ -152,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     strategy.save_checkpoint(ckpt_dir, step_tag(total_steps), {"step": total_steps, **run_shape})
     if strategy.is_main:
         prune_checkpoints(ckpt_dir, cfg.keep_last)
-    written = export_final(strategy, model, cfg.model, cfg.lora, out, cfg.export_lora, cfg.export_llava_hf)
+    written = export_final(
+        strategy, model, cfg.model, cfg.lora, out, cfg.export_lora, cfg.export_llava_hf, cfg.grow_llm_layers
+    )
     log.write(f"[sft] done: {json.dumps(written)}")
     log.close()
     return 0

@@ -9,8 +9,9 @@ Frame order reaches the LLM only through its own token positions unless ``tempor
 then frame ``t``'s tokens carry a fixed sinusoidal code of ``t`` (:mod:`mmalign.models.codes`:
 added to the encoder features before the projector, at each token's RMS; no parameters), as
 video transformers add a temporal position embedding. Motion direction needs it: the same object
-in an early and in a late cell. (The tiny ShapeWorld model, trained with it, still answers motion
-at chance: 0.21.)
+in an early and in a late cell. (The tiny ShapeWorld model, trained with it, still answered motion
+at chance, 0.21: comparing two frames is a two-hop lookup for its LLM. An optional ``mixer``,
+:class:`mmalign.models.temporal.TemporalMixer`, runs over each clip's tokens after the codes.)
 """
 
 from __future__ import annotations

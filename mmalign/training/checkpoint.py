@@ -20,6 +20,7 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 
 from mmalign.models.checkpoint import load_model, save_lmm
+from mmalign.models.grow import grow_llm
 from mmalign.models.lmm import LMM
 from mmalign.training.parts import LoraConfig, apply_lora
 from mmalign.training.strategy import Strategy
@@ -78,10 +79,12 @@ def export_final(
     out_dir: Path,
     export_lora: str = "both",
     llava_hf: bool = False,
+    grow_llm_layers: int = 0,
 ) -> dict[str, str]:
     """Consolidate the trained weights and write loadable checkpoints (every rank must call).
 
-    Rank 0 rebuilds a plain (non-DeepSpeed) model from ``base_path`` with the same LoRA wrapping,
+    Rank 0 rebuilds a plain (non-DeepSpeed) model from ``base_path`` (grown by ``grow_llm_layers``
+    identity blocks, as the run grew it) with the same LoRA wrapping,
     loads the gathered trained weights into it (frozen ones are the start checkpoint's) and saves: ``final/`` (merged weights for LoRA runs; always
     written unless ``export_lora == "adapter"``), ``final_adapter/`` for LoRA runs, and
     ``final_llava_hf/`` on request.
@@ -90,6 +93,8 @@ def export_final(
     written: dict[str, str] = {}
     if strategy.is_main:
         plain, tokenizer = load_model(base_path)
+        if grow_llm_layers:
+            grow_llm(plain.llm, grow_llm_layers)
         if lora.enabled:
             apply_lora(plain, lora)
         # Frozen weights stay the start checkpoint's originals; trained ones are overwritten.
@@ -112,13 +117,15 @@ def export_final(
 
 
 def save_adapter(model: LMM, base_path: str | Path, directory: Path) -> Path:
-    """Write a LoRA run as an adapter folder: the PEFT adapter of the LLM, the encoder and projector
-    weights (``media.safetensors``; they may have trained too) and ``mmalign_adapter.json`` naming
+    """Write a LoRA run as an adapter folder: the PEFT adapter of the LLM, the encoder, projector
+    and temporal-mixer weights (``media.safetensors``; they may have trained too) and ``mmalign_adapter.json`` naming
     the base checkpoint."""
     directory.mkdir(parents=True, exist_ok=True)
     model.llm.save_pretrained(directory)
     media = {f"vision.{k}": v for k, v in model.vision.state_dict().items()}
     media.update({f"projector.{k}": v for k, v in model.projector.state_dict().items()})
+    if model.temporal is not None:  # trains with the projector
+        media.update({f"temporal.{k}": v for k, v in model.temporal.state_dict().items()})
     save_file(
         {k: v.detach().contiguous().cpu() for k, v in media.items()}, str(directory / "media.safetensors")
     )

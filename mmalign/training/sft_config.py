@@ -65,6 +65,11 @@ class SFTConfig:
     def __post_init__(self) -> None:
         if self.grow_llm_layers < 0:
             raise ValueError(f"grow_llm_layers must be ≥ 0, got {self.grow_llm_layers}")
+        if self.grow_llm_layers and self.lora.enabled:
+            raise ValueError(
+                "grow_llm_layers needs full LLM training, not LoRA: an adapter refers to a base "
+                "checkpoint, which does not have the new blocks"
+            )
         if self.max_steps < 0 or self.epochs <= 0:
             raise ValueError("max_steps must be ≥ 0 and epochs > 0")
         if self.loss_reduction not in ("token", "example"):

@@ -107,9 +107,10 @@ def train_temporal(
         raise ValueError(
             f"the model takes {model.cfg.video_frames} frames per clip, the world renders {world.video_frames}"
         )
-    if model._video.tokens_per_frame != world.grid**2 or model.vision.num_tokens != world.grid**2:
+    per_frame = model.video_tokens // model.cfg.video_frames
+    if per_frame != world.grid**2 or model.vision.num_tokens != world.grid**2:
         raise ValueError(
-            f"temporal training needs one token per grid cell: {model._video.tokens_per_frame} tokens "
+            f"temporal training needs one token per grid cell: {per_frame} tokens "
             f"per frame vs a {world.grid}x{world.grid} grid (video_pool 1, select='patch')"
         )
     torch.manual_seed(cfg.seed)
