@@ -166,3 +166,31 @@ def test_grow_llm_rejects_what_it_cannot_grow(tokenizer):
         grow_llm(model.llm, 0)
     with pytest.raises(ValueError, match="model.layers"):
         grow_llm(torch.nn.Linear(2, 2), 1)
+
+
+def test_sft_config_validates_growth():
+    from mmalign.training.parts import LoraConfig
+    from mmalign.training.sft_config import SFTConfig
+
+    assert SFTConfig(grow_llm_layers=1).grow_llm_layers == 1
+    with pytest.raises(ValueError, match="≥ 0"):
+        SFTConfig(grow_llm_layers=-1)
+    with pytest.raises(ValueError, match="not LoRA"):
+        SFTConfig(grow_llm_layers=1, lora=LoraConfig(enabled=True))
+
+
+def test_lora_adapter_folder_carries_the_trained_mixer(tokenizer, tmp_path):
+    from mmalign.training.checkpoint import load_with_adapter, save_adapter
+    from mmalign.training.parts import LoraConfig, apply_lora
+
+    model = _model(tokenizer, frames=2)
+    model.add_temporal_mixer(layers=1, heads=4)
+    save_lmm(model, tokenizer, tmp_path / "base")
+    apply_lora(model, LoraConfig(enabled=True, r=4, alpha=8))
+    with torch.no_grad():
+        for p in model.temporal.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_adapter(model, tmp_path / "base", tmp_path / "adapter")
+    loaded, _ = load_with_adapter(tmp_path / "adapter")
+    for key, value in model.temporal.state_dict().items():
+        torch.testing.assert_close(loaded.temporal.state_dict()[key], value)
