@@ -87,13 +87,25 @@ def test_mixer_checkpoint_round_trip_and_training_parts(tokenizer, tmp_path):
 def test_always_run_media_runs_the_mixer_on_batches_without_video(tokenizer):
     model = _model(tokenizer, frames=2)
     model.add_temporal_mixer(layers=1, heads=4)
+    order: list[str] = []
+    for name in ("vision", "temporal", "projector"):
+        getattr(model, name).register_forward_hook(lambda *a, name=name: order.append(name))
     ids = torch.tensor([[20, 21, 22, 23]])
     plain = model(ids)["logits"]
+    assert order == []
     model.always_run_media = True
     out = model(ids, labels=ids)
     torch.testing.assert_close(out["logits"], plain)
     out["loss"].backward()  # in the graph (as ZeRO-3 needs on every rank), with zero gradient
     assert all(p.grad is not None and float(p.grad.abs().sum()) == 0.0 for p in model.temporal.parameters())
+    # Same module order whatever the batch holds (text only, images only, a video).
+    image_ids = torch.tensor([[model.cfg.image_token_id] * model.image_tokens + [20]])
+    video_ids = torch.tensor([[model.cfg.video_token_id] * model.video_tokens + [20]])
+    for kwargs in ({"input_ids": image_ids, "images": torch.randn(1, 3, 60, 60)},
+                   {"input_ids": video_ids, "videos": torch.randn(1, 2, 3, 60, 60)}):  # fmt: skip
+        order.clear()
+        model(**kwargs)
+        assert order == ["vision", "temporal", "projector"], kwargs.keys()
 
 
 def test_motion_targets_replay_the_tracks():

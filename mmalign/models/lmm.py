@@ -222,21 +222,27 @@ class LMM(nn.Module):
         if pixels:
             feats = self.encode_pixels(torch.cat(pixels) if len(pixels) > 1 else pixels[0])  # (n, N, Dv)
             parts = [feats[:n_img].flatten(0, 1)] if n_img else []
+            n_blank = 0  # trailing projector inputs that only keep modules in the graph
             if n_vid:
                 parts.append(self._video.pool_features(feats[n_img:], n_vid).flatten(0, 1))
+            elif self.temporal is not None and self.always_run_media:
+                # A blank clip through the mixer and on into the projector, as on a rank with
+                # videos: ZeRO-3 gathers parameters module by module, forward and backward, and
+                # every rank must do so in the same order.
+                idle = self.temporal(feats.new_zeros((1, self.video_tokens, feats.shape[-1])))
+                parts.append(idle.flatten(0, 1))
+                n_blank += idle.shape[1]
             if dummy:
                 parts.append(feats.flatten(0, 1))
+                n_blank += feats.shape[0] * feats.shape[1]
             flat = self.projector(torch.cat(parts) if len(parts) > 1 else parts[0])  # (Σ tokens, D)
-            if dummy:  # joins the graph, contributes nothing
-                embeds = embeds + 0.0 * flat.sum().to(embeds.dtype)
+            if n_blank:  # joins the graph, contributes nothing
+                embeds = embeds + 0.0 * flat[-n_blank:].sum().to(embeds.dtype)
             width = flat.shape[-1]
             if n_img:
                 image_features = flat[: n_img * self.image_tokens].view(n_img, self.image_tokens, width)
             if n_vid:
                 video_features = flat[n_img * self.image_tokens :].view(n_vid, self.video_tokens, width)
-        if self.temporal is not None and self.always_run_media and not n_vid:
-            blank = embeds.new_zeros((1, self.video_tokens, self.vision.hidden_size))
-            embeds = embeds + 0.0 * self.temporal(blank).sum().to(embeds.dtype)
         embeds = self._scatter(embeds, input_ids, self.cfg.image_token_id, image_features, "image")
         if self.cfg.video_token_id >= 0 or video_features is not None:
             embeds = self._scatter(embeds, input_ids, self.cfg.video_token_id, video_features, "video")
