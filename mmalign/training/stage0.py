@@ -90,6 +90,18 @@ class CellHeads(nn.Module):
         return {k: head(feats) for k, head in self.heads.items()}
 
 
+def adamw_warmup_cosine(
+    params: list[nn.Parameter], lr: float, weight_decay: float, warmup: int, steps: int
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (betas 0.9/0.98) with linear warmup and cosine decay to 0.1 × ``lr`` over ``steps``:
+    the supervised pretraining stages' optimiser (stage 0, the temporal mixer)."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * s / steps)))
+    )
+    return opt, sched
+
+
 def cell_location(world: WorldConfig) -> dict[str, np.ndarray]:
     """Row and column of each grid cell ``(grid * grid,)``, cell index ``row * grid + col``."""
     index = np.arange(world.grid**2, dtype=np.int64)
@@ -197,11 +209,7 @@ def pretrain_encoder(
     params = [p for p in list(encoder.parameters()) + list(heads.parameters())]
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda s: min(1.0, (s + 1) / cfg.warmup) * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * s / cfg.steps))),
-    )
+    opt, sched = adamw_warmup_cosine(params, cfg.lr, cfg.weight_decay, cfg.warmup, cfg.steps)
     rng = random.Random(f"stage0:{cfg.seed}")
     encoder.train()
     heads.train()

@@ -27,6 +27,7 @@ from mmalign.data.media import process_image
 from mmalign.models.lmm import LMM
 from mmalign.shapeworld import IGNORE_INDEX, WorldConfig
 from mmalign.shapeworld.video import DIRECTIONS, VideoScene, render_video, sample_video
+from mmalign.training.stage0 import adamw_warmup_cosine
 
 
 @dataclass
@@ -125,11 +126,7 @@ def train_temporal(
     params = list(mixer.parameters()) + list(head.parameters())
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda s: min(1.0, (s + 1) / cfg.warmup) * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * s / cfg.steps))),
-    )
+    opt, sched = adamw_warmup_cosine(params, cfg.lr, cfg.weight_decay, cfg.warmup, cfg.steps)
     rng = random.Random(f"temporal:{cfg.seed}")
     model.eval()
     mixer.train()
