@@ -110,6 +110,8 @@ def sft_from_scratch(data: Path, runs: Path, fast: bool, ranks: int) -> Path:
         ("configs/shapeworld/sft_focus.yaml", sft_video / "final", focus, 10),
         ("configs/shapeworld/sft_motion.yaml", temporal, motion, 10),
     ):
+        if (out / "final" / "mmalign.json").exists():
+            continue
         if out == motion and not (temporal / "mmalign.json").exists():
             over = ["steps=20", "warmup=5", "eval_clips=16", "log_every=5"] if fast else []
             run(
@@ -123,8 +125,6 @@ def sft_from_scratch(data: Path, runs: Path, fast: bool, ranks: int) -> Path:
                     *over,
                 ]
             )
-        if (out / "final" / "mmalign.json").exists():
-            continue
         over = (
             [f"max_steps={fast_steps}", "save_every=0", "optim.warmup_steps=5", "log_every=5"] if fast else []
         )

@@ -92,7 +92,9 @@ def test_quickstart_fast_end_to_end(tmp_path, from_scratch):
         assert (runs / stage / "final" / "mmalign.json").exists()
         assert len((runs / stage / "metrics.jsonl").read_text().splitlines()) >= 1
     if from_scratch:
-        assert json.loads((runs / "temporal" / "temporal_metrics.json").read_text())["motion"] >= 0.0
+        # The smoke run trains the mixer 20 steps: only that stage 4 ran and reported is checked here
+        # (what it learns at full length is in the model card and test_bars.py).
+        assert 0.0 <= json.loads((runs / "temporal" / "temporal_metrics.json").read_text())["motion"] <= 1.0
         motion = json.loads((runs / "sft-motion" / "final" / "mmalign.json").read_text())
         assert motion["video_mixer_layers"] == 2  # stage 4's mixer travels into the final model
         losses = [json.loads(x)["loss"] for x in (runs / "sft" / "metrics.jsonl").read_text().splitlines()]

@@ -206,3 +206,22 @@ def test_lora_adapter_folder_carries_the_trained_mixer(tokenizer, tmp_path):
     loaded, _ = load_with_adapter(tmp_path / "adapter")
     for key, value in model.temporal.state_dict().items():
         torch.testing.assert_close(loaded.temporal.state_dict()[key], value)
+
+
+def test_mixer_follows_the_model_dtype_and_needs_a_frame_code(tokenizer, tmp_path):
+    model = _model(tokenizer, frames=2)
+    model.add_temporal_mixer(layers=1, heads=4)
+    save_lmm(model, tokenizer, tmp_path / "ckpt")
+    loaded, _ = load_lmm(tmp_path / "ckpt", dtype=torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in loaded.temporal.parameters())
+    ids = _video_ids(loaded)
+    with torch.no_grad():
+        assert (
+            loaded(ids, videos=torch.randn(1, 2, 3, 60, 60, dtype=torch.bfloat16))["logits"].isfinite().all()
+        )
+    vision = tiny_vision(intermediate_size=64, select="patch", frozen=True, **GRID_VISION)
+    uncoded = tiny_lmm(tokenizer, vision, llm_hidden_size=32, llm_layers=2, llm_heads=4, llm_intermediate_size=64,
+                       video_frames=8)  # fmt: skip
+    cfg = TemporalConfig(init_from="-", data="-", out="-", steps=1, batch_size=1, eval_clips=1)
+    with pytest.raises(ValueError, match="video_temporal"):
+        train_temporal(uncoded, WorldConfig(), cfg)

@@ -109,7 +109,6 @@ def load_lmm(directory: str | Path, dtype: torch.dtype | None = None) -> tuple[L
     model = LMM(vision, projector, llm, cfg)
     if model.temporal is not None:
         model.temporal.load_state_dict(load_file(str(directory / "temporal.safetensors")))
-        model.temporal.to(dtype or next(llm.parameters()).dtype)
     model.eval()
     return model, tokenizer
 

@@ -132,6 +132,10 @@ def import_llava_hf(directory: str | Path, dtype: torch.dtype | None = None) -> 
 def lmm_to_llava_hf(model: LMM) -> Any:
     """Build a ``LlavaForConditionalGeneration`` holding a copy of ``model``'s weights.
 
+    ``LlavaForConditionalGeneration`` has no video path, so what only videos use (the frame code
+    ``video_temporal``, the temporal mixer ``video_mixer_layers``) is not exported; image
+    answers are unchanged.
+
     Raises:
         ValueError: the LMM's parts have no llava-hf equivalent (a timm encoder, a projector
             other than ``mlp2x_gelu``, or a spatial code on the image tokens).

@@ -115,7 +115,10 @@ class LMM(nn.Module):
         #: The learned temporal layer over clip tokens, or ``None`` (``cfg.video_mixer_layers``).
         self.temporal: TemporalMixer | None = None
         if cfg.video_mixer_layers:
-            self.temporal = TemporalMixer(vision.hidden_size, cfg.video_mixer_layers, cfg.video_mixer_heads)
+            ref = next(projector.parameters())
+            self.temporal = TemporalMixer(
+                vision.hidden_size, cfg.video_mixer_layers, cfg.video_mixer_heads
+            ).to(ref.device, ref.dtype)
         # Shares the image encoder's parameters (and the mixer): not a second tower.
         self._video = VideoEncoder(
             vision, cfg.video_frames, cfg.video_pool, cfg.video_temporal, mixer=self.temporal
@@ -187,10 +190,10 @@ class LMM(nn.Module):
         """Token embeddings with media features written into their placeholder slots.
 
         Images and video frames go through the encoder in **one** call and the projector in one
-        call. With ``self.always_run_media`` (set by the training strategy under ZeRO-3) a batch
+        call. With ``self.always_run_media`` (set by the training strategy; ZeRO-3 needs it) a batch
         without media still runs both on a blank image and adds its features times zero, so that
         every rank runs the same modules in the same order whatever its batch holds; the temporal
-        mixer, if any, likewise runs on a blank clip when the batch has no video.
+        mixer, if any, likewise runs on one blank token when the batch has no video.
 
         Args:
             input_ids: ``(B, L)`` with each image expanded to N image-token ids.
@@ -226,10 +229,10 @@ class LMM(nn.Module):
             if n_vid:
                 parts.append(self._video.pool_features(feats[n_img:], n_vid).flatten(0, 1))
             elif self.temporal is not None and self.always_run_media:
-                # A blank clip through the mixer and on into the projector, as on a rank with
+                # A blank token through the mixer and on into the projector, as on a rank with
                 # videos: ZeRO-3 gathers parameters module by module, forward and backward, and
                 # every rank must do so in the same order.
-                idle = self.temporal(feats.new_zeros((1, self.video_tokens, feats.shape[-1])))
+                idle = self.temporal(feats.new_zeros((1, 1, feats.shape[-1])))
                 parts.append(idle.flatten(0, 1))
                 n_blank += idle.shape[1]
             if dummy:

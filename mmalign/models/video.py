@@ -37,7 +37,8 @@ class VideoEncoder(nn.Module):
         temporal: ``"none"`` or ``"sinusoid"`` (add :func:`sinusoid_codes` of the frame index to
             every token of the frame; see the module docstring).
         mixer: optional module ``(B, T · N', D) → (B, T · N', D)`` run over each clip's tokens
-            after the codes (:class:`mmalign.models.temporal.TemporalMixer`); owned by the caller.
+            after the codes (:class:`mmalign.models.temporal.TemporalMixer`); the LMM saves and
+            loads it (``LMM.temporal``).
     """
 
     def __init__(

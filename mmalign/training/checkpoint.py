@@ -5,7 +5,7 @@ Layout of a run folder::
     checkpoints/step_000100/   DeepSpeed shards + rng_rank*.pt   (resume=auto picks ``latest``)
     checkpoints/latest         written by DeepSpeed after a complete save
     final/                     consolidated mmalign checkpoint (merged weights for LoRA runs)
-    final_adapter/             LoRA runs: PEFT adapter + media.safetensors (encoder, projector)
+    final_adapter/             LoRA runs: PEFT adapter + media.safetensors (encoder, projector, mixer)
                                + mmalign_adapter.json (the base checkpoint it applies to)
     final_llava_hf/            optional llava-hf export
 """

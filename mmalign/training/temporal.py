@@ -108,6 +108,11 @@ def train_temporal(
         raise ValueError(
             f"the model takes {model.cfg.video_frames} frames per clip, the world renders {world.video_frames}"
         )
+    if model.cfg.video_temporal == "none":
+        raise ValueError(
+            "temporal training needs video_temporal='sinusoid': without a frame code the mixer "
+            "cannot tell which frame a token is from, so direction is not learnable"
+        )
     per_frame = model.video_tokens // model.cfg.video_frames
     if per_frame != world.grid**2 or model.vision.num_tokens != world.grid**2:
         raise ValueError(
@@ -120,9 +125,10 @@ def train_temporal(
     for p in model.parameters():
         p.requires_grad_(False)
     mixer = model.temporal
+    ref = next(mixer.parameters())
     head = nn.Sequential(
         nn.LayerNorm(model.vision.hidden_size), nn.Linear(model.vision.hidden_size, len(DIRECTIONS))
-    )
+    ).to(ref.device, ref.dtype)
     params = list(mixer.parameters()) + list(head.parameters())
     for p in params:
         p.requires_grad_(True)
@@ -133,8 +139,9 @@ def train_temporal(
     start = time.time()
     for step in range(1, cfg.steps + 1):
         clips, targets = clip_batch(rng, world, model, cfg.batch_size, f"tm-{step}-")
-        logits = head(model.video_features(clips))
-        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+        logits = head(model.video_features(clips.to(ref.device, ref.dtype)))
+        targets = targets.to(ref.device)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -149,6 +156,7 @@ def train_temporal(
         random.Random(f"temporal-eval:{cfg.seed}"), world, model, cfg.eval_clips, "tm-eval-"
     )
     with torch.no_grad():
-        metrics = {"motion": motion_accuracy(head(model.video_features(clips)), targets)}
+        logits = head(model.video_features(clips.to(ref.device, ref.dtype)))
+        metrics = {"motion": motion_accuracy(logits.cpu(), targets)}
     metrics["seconds"] = time.time() - start
     return metrics
