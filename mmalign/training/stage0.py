@@ -92,14 +92,25 @@ class CellHeads(nn.Module):
 
 def adamw_warmup_cosine(
     params: list[nn.Parameter], lr: float, weight_decay: float, warmup: int, steps: int
-) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW (betas 0.9/0.98) with linear warmup and cosine decay to 0.1 × ``lr`` over ``steps``:
-    the supervised pretraining stages' optimiser (stage 0, the temporal mixer)."""
+) -> Callable[[torch.Tensor], None]:
+    """The supervised pretraining stages' update (stage 0, the temporal mixer): makes ``params``
+    trainable and returns ``update(loss)``, one step of AdamW (betas 0.9/0.98, gradients clipped
+    to norm 1) with linear warmup and cosine decay to 0.1 × ``lr`` over ``steps``."""
+    for p in params:
+        p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * s / steps)))
     )
-    return opt, sched
+
+    def update(loss: torch.Tensor) -> None:
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+
+    return update
 
 
 def cell_location(world: WorldConfig) -> dict[str, np.ndarray]:
@@ -206,10 +217,8 @@ def pretrain_encoder(
         )
     torch.manual_seed(cfg.seed)
     heads = CellHeads(encoder.hidden_size, world.grid)
-    params = [p for p in list(encoder.parameters()) + list(heads.parameters())]
-    for p in params:
-        p.requires_grad_(True)
-    opt, sched = adamw_warmup_cosine(params, cfg.lr, cfg.weight_decay, cfg.warmup, cfg.steps)
+    params = list(encoder.parameters()) + list(heads.parameters())
+    update = adamw_warmup_cosine(params, cfg.lr, cfg.weight_decay, cfg.warmup, cfg.steps)
     rng = random.Random(f"stage0:{cfg.seed}")
     encoder.train()
     heads.train()
@@ -218,11 +227,7 @@ def pretrain_encoder(
         pixels, targets = make_batch(rng, world, ip, cfg.batch_size, f"s0-{step}-", cfg.video_share)
         logits = heads(encoder(pixels))
         loss = cell_loss(logits, targets)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        update(loss)
         if log is not None and (step % cfg.log_every == 0 or step == cfg.steps):
             log(
                 {

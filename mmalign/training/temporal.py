@@ -130,9 +130,7 @@ def train_temporal(
         nn.LayerNorm(model.vision.hidden_size), nn.Linear(model.vision.hidden_size, len(DIRECTIONS))
     ).to(ref.device, ref.dtype)
     params = list(mixer.parameters()) + list(head.parameters())
-    for p in params:
-        p.requires_grad_(True)
-    opt, sched = adamw_warmup_cosine(params, cfg.lr, cfg.weight_decay, cfg.warmup, cfg.steps)
+    update = adamw_warmup_cosine(params, cfg.lr, cfg.weight_decay, cfg.warmup, cfg.steps)
     rng = random.Random(f"temporal:{cfg.seed}")
     model.eval()
     mixer.train()
@@ -142,11 +140,7 @@ def train_temporal(
         logits = head(model.video_features(clips.to(ref.device, ref.dtype)))
         targets = targets.to(ref.device)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        update(loss)
         if log is not None and (step % cfg.log_every == 0 or step == cfg.steps):
             log({"step": step, "loss": loss.item(), "train_motion": motion_accuracy(logits, targets)})
     mixer.eval()
