@@ -49,11 +49,9 @@ def save_lmm(model: LMM, tokenizer: Any, directory: str | Path) -> Path:
         spec = {"format": FORMAT, "version": VERSION, **model.cfg.to_dict()}
         (tmp / "mmalign.json").write_text(json.dumps(spec, indent=2))
         model.vision.save(tmp / "vision")
-        proj = {k: v.detach().contiguous().cpu() for k, v in model.projector.state_dict().items()}
-        save_file(proj, str(tmp / "projector.safetensors"))
+        save_file(_cpu_state(model.projector), str(tmp / "projector.safetensors"))
         if model.temporal is not None:
-            mixer = {k: v.detach().contiguous().cpu() for k, v in model.temporal.state_dict().items()}
-            save_file(mixer, str(tmp / "temporal.safetensors"))
+            save_file(_cpu_state(model.temporal), str(tmp / "temporal.safetensors"))
         model.llm.save_pretrained(tmp / "llm")
         tokenizer.save_pretrained(tmp / "tokenizer")
     except BaseException:
@@ -74,6 +72,10 @@ def save_lmm(model: LMM, tokenizer: Any, directory: str | Path) -> Path:
         raise
     shutil.rmtree(old)
     return directory
+
+
+def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
 
 
 def read_config(directory: str | Path) -> LMMConfig:
