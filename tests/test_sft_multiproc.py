@@ -215,8 +215,11 @@ def test_lora_train_export_reload_with_deepspeed_launcher(base):
         strategy={"precision": "bf16", "gradient_checkpointing": True},
         parts={"train_projector": True, "train_llm": True},
     )
+    shm_before = set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"))
     proc = run(deepspeed_cmd(SFT, ["--config", str(cfg)]))
     assert "ZeRO-3, bf16, world 2" in proc.stdout
+    # DeepSpeed's CPU allreduce leaves a 66 MB /dev/shm segment per rank; the strategy removes its own.
+    assert set(Path("/dev/shm").glob("deepspeed_allreduce_buffer_*")) <= shm_before
     merged, tok = load_lmm(out / "final")
     adapted, _ = load_with_adapter(out / "final_adapter")
     plain, _ = load_lmm(base / "base")

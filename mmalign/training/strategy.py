@@ -11,6 +11,7 @@ optimizer (DeepSpeed's fused Adam would compile an op); optimizer offload needs 
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import random
@@ -22,6 +23,19 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import nn
+
+
+def shm_buffer(rank: int) -> Path:
+    """The shared-memory segment DeepSpeed's CPU allreduce creates for ``rank`` of this job.
+
+    DeepSpeed 0.19 (``ops/csrc/cpu/comm/shm.cpp``) creates
+    ``/dev/shm/deepspeed_allreduce_buffer_<uid>_<MASTER_ADDR>_<MASTER_PORT>_<rank>`` and never
+    unlinks it: 66 MB of RAM per rank and run stay taken until reboot (measured: 317 of them, 21 GB,
+    had filled this machine's /dev/shm and got a DPO rank OOM-killed). The strategy unlinks its own
+    at exit; the other ranks' mappings stay valid.
+    """
+    name = f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_{os.environ.get('MASTER_PORT', '')}_{rank}"
+    return Path("/dev/shm") / name
 
 
 @dataclass
@@ -115,6 +129,8 @@ class Strategy:
         deepspeed.init_distributed(dist_backend=backend)
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        else:
+            atexit.register(shm_buffer(self.rank).unlink, missing_ok=True)
         set_seed(self.seed)
 
     @property
