@@ -1,8 +1,8 @@
 """Chat with an mmalign checkpoint: an OpenAI-compatible server with a web UI, or a terminal chat.
 
-    python eval/chat.py serve --model runs/sft-stage2/final [--host 127.0.0.1 --port 8000] \
+    python eval/chat.py serve --model checkpoints/tiny-shapeworld [--host 127.0.0.1 --port 8000] \
         [--api-key-env MMALIGN_API_KEY] [--media-root DIR] [--max-new-tokens 512] [--name NAME]
-    python eval/chat.py chat --model runs/sft-stage2/final --image runs/shapeworld/images/img_0_000000.png \
+    python eval/chat.py chat --model checkpoints/tiny-shapeworld --image runs/shapeworld/images/img_0_000000.png \
         [--video clip.mp4] [--prompt "What is in the image?"] [--temperature 0]
 
 ``serve`` opens the web UI at ``http://HOST:PORT/`` and the API at ``http://HOST:PORT/v1``

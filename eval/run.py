@@ -1,7 +1,7 @@
 """Evaluate one or more checkpoints on POPE, CHAIR, MMHal-Bench, GAVIE and video QA, side by side.
 
     # the embedded default: ShapeWorld variants of every benchmark, judged exactly
-    python eval/run.py --model runs/sft-stage2/final --model runs/dpo/final --data runs/shapeworld \
+    python eval/run.py --model checkpoints/tiny-shapeworld --model runs/dpo/final --data runs/shapeworld \
         --benchmarks pope,chair,mmhal,gavie,videoqa --n 200 --out runs/eval
 
     # published benchmarks from local files; an OpenAI-compatible judge for MMHal/GAVIE/video QA
@@ -17,8 +17,7 @@ Writes to ``--out``: ``results.json`` (every metric, per checkpoint and benchmar
 ``records/<checkpoint>/<benchmark>.json`` (each item with the model's answer and its judgement;
 MMHal's keep the template's fields), ``table.md`` (headline metrics, checkpoints side by side,
 best in bold) and ``charts/<benchmark>.png``; prints the table. Answers are greedy, batched and
-KV-cached. Rules and departures of each benchmark: the docstrings of ``mmalign/eval/*.py`` and
-``../shared/METHODS.md``.
+KV-cached. Rules and departures of each benchmark: the docstrings of ``mmalign/eval/*.py``.
 """
 
 from __future__ import annotations

@@ -45,6 +45,24 @@ SHIPPED = ROOT / "checkpoints" / "tiny-shapeworld"
 WORLD = ROOT / "configs" / "shapeworld" / "world.json"
 
 
+def outputs(runs: Path, from_scratch: bool = False) -> list[Path]:
+    """Every path the quickstart creates under ``runs`` (the README's examples may point at these).
+
+    ``tests/test_docs_paths.py`` checks that README commands, configs and docstrings refer only to
+    these, to files in the repository, to outputs of the commands they show, or to the user's own
+    folders; the slow quickstart test checks that each of them exists after a run.
+    """
+    data = runs / "shapeworld"
+    made = [data, data / "pairs" / "train.jsonl"]
+    if from_scratch:
+        for stage in ("sft", "sft-video", "sft-focus", "sft-motion"):
+            made += [runs / stage, runs / stage / "final", runs / stage / "metrics.jsonl"]
+        made += [runs / "tiny-base", runs / "temporal"]
+    for stage in ("control", "dpo"):
+        made += [runs / stage, runs / stage / "final", runs / stage / "metrics.jsonl"]
+    return made + [runs / "bars.md", runs / "bars.json", runs / "loss_curves.png"]
+
+
 def banner(title: str) -> None:
     print(f"\n=== {title} ===", flush=True)
 

@@ -83,6 +83,13 @@ def test_quickstart_fast_end_to_end(tmp_path, from_scratch):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     runs = tmp_path / "runs"
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import quickstart
+    finally:
+        sys.path.pop(0)
+    missing = [str(p) for p in quickstart.outputs(runs, from_scratch) if not p.exists()]
+    assert not missing, f"quickstart.outputs() names paths the run did not create: {missing}"
     stages = (
         ("sft", "sft-video", "sft-focus", "sft-motion", "control", "dpo")
         if from_scratch

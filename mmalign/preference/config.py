@@ -63,7 +63,7 @@ class PovidConfig:
 class TrainRunConfig:
     """Fields shared by preference trainers (see ``SFTConfig`` for their meaning)."""
 
-    model: str = "runs/sft-stage2/final"
+    model: str = "checkpoints/tiny-shapeworld"
     out: str = "runs/dpo"
     data: list[PreferenceSource] = field(default_factory=list)
     parts: PartsConfig = field(default_factory=PartsConfig)

@@ -1,7 +1,7 @@
 """Stage 0: supervised pretraining of a ShapeWorld vision encoder (the analogue of a pretrained CLIP).
 
 End-to-end training from scratch does not learn shape identity in minutes on a CPU (measured,
-see shared/ARCHITECTURE.md), so the tiny preset's encoder is first trained with direct per-cell
+see docs/shapeworld_learnability.md), so the tiny preset's encoder is first trained with direct per-cell
 supervision: the encoder's patches are ShapeWorld's grid cells, and linear heads on each patch
 feature predict the cell's shape, colour, size and emptiness (cross-entropy, empty cells ignored
 for shape/colour/size) and the cell's row and column. The heads are discarded afterwards; the LMM
