@@ -15,6 +15,7 @@ checkout does not have it.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -27,7 +28,17 @@ import yaml
 from tests.distributed import ROOT
 
 USER_ROOTS = ("/ckpt/", "/data/", "/out/")
-REPO_ROOTS = ("configs", "train", "eval", "data_builders", "scripts", "benchmarks", "mmalign", "tests", "checkpoints")
+REPO_ROOTS = (
+    "configs",
+    "train",
+    "eval",
+    "data_builders",
+    "scripts",
+    "benchmarks",
+    "mmalign",
+    "tests",
+    "checkpoints",
+)
 CODE_DIRS = ("mmalign", "train", "eval", "data_builders", "scripts", "benchmarks")
 # A relative path: a known top-level folder, then path characters; not preceded by a path character
 # (so ``mmalign/data/x`` is not read as ``data/x``) nor by a dot (``foo.runs/``).
@@ -68,7 +79,10 @@ def _material() -> dict[str, tuple[str, str]]:
     for cfg in sorted((ROOT / "configs").rglob("*.yaml")):
         text = cfg.read_text()
         comments = "\n".join(line for line in text.splitlines() if line.lstrip().startswith("#"))
-        out[str(cfg.relative_to(ROOT))] = (text, comments + "\n" + "\n".join(_yaml_strings(yaml.safe_load(text))))
+        out[str(cfg.relative_to(ROOT))] = (
+            text,
+            comments + "\n" + "\n".join(_yaml_strings(yaml.safe_load(text))),
+        )
     for folder in CODE_DIRS:
         for py in sorted((ROOT / folder).rglob("*.py")):
             out[str(py.relative_to(ROOT))] = (py.read_text(), "")
@@ -108,7 +122,8 @@ def test_no_file_points_outside_the_checkout():
     offenders = [
         str(p.relative_to(ROOT))
         for p in _tracked()
-        if p.is_file() and p.suffix in (".py", ".md", ".yaml", ".json", ".txt", ".toml", "")
+        if p.is_file()
+        and p.suffix in (".py", ".md", ".yaml", ".json", ".txt", ".toml", "")
         and SHARED_RE.search(p.read_text(errors="ignore"))
     ]
     assert not offenders, f"files pointing at {SHARED}/ (not in a user's checkout): {offenders}"
@@ -155,7 +170,9 @@ def test_every_named_path_exists_or_is_made(generated_world):
                     problems.append(f"{source}: {raw} is not written by the ShapeWorld generator")
             elif top == "runs":
                 if not _under(path, made):
-                    problems.append(f"{source}: {raw} is made neither by the quickstart nor by a shown command")
+                    problems.append(
+                        f"{source}: {raw} is made neither by the quickstart nor by a shown command"
+                    )
             elif top == "checkpoints" and not source.endswith(".py"):  # .py: a run folder's checkpoints/
                 problems.append(f"{source}: {raw} is not in the repository (a user path goes under /ckpt/)")
         for raw in ABS_RE.findall(abs_text):
@@ -165,3 +182,34 @@ def test_every_named_path_exists_or_is_made(generated_world):
             if not path.startswith(USER_ROOTS) and not _under(path, made):
                 problems.append(f"{source}: {raw} is neither under {USER_ROOTS} nor made by a shown command")
     assert not problems, "\n".join(sorted(set(problems)))
+
+
+def test_readme_record_examples_load_with_their_readers():
+    """Each example record of the README's "Bring your own model" section is read as its format says."""
+    from mmalign.data.formats import llava_record_to_example
+    from mmalign.preference.formats import record_to_pair
+
+    readme = (ROOT / "README.md").read_text()
+    (block,) = re.findall(r"```jsonc\n(.*?)```", readme, flags=re.S)
+    records, fmt, buf = [], None, ""
+    for line in block.splitlines():
+        if line.startswith("//"):
+            m = re.search(r"format: (\w+)", line)
+            fmt = m.group(1) if m else ("llava" if "SFT" in line else fmt)
+            continue
+        buf += line
+        try:
+            records.append((fmt, json.loads(buf)))
+            buf = ""
+        except json.JSONDecodeError:
+            continue
+    assert buf == "" and [f for f, _ in records] == ["llava", "povid", "llava_rlhf", "hound", "trl"]
+    for i, (fmt, rec) in enumerate(records):
+        where = f"README.md jsonc record {i}"
+        if fmt == "llava":
+            ex = llava_record_to_example(rec, Path("/data"), where)
+            assert ex.images and ex.messages[-1]["role"] == "assistant"
+        else:
+            pair = record_to_pair(rec, Path("/data"), where, fmt)
+            assert pair.chosen and pair.rejected and pair.chosen != pair.rejected
+            assert pair.images or pair.videos
