@@ -15,7 +15,7 @@ import torch
 
 from mmalign.data.formats import Example
 from mmalign.data.media import load_image, load_video_frames, process_image, process_video
-from mmalign.data.templates import Message, assistant_spans, render, resolve_template, validate_messages
+from mmalign.data.templates import Message, assistant_spans, load_template, render, validate_messages
 from mmalign.models.lmm import IGNORE_INDEX, LMMConfig
 
 END_OF_TURN_MARKERS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>")
@@ -38,14 +38,28 @@ class MultimodalProcessor:
         cfg: the model's :class:`LMMConfig` (token ids, frames, pixel processing, template).
         image_tokens: feature tokens per image (``LMM.image_tokens``).
         video_tokens: feature tokens per video (``LMM.video_tokens``).
+        template: overrides ``cfg.template`` and the tokenizer's own: a built-in name, a Jinja
+            file or Jinja source (:func:`~mmalign.data.templates.load_template`).
+
+    Raises:
+        ValueError: the template drops the message text in either content shape.
     """
 
-    def __init__(self, tokenizer: Any, cfg: LMMConfig, image_tokens: int, video_tokens: int) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        cfg: LMMConfig,
+        image_tokens: int,
+        video_tokens: int,
+        template: str | None = None,
+    ) -> None:
         self.tokenizer = tokenizer
         self.cfg = cfg
         self.image_tokens = image_tokens
         self.video_tokens = video_tokens
-        self.template = resolve_template(tokenizer, cfg.template)
+        self.template = load_template(
+            tokenizer, template or cfg.template, (cfg.image_token, cfg.video_token)
+        )
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad is None:
             raise ValueError("the tokenizer has neither a pad nor an eos token")
@@ -53,8 +67,8 @@ class MultimodalProcessor:
         self.stop_token_ids: list[int] = stop_token_ids(tokenizer)
 
     @classmethod
-    def for_model(cls, model: Any, tokenizer: Any) -> MultimodalProcessor:
-        return cls(tokenizer, model.cfg, model.image_tokens, model.video_tokens)
+    def for_model(cls, model: Any, tokenizer: Any, template: str | None = None) -> MultimodalProcessor:
+        return cls(tokenizer, model.cfg, model.image_tokens, model.video_tokens, template)
 
     # ----------------------------------------------------------------------------- text
     def _tokenize(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
