@@ -230,9 +230,9 @@ def test_pope_metrics_hand_computed() -> None:
     assert m["accuracy"] == pytest.approx(4 / 6) and m["precision"] == pytest.approx(2 / 3)
     assert m["recall"] == pytest.approx(2 / 3) and m["f1"] == pytest.approx(2 / 3)
     assert m["yes_ratio"] == pytest.approx(0.5)
-    unparsed = pope_metrics(["yes", "no"], ["A star.", "A star."])
-    assert unparsed["n_unparseable"] == 2 and unparsed["yes_ratio"] == 0.0
-    assert pope_metrics(["yes", "no"], ["A star.", "A star."], unparseable="yes")["yes_ratio"] == 1.0
+    unparsed = pope_metrics(["yes", "no"], ["A star.", "A star."])  # POPE's rule: no negation → yes
+    assert unparsed["n_unparseable"] == 2 and unparsed["yes_ratio"] == 1.0
+    assert pope_metrics(["yes", "no"], ["A star.", "A star."], parser="strict")["yes_ratio"] == 0.0
 
 
 def test_pope_probes_balance_and_split_semantics() -> None:

@@ -1,4 +1,7 @@
-"""Parsing free model text over ShapeWorld's closed vocabulary: mentions, yes/no, numbers, letters.
+"""Parsing free model text over ShapeWorld's closed vocabulary: mentions, numbers, letters.
+
+Yes/no answers are read by :func:`mmalign.eval.answers.answer_yes_no` (the ``strict`` parser),
+re-exported here.
 
 What :func:`parse_mentions` handles (and what it does not):
 - shape nouns in singular and plural (``circle``/``circles``, ``cross``/``crosses``); every
@@ -20,6 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from mmalign.eval.answers import answer_yes_no as answer_yes_no  # re-exported: the strict parser
 from mmalign.shapeworld.captions import NUMBER_WORDS, plural
 from mmalign.shapeworld.vocab import COLORS, SHAPES
 
@@ -39,8 +43,6 @@ NEGATIONS = frozenset(
     "no not without none never nor neither nothing isn't aren't doesn't don't can't cannot wasn't weren't".split()
 )
 SCOPE_END = frozenset("but and while whereas although however though yet".split())
-YES_WORDS = frozenset("yes yeah yep yup true correct certainly sure indeed affirmative".split())
-NO_WORDS = frozenset("no nope not false incorrect none isn't aren't doesn't don't cannot can't never".split())
 
 
 @dataclass(frozen=True)
@@ -105,21 +107,6 @@ def parse_mentions(text: str) -> list[Mention]:
             color = COLOR_FORMS.get(tokens[k])
         out.append(Mention(shape, color, size, count, i))
     return out
-
-
-def answer_yes_no(text: str) -> bool | None:
-    """True for yes, False for no, None when neither can be read.
-
-    The first word decides when it is a yes/no word (``Yes, ...``, ``No.``); otherwise the first
-    yes/no word anywhere does (``There is no star`` → False, ``I think yes`` → True).
-    """
-    words = [t for t in tokenize(text) if t not in PUNCT]
-    for tok in words:
-        if tok in YES_WORDS:
-            return True
-        if tok in NO_WORDS:
-            return False
-    return None
 
 
 def parse_number(text: str) -> int | None:

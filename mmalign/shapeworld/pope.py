@@ -5,6 +5,7 @@ image?`` about present objects (label ``yes``) and as many absent ones (label ``
 split: **random** (uniform over absent shapes), **popular** (the absent shapes most frequent in the
 corpus) or **adversarial** (the absent shapes that co-occur most with the present ones). On
 ShapeWorld the adversarial negatives of a star-without-circle scene are led by ``circle``.
+The metrics, :func:`pope_metrics`, live in :mod:`mmalign.eval.answers` (re-exported here).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from mmalign.shapeworld.parsing import answer_yes_no
+from mmalign.eval.answers import pope_metrics as pope_metrics  # re-exported; it lives with the parsers
 from mmalign.shapeworld.world import SHAPES, Scene
 
 SPLITS: tuple[str, ...] = ("random", "popular", "adversarial")
@@ -127,52 +128,3 @@ def pope_probes(
             )
             qid += 1
     return out
-
-
-def pope_metrics(labels: Sequence[str], answers: Sequence[str], unparseable: str = "no") -> dict[str, float]:
-    """POPE's metrics with ``yes`` as the positive class.
-
-    Args:
-        labels: ``"yes"``/``"no"`` per probe.
-        answers: Model answers (free text, read by :func:`~mmalign.shapeworld.parsing.answer_yes_no`).
-        unparseable: What an answer with no yes/no word counts as. Default ``"no"`` (never rewards
-            evasive text). Note: POPE's reference script reads an answer as ``no`` iff its first
-            sentence has the word ``no``/``not``/``No`` and as ``yes`` otherwise, i.e. it maps
-            unparseable text to ``"yes"``; pass ``unparseable="yes"`` to mimic that.
-
-    Returns:
-        ``accuracy``, ``precision``, ``recall``, ``f1``, ``yes_ratio`` (share of predicted yes), and
-        counts ``n``, ``tp``, ``fp``, ``tn``, ``fn``, ``n_unparseable``. Empty denominators give 0.0.
-    """
-    if len(labels) != len(answers):
-        raise ValueError(f"{len(labels)} labels for {len(answers)} answers")
-    if unparseable not in ("yes", "no"):
-        raise ValueError("unparseable must be 'yes' or 'no'")
-    tp = fp = tn = fn = n_unparseable = 0
-    for label, answer in zip(labels, answers, strict=True):
-        parsed = answer_yes_no(answer)
-        if parsed is None:
-            n_unparseable += 1
-            parsed = unparseable == "yes"
-        truth = label.strip().lower() == "yes"
-        tp += parsed and truth
-        fp += parsed and not truth
-        tn += (not parsed) and not truth
-        fn += (not parsed) and truth
-    n = len(labels)
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {
-        "accuracy": (tp + tn) / n if n else 0.0,
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
-        "yes_ratio": (tp + fp) / n if n else 0.0,
-        "n": n,
-        "tp": tp,
-        "fp": fp,
-        "tn": tn,
-        "fn": fn,
-        "n_unparseable": n_unparseable,
-    }
