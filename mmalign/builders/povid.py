@@ -35,6 +35,7 @@ from mmalign.builders.povid_rules import INJECTION_KINDS, CooccurrenceStats, Inj
 from mmalign.builders.runner import Built, Item, default_id, record_rng
 from mmalign.builders.scene import SceneDesc, scene_from_record
 from mmalign.data.formats import RecordError
+from mmalign.data.media import WHITE, load_image, to_rgb
 from mmalign.preference.distortion import diffusion_noise
 from mmalign.shapeworld.generate import atomic_write
 from mmalign.shapeworld.vocab import stable_seed
@@ -80,8 +81,8 @@ class POVIDOptions:
 
 def distort_image(image: Image.Image | str | Path, t: int = 500, seed: int = 0) -> torch.Tensor:
     """POVID's noised image ``(3, H, W)`` float32, unclipped (``√ᾱ_t·x0 + √(1−ᾱ_t)·ε`` on [0, 1] pixels)."""
-    img = Image.open(image) if isinstance(image, (str, Path)) else image
-    x0 = torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+    img = load_image(image, background=WHITE) if isinstance(image, (str, Path)) else to_rgb(image)
+    x0 = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
     return diffusion_noise(x0, t, generator=torch.Generator().manual_seed(seed))
 
 

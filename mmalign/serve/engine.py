@@ -217,11 +217,14 @@ class ChatEngine:
             max_new = min(max_new, self.context - len(ids))
         ip = self.model.cfg.image_processor
         dtype = next(self.model.vision.parameters()).dtype
-        images = (
-            torch.stack([process_image(im, ip) for im in request.images]).to(dtype)
-            if request.images
-            else None
-        )
+        try:  # composites transparency onto the mode's background; bounds the work (pad square)
+            images = (
+                torch.stack([process_image(im, ip) for im in request.images]).to(dtype)
+                if request.images
+                else None
+            )
+        except MediaError as exc:
+            raise RequestError(413, f"an image is too large to process: {exc}", "messages") from exc
         videos = None
         if request.videos:
             videos = torch.stack([self._video_tensor(d, s, i) for i, (d, s) in enumerate(request.videos)]).to(

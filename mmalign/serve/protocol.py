@@ -11,6 +11,14 @@ Media URLs: ``data:<mime>;base64,<data>``; a local path (``/abs/path`` or ``file
 the server was given a media root and the resolved path lies inside it; remote URLs are refused
 (the server never fetches). Every problem raises :class:`RequestError` with an HTTP status and a
 message naming the offending field (``messages[2].content[1]``).
+
+Images are read exactly as the training loader reads them (:func:`mmalign.data.media.normalize_image`:
+EXIF orientation applied, every Pillow mode mapped to 8 bits with its full tonal range,
+transparency kept as alpha for :func:`~mmalign.data.media.process_image` to composite). The size
+is checked from the header before decoding, with the loader's rule
+(:func:`~mmalign.data.media.check_image_size`): ``max(w, h)²`` — the square ``pad`` mode
+allocates — must not exceed ``max_image_pixels``, so a 20000×1 PNG of 140 bytes is a 413, not
+seconds of work and a gigabyte.
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from PIL import Image, UnidentifiedImageError
+
+from mmalign.data.media import MediaError, check_image_size, normalize_image
 
 IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/jpg", "image/gif", "image/webp", "image/bmp"})
 VIDEO_TYPES = frozenset({"video/mp4", "video/webm", "video/quicktime", "video/x-matroska", "video/avi"})
@@ -62,7 +72,8 @@ class ServeLimits:
     Attributes:
         max_body_bytes: whole request body.
         max_image_bytes / max_video_bytes: one decoded media item.
-        max_image_pixels: width × height of one image (decompression bombs).
+        max_image_pixels: bound on one image's padded square ``max(w, h)²`` (which also bounds
+            ``w × h``: decompression bombs and extreme aspect ratios alike).
         max_images / max_videos: media items per request (whole conversation).
         max_messages: messages per request.
         max_new_tokens: cap on ``max_tokens`` (larger requests are clamped to it); also the
@@ -167,7 +178,12 @@ def _media_bytes(url: Any, where: str, limits: ServeLimits, kind: str) -> tuple[
 
 
 def decode_image(url: Any, where: str, limits: ServeLimits) -> Image.Image:
-    """An RGB image from a data URL or an allowed local path."""
+    """An upright 8-bit ``RGB`` image (``RGBA`` when it has transparency) from a data URL or an
+    allowed local path.
+
+    Raises:
+        RequestError: 413 too many bytes or pixels (padded square), 415 not a readable image.
+    """
     mime, data = _media_bytes(url, where, limits, "image")
     if mime.startswith("video/") or (mime.startswith("image/") and mime not in IMAGE_TYPES):
         raise RequestError(
@@ -177,16 +193,12 @@ def decode_image(url: Any, where: str, limits: ServeLimits) -> Image.Image:
         raise RequestError(415, f"{where}: {mime!r} is not an image", where)
     try:
         with Image.open(io.BytesIO(data)) as img:
-            if img.width * img.height > limits.max_image_pixels:
-                raise RequestError(
-                    413,
-                    f"{where}: image of {img.width}×{img.height} exceeds {limits.max_image_pixels} pixels",
-                    where,
-                )
-            return img.convert("RGB")
-    except RequestError:
-        raise
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+            check_image_size(img.width, img.height, limits.max_image_pixels)
+            img.load()
+            return normalize_image(img)
+    except (MediaError, Image.DecompressionBombError) as exc:
+        raise RequestError(413, f"{where}: {exc}", where) from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise RequestError(415, f"{where}: the data is not a readable image ({exc})", where) from exc
 
 
