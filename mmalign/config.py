@@ -2,13 +2,19 @@
 
 A dataclass *is* the config (litgpt style): :func:`load_config` fills one from a YAML file and
 command-line overrides (``a.b=3``, values parsed as YAML), rejects unknown keys with their dotted
-name, and ``__post_init__`` of each dataclass validates. :func:`save_config` writes the resolved
-config next to a run's outputs.
+name (valid keys listed, closest first), and ``__post_init__`` of each dataclass validates.
+:func:`save_config` writes the resolved config next to a run's outputs; :func:`describe_fields`
+lists every (nested) field with its type, default and the meaning its class's docstring gives
+(``Attributes:`` section) — what ``--print-config`` prints.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
+import json
+import re
 import types
 import typing
 from pathlib import Path
@@ -63,8 +69,13 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - names)
     if unknown:
+        ranked = difflib.get_close_matches(unknown[0], sorted(names), n=len(names), cutoff=0.0)
+        ranked += sorted(names - set(ranked))
+        hint = f"; did you mean {prefix}{ranked[0]}?" if difflib.get_close_matches(unknown[0], names) else ""
         raise ConfigError(
-            f"unknown config key(s) {', '.join(prefix + k for k in unknown)} for {cls.__name__}"
+            f"unknown config key(s) {', '.join(prefix + k for k in unknown)} for {cls.__name__}{hint} "
+            f"Valid keys{f' under {prefix.rstrip(chr(46))}' if prefix else ''} (closest first): "
+            f"{', '.join(ranked)}. (--print-config lists every field with its meaning.)"
         )
     kwargs = {k: _coerce(hints[k], v, prefix + k) for k, v in data.items()}
     try:
@@ -132,3 +143,93 @@ def save_config(obj: Any, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
     return path
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Field meanings from the ``Attributes:`` sections of ``cls``'s docstring and its bases'.
+
+    An entry ``a / b: text`` documents fields ``a`` and ``b``; continuation lines are joined.
+    """
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        doc = inspect.cleandoc(klass.__dict__.get("__doc__") or "")
+        lines = doc.splitlines()
+        if "Attributes:" not in lines:
+            continue
+        names: list[str] = []
+        for line in lines[lines.index("Attributes:") + 1 :]:
+            if line and not line.startswith(" "):
+                break  # the next section
+            entry = re.match(r"^ {4}([\w /]+):\s*(.*)$", line)
+            if entry:
+                names = [n.strip() for n in entry.group(1).split("/")]
+                for n in names:
+                    docs[n] = entry.group(2).strip()
+            elif line.strip() and names:
+                for n in names:
+                    docs[n] = f"{docs[n]} {line.strip()}".strip()
+    return docs
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type) and typing.get_origin(tp) is None:
+        return tp.__name__
+    return re.sub(r"\b(typing|pathlib|mmalign(\.\w+)*)\.", "", str(tp)).replace("NoneType", "None")
+
+
+def _first_sentence(text: str) -> str:
+    match = re.match(r"(.+?\.)(\s|$)", text)
+    return (match.group(1) if match else text).rstrip(".")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None or isinstance(value, (bool, int, float)):
+        return json.dumps(value)
+    return yaml.safe_dump(to_dict(value), default_flow_style=True, width=10**6).strip()
+
+
+def describe_fields(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """Every field of config class ``cls``, nested ones as dotted names, ``list[X]`` items as ``name[].f``.
+
+    Returns:
+        ``(name, type, default, meaning)`` rows; ``meaning`` is the first sentence of the field's
+        docstring entry (empty when undocumented).
+    """
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    rows: list[tuple[str, str, str, str]] = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        tp = hints[f.name]
+        if f.default is not dataclasses.MISSING:
+            default: Any = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "(required)"
+        name = prefix + f.name
+        meaning = _first_sentence(docs.get(f.name, ""))
+        if _is_dataclass_type(tp):
+            rows.append((name, tp.__name__, "", meaning or (inspect.getdoc(tp) or "").splitlines()[0]))
+            rows += describe_fields(tp, f"{name}.")
+            continue
+        rows.append((name, _type_name(tp), _show(default), meaning))
+        item = (typing.get_args(tp) or (None,))[0] if typing.get_origin(tp) is list else None
+        if _is_dataclass_type(item):
+            rows += describe_fields(item, f"{name}[].")
+    return rows
+
+
+def format_fields(cls: type) -> str:
+    """:func:`describe_fields` as aligned text: ``name  type  = default  meaning``."""
+    rows = describe_fields(cls)
+    w_name = max(len(r[0]) for r in rows)
+    w_type = min(max(len(r[1]) for r in rows), 40)
+    lines = [f"{cls.__name__} fields (set in the YAML file or as key=value):"]
+    for name, tp, default, meaning in rows:
+        value = f"= {default}" if default != "" else ""
+        lines.append(f"  {name:<{w_name}}  {tp:<{w_type}}  {value:<16}  {meaning}".rstrip())
+    return "\n".join(lines)

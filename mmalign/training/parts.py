@@ -23,7 +23,14 @@ DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up
 
 @dataclass
 class PartsConfig:
-    """Trainability and learning rate per part (``*_lr = None`` → the base learning rate)."""
+    """Trainability and learning rate per part (``*_lr = None`` → the base learning rate).
+
+    Attributes:
+        train_vision: train the image encoder (LLaVA keeps it frozen).
+        train_projector: train the projector (and the video temporal mixer).
+        train_llm: train the LLM (its LoRA adapter only when ``lora.enabled``).
+        vision_lr / projector_lr / llm_lr: that part's learning rate (None = ``optim.lr``).
+    """
 
     train_vision: bool = False
     train_projector: bool = True
@@ -39,7 +46,15 @@ class PartsConfig:
 
 @dataclass
 class LoraConfig:
-    """LoRA on the LLM (peft). ``enabled=False`` trains the LLM's own weights when ``train_llm``."""
+    """LoRA on the LLM (peft). ``enabled=False`` trains the LLM's own weights when ``train_llm``.
+
+    Attributes:
+        enabled: wrap the LLM with LoRA adapters; its base weights stay frozen.
+        r: adapter rank.
+        alpha: LoRA scaling numerator (the update is scaled by ``alpha / r``).
+        dropout: dropout on the adapter's input.
+        target_modules: names of the LLM's linear layers to adapt (those present are used).
+    """
 
     enabled: bool = False
     r: int = 64
@@ -54,7 +69,17 @@ class LoraConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warmup and cosine decay to ``min_lr_ratio × lr``."""
+    """AdamW with linear warmup and cosine decay to ``min_lr_ratio × lr``.
+
+    Attributes:
+        lr: peak learning rate (per-part ``parts.*_lr`` override it).
+        weight_decay: AdamW decoupled weight decay (never on biases and norms).
+        betas: AdamW β1, β2.
+        eps: AdamW ε.
+        warmup_steps: linear warmup steps from ``lr / (warmup + 1)``.
+        min_lr_ratio: the learning rate at the last step, as a share of ``lr``.
+        schedule: ``cosine``, ``linear`` or ``constant`` after warmup.
+    """
 
     lr: float = 2e-5
     weight_decay: float = 0.0
