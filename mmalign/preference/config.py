@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from mmalign.data.templates import template_setting
 from mmalign.losses.dpo import LOSS_TYPES
 from mmalign.preference.formats import FORMATS, PreferencePair, load_preferences
 from mmalign.training.parts import LoraConfig, OptimConfig, PartsConfig
@@ -13,7 +14,15 @@ from mmalign.training.strategy import StrategyConfig
 
 @dataclass
 class PreferenceSource:
-    """One preference file: ``format`` is ``auto`` or one of povid / llava_rlhf / hound / trl."""
+    """One preference file: ``format`` is ``auto`` or one of povid / llava_rlhf / hound / trl.
+
+    Attributes:
+        path: JSON or JSONL file of preference records.
+        format: ``auto`` (detected from the records) or povid / llava_rlhf / hound / trl.
+        media_root: folder the media paths are relative to (default: the file's folder).
+        max_records: keep at most this many (in file order).
+        repeat: how many times the source appears in the mixture (upsampling).
+    """
 
     path: str
     format: str = "auto"
@@ -44,7 +53,15 @@ def load_sources(sources: list[PreferenceSource]) -> list[PreferencePair]:
 
 @dataclass
 class PovidConfig:
-    """POVID's second term. ``noise_weight = 0`` → plain DPO on (chosen, rejected) = stage 1."""
+    """POVID's second term. ``noise_weight = 0`` → plain DPO on (chosen, rejected) = stage 1.
+
+    Attributes:
+        inject_weight: weight of the DPO term on (chosen, hallucination-injected rejected).
+        noise_weight: weight of the term on (chosen, the policy's answer under a noised image).
+        noise_source: ``argmax`` (one forward, the authors' code) or ``generate`` (the paper).
+        noise_t: diffusion noise step of the image distortion (0–1000).
+        max_new_tokens: answer length cap for ``generate``.
+    """
 
     inject_weight: float = 1.0
     noise_weight: float = 0.0
@@ -61,7 +78,37 @@ class PovidConfig:
 
 @dataclass
 class TrainRunConfig:
-    """Fields shared by preference trainers (see ``SFTConfig`` for their meaning)."""
+    """Fields shared by preference trainers.
+
+    Attributes:
+        model: checkpoint to start from — an mmalign directory or a llava-hf folder.
+        out: run folder (checkpoints/, final/, metrics.jsonl, tb/, config.yaml).
+        data: preference sources (mixed).
+        parts: which parts train, at which learning rate.
+        lora: LoRA on the LLM.
+        optim: AdamW and its schedule.
+        strategy: DeepSpeed options (ZeRO stage, precision, batch sizes).
+        template: chat template overriding the checkpoint's: a built-in name (vicuna_v1, llama3,
+            chatml, plain), a Jinja file or Jinja source; recorded in the exported checkpoint.
+        max_steps: optimizer steps; if 0, ``epochs`` decides.
+        epochs: passes over the data when ``max_steps`` is 0.
+        max_length: tokens per prompt + response (responses are cut at the end).
+        data_checks: load-time record checks (:mod:`mmalign.data.check`): ``skip`` — invalid
+            records are an error, pairs ``max_length`` leaves identical or without answer tokens
+            are skipped and reported; ``strict`` — both are errors; ``skip_invalid`` — both are
+            skipped and reported.
+        save_every: DeepSpeed checkpoint every N steps (0 = only at the end).
+        keep_last: checkpoints kept on disk.
+        resume: ``auto`` (latest checkpoint in ``out`` if any), ``none``, or a checkpoint folder.
+        resume_changed_config: resume even though the config differs from the checkpoint's (the
+            new values apply; ``config_history.yaml`` records the change). Without it such a
+            resume is refused, naming the keys.
+        log_every: steps between metric records.
+        export_lora: for LoRA runs, what the final export holds: the PEFT ``adapter``, the
+            ``merged`` weights, or ``both``.
+        export_llava_hf: also write ``final_llava_hf/`` when the parts allow it.
+        seed: data order and initialisation seed.
+    """
 
     model: str = "checkpoints/tiny-shapeworld"
     out: str = "runs/dpo"
@@ -70,12 +117,15 @@ class TrainRunConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    template: str | None = None
     max_steps: int = 0
     epochs: float = 1.0
     max_length: int = 1024
+    data_checks: Literal["strict", "skip", "skip_invalid"] = "skip"
     save_every: int = 0
     keep_last: int = 2
     resume: str = "auto"
+    resume_changed_config: bool = False
     log_every: int = 10
     export_lora: Literal["adapter", "merged", "both"] = "both"
     export_llava_hf: bool = False
@@ -86,6 +136,9 @@ class TrainRunConfig:
             raise ValueError("max_steps must be ≥ 0 and epochs > 0")
         if self.keep_last < 1:
             raise ValueError("keep_last must be ≥ 1")
+        if self.data_checks not in ("strict", "skip", "skip_invalid"):
+            raise ValueError(f"data_checks must be strict, skip or skip_invalid, got {self.data_checks!r}")
+        template_setting(self.template)  # an unknown name or a missing file fails here
 
 
 @dataclass

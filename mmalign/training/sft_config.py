@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from mmalign.data.datasets import DataSource
+from mmalign.data.templates import template_setting
 from mmalign.training.parts import LoraConfig, OptimConfig, PartsConfig
 from mmalign.training.strategy import StrategyConfig
 
@@ -21,9 +22,19 @@ class SFTConfig:
             starts out computing exactly what ``model`` does.
         out: run folder (checkpoints/, final/, metrics.jsonl, tb/, config.yaml).
         data: LLaVA-format sources (mixed and shuffled).
+        parts: which parts train, at which learning rate.
+        lora: LoRA on the LLM.
+        optim: AdamW and its schedule.
+        strategy: DeepSpeed options (ZeRO stage, precision, batch sizes).
+        template: chat template overriding the checkpoint's: a built-in name (vicuna_v1, llama3,
+            chatml, plain), a Jinja file or Jinja source; recorded in the exported checkpoint.
         max_steps: optimizer steps; if 0, ``epochs`` decides.
         epochs: passes over the data when ``max_steps`` is 0.
         max_length: tokens per example (media tokens are never truncated; longer examples error).
+        data_checks: what the load-time record checks do (:mod:`mmalign.data.check`): ``skip``
+            — invalid records are an error, records ``max_length`` leaves nothing to train on
+            are skipped and reported; ``strict`` — both are errors; ``skip_invalid`` — both are
+            skipped and reported.
         loss_reduction: ``token`` (LLaVA) or ``example`` (each answer weighs the same).
         group_by_length: form batches from examples of similar length, sorting blocks of this
             many global batches (0 = off; see :class:`mmalign.data.datasets.ExampleOrder`). Similar
@@ -34,6 +45,9 @@ class SFTConfig:
         save_every: DeepSpeed checkpoint every N steps (0 = only at the end).
         keep_last: checkpoints kept on disk.
         resume: ``auto`` (latest checkpoint in ``out`` if any), ``none``, or a checkpoint folder.
+        resume_changed_config: resume even though the config differs from the checkpoint's (the
+            new values apply; ``config_history.yaml`` records the change). Without it such a
+            resume is refused, naming the keys.
         log_every: steps between metric records.
         export_lora: for LoRA runs, what the final export holds: the PEFT ``adapter``, the
             ``merged`` weights, or ``both``.
@@ -49,14 +63,17 @@ class SFTConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    template: str | None = None
     max_steps: int = 0
     epochs: float = 1.0
     max_length: int = 2048
+    data_checks: Literal["strict", "skip", "skip_invalid"] = "skip"
     loss_reduction: Literal["token", "example"] = "token"
     group_by_length: int = 0
     save_every: int = 0
     keep_last: int = 2
     resume: str = "auto"
+    resume_changed_config: bool = False
     log_every: int = 10
     export_lora: Literal["adapter", "merged", "both"] = "both"
     export_llava_hf: bool = False
@@ -72,7 +89,10 @@ class SFTConfig:
             )
         if self.max_steps < 0 or self.epochs <= 0:
             raise ValueError("max_steps must be ≥ 0 and epochs > 0")
+        if self.data_checks not in ("strict", "skip", "skip_invalid"):
+            raise ValueError(f"data_checks must be strict, skip or skip_invalid, got {self.data_checks!r}")
         if self.loss_reduction not in ("token", "example"):
             raise ValueError(f"loss_reduction must be token or example, got {self.loss_reduction!r}")
         if self.keep_last < 1:
             raise ValueError("keep_last must be ≥ 1")
+        template_setting(self.template)  # an unknown name or a missing file fails here
