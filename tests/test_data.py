@@ -141,7 +141,7 @@ def test_malformed_llava_records_name_the_line(tmp_path):
     with pytest.raises(RecordError, match=r"broken.jsonl:2: invalid JSON"):
         load_llava(tmp_path / "broken.jsonl")
     (tmp_path / "noconv.json").write_text(json.dumps([{"id": "q"}]))
-    with pytest.raises(RecordError, match=r"noconv.json\[0\] \(id q\): missing or empty 'conversations'"):
+    with pytest.raises(RecordError, match=r"noconv.json:1 \(id q\): missing or empty 'conversations'"):
         load_llava(tmp_path / "noconv.json")
 
 

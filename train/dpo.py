@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 
 from mmalign.config import load_config, save_config
+from mmalign.data.check import check_dataset
 from mmalign.data.datasets import ExampleOrder
 from mmalign.data.processor import MultimodalProcessor
 from mmalign.losses.dpo import dpo_loss, povid_loss, preference_metrics, sft_term
@@ -77,7 +78,10 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. Data and its deterministic order.
     processor = MultimodalProcessor.for_model(policy, tokenizer)
-    pairs = load_sources(cfg.data)
+    # Every record check (incl. identical chosen/rejected, also after truncation) runs before DeepSpeed.
+    pairs, data_report = check_dataset(load_sources(cfg.data), processor, cfg.max_length, cfg.data_checks)
+    if strategy.is_main:
+        print(data_report.summary(), flush=True)
     order = ExampleOrder(
         len(pairs), cfg.seed, cfg.strategy.micro_batch_size, cfg.strategy.grad_accum, strategy.world_size
     )

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from mmalign.config import load_config, save_config
+from mmalign.data.check import check_dataset
 from mmalign.data.datasets import ExampleOrder
 from mmalign.data.processor import MultimodalProcessor
 from mmalign.losses.reward import bradley_terry_loss, reward_metrics
@@ -67,15 +68,21 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. Data (a held-out share for accuracy), reward prompt, order.
     processor = MultimodalProcessor.for_model(lmm, tokenizer)
-    pairs = load_sources(cfg.data)
+    template = Path(cfg.reward_prompt).read_text().strip() if cfg.reward_prompt else None
+
+    def encode(pair, load_media=True):
+        suffix = reward_suffix(template, pair, cfg.seed) if template else None
+        return encode_pair(processor, pair, cfg.max_length, suffix=suffix, load_media=load_media)
+
+    # Every record check runs before DeepSpeed, on the pairs as this trainer tokenises them.
+    pairs, data_report = check_dataset(
+        load_sources(cfg.data), processor, cfg.max_length, cfg.data_checks, lambda p: encode(p, False)
+    )
+    if strategy.is_main:
+        print(data_report.summary(), flush=True)
     random.Random(cfg.seed).shuffle(held := list(pairs))
     n_eval = int(len(held) * cfg.eval_fraction)
     eval_pairs, train_pairs = held[:n_eval], (held[n_eval:] if n_eval else pairs)
-    template = Path(cfg.reward_prompt).read_text().strip() if cfg.reward_prompt else None
-
-    def encode(pair):
-        suffix = reward_suffix(template, pair, cfg.seed) if template else None
-        return encode_pair(processor, pair, cfg.max_length, suffix=suffix)
 
     order = ExampleOrder(
         len(train_pairs),

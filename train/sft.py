@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from mmalign.config import load_config, save_config
+from mmalign.data.check import check_dataset
 from mmalign.data.datasets import ExampleOrder, length_hint, load_mixture
 from mmalign.data.processor import MultimodalProcessor
 from mmalign.models.checkpoint import load_model
@@ -70,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. Data: the mixture, its deterministic order, and how long to train.
     processor = MultimodalProcessor.for_model(model, tokenizer)
-    examples = load_mixture(cfg.data)
+    # Every record check (roles, answers, placeholders vs media, media files, length) runs here,
+    # on every rank alike, before DeepSpeed starts: a bad record fails the run now, naming file:line.
+    examples, data_report = check_dataset(load_mixture(cfg.data), processor, cfg.max_length, cfg.data_checks)
+    if strategy.is_main:
+        print(data_report.summary(), flush=True)
     order = ExampleOrder(
         len(examples),
         cfg.seed,

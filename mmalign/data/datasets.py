@@ -23,20 +23,22 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mmalign.data.formats import Example, load_llava
+from mmalign.data.formats import RECORD_FORMATS, Example, load_records
 
 
 @dataclass
 class DataSource:
-    """One file of LLaVA records.
+    """One file of SFT records (LLaVA or LRV-Instruction, :mod:`mmalign.data.formats`).
 
     Attributes:
         path: JSON or JSONL file.
-        media_root: folder the media paths are relative to (default: the file's folder).
+        media_root: folder the media paths are relative to (default: the file's folder); for
+            LRV, the folder holding ``<image_id>.jpg``.
         tasks: keep only records whose ``task`` field is one of these (ShapeWorld records carry
             one); ``None`` keeps all.
         max_records: keep at most this many (after filtering, in file order).
         repeat: how many times the source appears in the mixture (upsampling).
+        format: ``llava``, ``lrv`` (``{image_id, question, answer}``) or ``auto`` (per record).
     """
 
     path: str
@@ -44,13 +46,16 @@ class DataSource:
     tasks: list[str] | None = None
     max_records: int | None = None
     repeat: int = 1
+    format: str = "auto"
 
     def __post_init__(self) -> None:
         if self.repeat < 1:
             raise ValueError(f"repeat must be ≥ 1, got {self.repeat}")
+        if self.format != "auto" and self.format not in RECORD_FORMATS:
+            raise ValueError(f"format must be auto or one of {RECORD_FORMATS}, got {self.format!r}")
 
     def load(self) -> list[Example]:
-        examples = load_llava(self.path, self.media_root)
+        examples = load_records(self.path, self.media_root, self.format)  # type: ignore[arg-type]
         if self.tasks is not None:
             wanted = set(self.tasks)
             examples = [e for e in examples if e.meta.get("task") in wanted]

@@ -9,11 +9,13 @@ names the example.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
 
-from mmalign.data.formats import Example
+from mmalign.data.formats import Example, RecordError
 from mmalign.data.media import load_image, load_video_frames, process_image, process_video
 from mmalign.data.templates import Message, assistant_spans, load_template, render, validate_messages
 from mmalign.models.lmm import IGNORE_INDEX, LMMConfig
@@ -28,6 +30,20 @@ def stop_token_ids(tokenizer: Any) -> list[int]:
     if tokenizer.eos_token_id is not None:
         ids.append(int(tokenizer.eos_token_id))
     return sorted(set(ids))
+
+
+@contextmanager
+def record_context(record: Any) -> Iterator[None]:
+    """Re-raise a ``ValueError`` / ``OSError`` met while processing ``record`` as a
+    :class:`RecordError` naming its ``file:line`` (``record.where``) and id — so that a rank
+    failing mid-run says which record of which file."""
+    try:
+        yield
+    except RecordError:
+        raise
+    except (ValueError, OSError) as exc:
+        where = getattr(record, "where", "") or "record"
+        raise RecordError(f"{where} (id {record.id}): {exc}") from exc
 
 
 class MultimodalProcessor:
@@ -163,11 +179,17 @@ class MultimodalProcessor:
         return (torch.stack(images) if images else None, torch.stack(videos) if videos else None)
 
     def encode(self, example: Example, max_length: int | None = None) -> dict[str, Any]:
-        """Training features of one example (ids, labels, pixels)."""
-        ids, labels = self.tokenize_conversation(
-            example.messages, len(example.images), len(example.videos), example.id, max_length
-        )
-        images, videos = self.load_media(example)
+        """Training features of one example (ids, labels, pixels).
+
+        Raises:
+            RecordError: anything wrong with the example (a bad conversation, a missing or
+                unreadable media file), naming its ``file:line`` and id.
+        """
+        with record_context(example):
+            ids, labels = self.tokenize_conversation(
+                example.messages, len(example.images), len(example.videos), example.id, max_length
+            )
+            images, videos = self.load_media(example)
         return {"id": example.id, "input_ids": ids, "labels": labels, "images": images, "videos": videos}
 
     def encode_prompt(self, example: Example) -> dict[str, Any]:
@@ -178,8 +200,9 @@ class MultimodalProcessor:
         messages = example.messages
         if messages and messages[-1]["role"] == "assistant":
             messages = messages[:-1]
-        ids = self.tokenize_prompt(messages, len(example.images), len(example.videos), example.id)
-        images, videos = self.load_media(example)
+        with record_context(example):
+            ids = self.tokenize_prompt(messages, len(example.images), len(example.videos), example.id)
+            images, videos = self.load_media(example)
         return {"id": example.id, "input_ids": ids, "labels": None, "images": images, "videos": videos}
 
     # ----------------------------------------------------------------------------- batches

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from mmalign.data.formats import Example
-from mmalign.data.processor import MultimodalProcessor
+from mmalign.data.processor import MultimodalProcessor, record_context
 from mmalign.data.templates import Message
 from mmalign.models.lmm import IGNORE_INDEX
 from mmalign.preference.formats import PreferencePair
@@ -108,22 +108,25 @@ def encode_pair(
         suffix: turns appended after each answer (reward models' factual-augmentation prompt).
     """
     n_img, n_vid = len(pair.images), len(pair.videos)
-    prompt_ids = processor.tokenize_prompt(pair.prompt, n_img, n_vid, pair.id)
-    if max_length is not None and len(prompt_ids) >= max_length:
-        raise ValueError(
-            f"sample {pair.id}: the prompt has {len(prompt_ids)} tokens ≥ max_length {max_length}"
-        )
-    responses, scored = [], []
-    for answer in [pair.chosen, pair.rejected, *(extra_rejected or [])]:
-        ids, mask = response_tokens(processor, pair.prompt, prompt_ids, answer, n_img, n_vid, pair.id, suffix)
-        if max_length is not None and suffix is None:
-            keep = max_length - len(prompt_ids)
-            ids, mask = ids[:keep], mask[:keep]
-        responses.append(ids)
-        scored.append(mask)
-    images = videos = None
-    if load_media:
-        images, videos = processor.load_media(Example(pair.id, pair.prompt, pair.images, pair.videos))
+    with record_context(pair):
+        prompt_ids = processor.tokenize_prompt(pair.prompt, n_img, n_vid, pair.id)
+        if max_length is not None and len(prompt_ids) >= max_length:
+            raise ValueError(
+                f"sample {pair.id}: the prompt has {len(prompt_ids)} tokens ≥ max_length {max_length}"
+            )
+        responses, scored = [], []
+        for answer in [pair.chosen, pair.rejected, *(extra_rejected or [])]:
+            ids, mask = response_tokens(
+                processor, pair.prompt, prompt_ids, answer, n_img, n_vid, pair.id, suffix
+            )
+            if max_length is not None and suffix is None:
+                keep = max_length - len(prompt_ids)
+                ids, mask = ids[:keep], mask[:keep]
+            responses.append(ids)
+            scored.append(mask)
+        images = videos = None
+        if load_media:
+            images, videos = processor.load_media(Example(pair.id, pair.prompt, pair.images, pair.videos))
     return EncodedPair(pair.id, prompt_ids, responses, scored, images, videos, dict(pair.meta))
 
 

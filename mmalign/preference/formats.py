@@ -13,7 +13,9 @@
   the prompt has no placeholder.
 
 Every malformed record raises :class:`~mmalign.data.formats.RecordError` naming ``file:line``
-(or ``file[index]`` for a JSON list) and the record id. Fields a reader does not consume (e.g.
+(the line the record starts on, also in a JSON list) and the record id. Identical answers,
+placeholders in answers, media counts and files, and lengths are checked at load time by
+:func:`mmalign.data.check.check_dataset`. Fields a reader does not consume (e.g.
 ``captions``, ``answer`` for factual augmentation) are kept in ``meta``.
 """
 
@@ -32,7 +34,10 @@ FORMATS = ("povid", "llava_rlhf", "hound", "trl")
 
 @dataclass
 class PreferencePair:
-    """A prompt (conversation ending with a user turn), a chosen and a rejected answer, media."""
+    """A prompt (conversation ending with a user turn), a chosen and a rejected answer, media.
+
+    ``where`` is the record's ``file:line`` ("" when built in code).
+    """
 
     id: str
     prompt: list[Message]
@@ -41,6 +46,7 @@ class PreferencePair:
     images: list[Path] = field(default_factory=list)
     videos: list[Path] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    where: str = ""
 
 
 def detect_format(rec: dict) -> str | None:
@@ -204,7 +210,7 @@ def record_to_pair(rec: Any, root: Path, where: str, fmt: Format = "auto") -> Pr
         raise RecordError(f"{at}: empty chosen or rejected answer")
     meta = {k: v for k, v in rec.items() if k not in CONSUMED[kind]}
     meta["format"] = kind
-    return PreferencePair(rid, prompt, chosen, rejected, images, videos, meta)
+    return PreferencePair(rid, prompt, chosen, rejected, images, videos, meta, where)
 
 
 def load_preferences(
