@@ -30,7 +30,6 @@ unless ``average_log_prob: true`` (the IPO paper and TRL average them).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -38,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from mmalign.config import load_config, save_config
+from mmalign.cli import parse_run_args
 from mmalign.data.check import check_dataset
 from mmalign.data.datasets import ExampleOrder
 from mmalign.data.processor import MultimodalProcessor
@@ -49,26 +48,24 @@ from mmalign.preference.config import DPOConfig, load_sources
 from mmalign.preference.povid import noise_answers
 from mmalign.preference.ref_cache import ReferenceCache, model_fingerprint, pair_key, precompute
 from mmalign.preference.scoring import PreferenceModel
-from mmalign.training.checkpoint import export_final, prune_checkpoints, resume_step, step_tag
+from mmalign.training.checkpoint import begin_run, export_final, prune_checkpoints, step_tag
+from mmalign.training.dry_run import dry_run
 from mmalign.training.logging import MetricsLogger
 from mmalign.training.parts import apply_lora, configure_parts, lr_lambda
 from mmalign.training.strategy import Strategy
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="mmalign DPO / POVID")
-    parser.add_argument("--config", help="YAML file with DPOConfig fields")
-    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by deepspeed
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. beta=0.2 max_steps=100")
-    args = parser.parse_args(argv)
-    cfg = load_config(DPOConfig, args.config, args.overrides)
+    args, cfg = parse_run_args(DPOConfig, "mmalign DPO / POVID", argv)
+    if args.dry_run:
+        return dry_run(cfg, args.dry_run, "pairs")
     out = Path(cfg.out)
 
     # 1. Processes, policy (+ frozen reference), trainable parts.
     strategy = Strategy(cfg.strategy, seed=cfg.seed)
     strategy.setup_distributed()
-    policy, tokenizer = load_model(cfg.model)
-    ref_model = load_model(cfg.model)[0] if cfg.reference == "frozen" else None
+    policy, tokenizer = load_model(cfg.model, dtype=strategy.dtype, template=cfg.template)
+    ref_model = load_model(cfg.model, dtype=strategy.dtype)[0] if cfg.reference == "frozen" else None
     if cfg.lora.enabled:
         apply_lora(policy, cfg.lora)
     param_groups = configure_parts(policy, cfg.parts, cfg.optim)
@@ -134,10 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         "world_size": strategy.world_size,
         "n_examples": len(pairs),
     }
-    start_step = resume_step(strategy, cfg.resume, ckpt_dir, run_shape)
-    if strategy.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
+    start_step = begin_run(strategy, cfg, out, run_shape)  # refuses a changed config; writes config.yaml
     # (drops metric records after start_step: a resumed run redoes them)
     log = MetricsLogger(out, total_steps, start_step, enabled=strategy.is_main)
     for note in notes:

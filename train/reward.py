@@ -20,7 +20,6 @@ Departures from LLaVA-RLHF: the head is zero-initialised (r = 0 at the start); n
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import sys
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from mmalign.config import load_config, save_config
+from mmalign.cli import parse_run_args
 from mmalign.data.check import check_dataset
 from mmalign.data.datasets import ExampleOrder
 from mmalign.data.processor import MultimodalProcessor
@@ -38,25 +37,23 @@ from mmalign.models.checkpoint import load_model
 from mmalign.preference.batch import collate_shared, encode_pair
 from mmalign.preference.config import RewardConfig, load_sources
 from mmalign.preference.reward_model import RewardModel, reward_suffix, save_head
-from mmalign.training.checkpoint import export_final, prune_checkpoints, resume_step, step_tag
+from mmalign.training.checkpoint import begin_run, export_final, prune_checkpoints, step_tag
+from mmalign.training.dry_run import dry_run
 from mmalign.training.logging import MetricsLogger
 from mmalign.training.parts import apply_lora, configure_parts, lr_lambda
 from mmalign.training.strategy import Strategy
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="mmalign reward model")
-    parser.add_argument("--config", help="YAML file with RewardConfig fields")
-    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("overrides", nargs="*", help="key=value overrides")
-    args = parser.parse_args(argv)
-    cfg = load_config(RewardConfig, args.config, args.overrides)
+    args, cfg = parse_run_args(RewardConfig, "mmalign reward model", argv)
+    if args.dry_run:
+        return dry_run(cfg, args.dry_run, "pairs")
     out = Path(cfg.out)
 
     # 1. Processes, LMM + head, trainable parts (the head always trains).
     strategy = Strategy(cfg.strategy, seed=cfg.seed)
     strategy.setup_distributed()
-    lmm, tokenizer = load_model(cfg.model)
+    lmm, tokenizer = load_model(cfg.model, dtype=strategy.dtype, template=cfg.template)
     if cfg.lora.enabled:
         apply_lora(lmm, cfg.lora)
     param_groups = configure_parts(lmm, cfg.parts, cfg.optim)
@@ -104,10 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         "world_size": strategy.world_size,
         "n_examples": len(train_pairs),
     }
-    start_step = resume_step(strategy, cfg.resume, ckpt_dir, run_shape)
-    if strategy.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
+    start_step = begin_run(strategy, cfg, out, run_shape)  # refuses a changed config; writes config.yaml
     log = MetricsLogger(out, total_steps, start_step, enabled=strategy.is_main)
     log.write(f"[reward] {strategy.describe()}; {len(train_pairs)} train / {len(eval_pairs)} held-out pairs")
 

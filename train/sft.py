@@ -28,7 +28,6 @@ on mixed batches.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -36,13 +35,14 @@ from pathlib import Path
 
 import torch
 
-from mmalign.config import load_config, save_config
+from mmalign.cli import parse_run_args
 from mmalign.data.check import check_dataset
 from mmalign.data.datasets import ExampleOrder, length_hint, load_mixture
 from mmalign.data.processor import MultimodalProcessor
 from mmalign.models.checkpoint import load_model
 from mmalign.models.grow import grow_llm
-from mmalign.training.checkpoint import export_final, prune_checkpoints, resume_step, step_tag
+from mmalign.training.checkpoint import begin_run, export_final, prune_checkpoints, step_tag
+from mmalign.training.dry_run import dry_run
 from mmalign.training.logging import MetricsLogger
 from mmalign.training.parts import apply_lora, configure_parts, lr_lambda
 from mmalign.training.sft_config import SFTConfig
@@ -50,18 +50,15 @@ from mmalign.training.strategy import Strategy
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="mmalign SFT")
-    parser.add_argument("--config", help="YAML file with SFTConfig fields")
-    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by deepspeed
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-4 max_steps=100")
-    args = parser.parse_args(argv)
-    cfg = load_config(SFTConfig, args.config, args.overrides)
+    args, cfg = parse_run_args(SFTConfig, "mmalign SFT", argv)
+    if args.dry_run:
+        return dry_run(cfg, args.dry_run, "sft")
     out = Path(cfg.out)
 
     # 1. Processes, model, trainable parts.
     strategy = Strategy(cfg.strategy, seed=cfg.seed)
     strategy.setup_distributed()
-    model, tokenizer = load_model(cfg.model)
+    model, tokenizer = load_model(cfg.model, dtype=strategy.dtype, template=cfg.template)
     if cfg.grow_llm_layers:
         grow_llm(model.llm, cfg.grow_llm_layers)
     if cfg.lora.enabled:
@@ -99,10 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         "world_size": strategy.world_size,
         "n_examples": len(examples),
     }
-    start_step = resume_step(strategy, cfg.resume, ckpt_dir, run_shape)
-    if strategy.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
+    start_step = begin_run(strategy, cfg, out, run_shape)  # refuses a changed config; writes config.yaml
     log = MetricsLogger(
         out, total_steps, start_step, enabled=strategy.is_main
     )  # drops records after start_step

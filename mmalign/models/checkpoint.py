@@ -178,14 +178,43 @@ def build_lmm(
     return LMM(vision, projector, llm, cfg), tokenizer
 
 
-def load_model(path: str | Path, dtype: torch.dtype | None = None) -> tuple[LMM, Any]:
-    """Load an mmalign checkpoint directory or a llava-hf folder, whichever ``path`` is."""
+def load_model(
+    path: str | Path, dtype: torch.dtype | None = None, template: str | None = None
+) -> tuple[LMM, Any]:
+    """Load an mmalign checkpoint directory or a llava-hf folder, whichever ``path`` is.
+
+    Args:
+        path: the checkpoint.
+        dtype: every floating-point weight in this dtype (trainers pass the run's precision, so
+            that a bf16 checkpoint trained in fp32 really trains — and is saved — in fp32);
+            ``None`` keeps the checkpoint's own.
+        template: chat template override (a built-in name, a Jinja file or Jinja source), stored
+            in ``model.cfg.template`` so that processors and exports use it.
+
+    Raises:
+        FileNotFoundError: ``path`` is neither kind of checkpoint.
+        ValueError: an unknown ``template``, or weights that did not load in ``dtype``.
+    """
+    from mmalign.data.templates import template_setting
+
     path = Path(path)
     if (path / "mmalign.json").exists():
-        return load_lmm(path, dtype=dtype)
-    config = path / "config.json"
-    if config.exists() and json.loads(config.read_text()).get("model_type") == "llava":
+        model, tokenizer = load_lmm(path, dtype=dtype)
+    else:
+        config = path / "config.json"
+        if not (config.exists() and json.loads(config.read_text()).get("model_type") == "llava"):
+            raise FileNotFoundError(
+                f"{path} is neither an mmalign checkpoint (mmalign.json) nor a llava-hf folder"
+            )
         from mmalign.models.llava_hf import import_llava_hf
 
-        return import_llava_hf(path, dtype=dtype)
-    raise FileNotFoundError(f"{path} is neither an mmalign checkpoint (mmalign.json) nor a llava-hf folder")
+        model, tokenizer = import_llava_hf(path, dtype=dtype)
+    if dtype is not None:
+        other = sorted(
+            {str(p.dtype) for p in model.parameters() if p.is_floating_point() and p.dtype != dtype}
+        )
+        if other:
+            raise ValueError(f"{path}: asked for {dtype} weights, some loaded as {', '.join(other)}")
+    if template is not None:
+        model.cfg.template = template_setting(template)
+    return model, tokenizer

@@ -2,8 +2,10 @@
 
 Layout of a run folder::
 
-    checkpoints/step_000100/   DeepSpeed shards + rng_rank*.pt   (resume=auto picks ``latest``)
-    checkpoints/latest         written by DeepSpeed after a complete save
+    config.yaml                the resolved config of the run that ran last (written after the resume check)
+    config_history.yaml        accepted config changes on resume (``resume_changed_config: true``)
+    checkpoints/step_000100/   DeepSpeed shards + rng_rank*.pt + config.yaml   (resume=auto picks ``latest``)
+    checkpoints/latest         written by rank 0 after a complete save
     final/                     consolidated mmalign checkpoint (merged weights for LoRA runs)
     final_adapter/             LoRA runs: PEFT adapter + media.safetensors (encoder, projector, mixer)
                                + mmalign_adapter.json (the base checkpoint it applies to)
@@ -14,11 +16,15 @@ from __future__ import annotations
 
 import json
 import shutil
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
+from mmalign.config import ConfigError, save_config, to_dict
 from mmalign.models.checkpoint import load_model, save_lmm
 from mmalign.models.grow import grow_llm
 from mmalign.models.lmm import LMM
@@ -44,13 +50,19 @@ def resolve_resume(resume: str, ckpt_dir: Path) -> tuple[Path, str | None] | Non
     raise FileNotFoundError(f"resume={resume}: no DeepSpeed checkpoint there")
 
 
-def resume_step(strategy: Strategy, resume: str, ckpt_dir: Path, run_shape: dict[str, Any]) -> int:
+def resume_step(
+    strategy: Strategy,
+    resume: str | tuple[Path, str | None] | None,
+    ckpt_dir: Path,
+    run_shape: dict[str, Any],
+) -> int:
     """Restore the checkpoint ``resume`` names (see :func:`resolve_resume`); the step to start at.
 
     ``run_shape`` (global batch, world size, data size) must equal the one saved with the
     checkpoint: the data position is step × global batch, so it must mean the same thing.
+    ``resume`` may also be an already resolved ``(directory, tag)`` (or None: nothing to resume).
     """
-    resume_from = resolve_resume(resume, ckpt_dir)
+    resume_from = resolve_resume(resume, ckpt_dir) if isinstance(resume, str) else resume
     if resume_from is None:
         return 0
     state = strategy.load_checkpoint(*resume_from)
@@ -60,6 +72,110 @@ def resume_step(strategy: Strategy, resume: str, ckpt_dir: Path, run_shape: dict
             f"cannot resume {resume_from[0]}: it was saved with {saved}, this run has {run_shape}"
         )
     return int(state["step"])
+
+
+# Keys that may differ between a checkpoint's run and the run resuming it: they change neither the
+# weights' trajectory nor the data order — where outputs go, how often to log/save/keep, what the
+# final export holds. Everything else (optim.*, max_steps, data, parts, ...) needs
+# ``resume_changed_config: true``.
+RESUME_SAFE_KEYS = frozenset(
+    {
+        "out",
+        "resume",
+        "resume_changed_config",
+        "save_every",
+        "keep_last",
+        "log_every",
+        "export_lora",
+        "export_llava_hf",
+    }
+)
+
+
+def flatten_config(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 1}}`` → ``{"optim.lr": 1}`` (lists stay whole values)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Dotted keys whose values differ (``(saved, current)``), :data:`RESUME_SAFE_KEYS` left out."""
+    a, b = flatten_config(saved), flatten_config(current)
+    return {
+        k: (a.get(k), b.get(k))
+        for k in sorted(set(a) | set(b))
+        if k not in RESUME_SAFE_KEYS and a.get(k) != b.get(k)
+    }
+
+
+def checkpoint_config(ckpt_dir: Path, tag: str | None) -> dict[str, Any] | None:
+    """The config a checkpoint was saved with: ``<tag>/config.yaml``, else (checkpoints written
+    before configs were stored with them) the run folder's ``config.yaml``; None if neither."""
+    if tag is None and (ckpt_dir / "latest").exists():
+        tag = (ckpt_dir / "latest").read_text().strip()
+    for path in ([ckpt_dir / tag / "config.yaml"] if tag else []) + [ckpt_dir.parent / "config.yaml"]:
+        if path.exists():
+            return yaml.safe_load(path.read_text())
+    return None
+
+
+def begin_run(strategy: Strategy, cfg: Any, out: Path, run_shape: dict[str, Any]) -> int:
+    """Resume if ``cfg.resume`` asks and the config allows it, then write ``out/config.yaml``.
+
+    Every rank calls this after :meth:`Strategy.prepare`. A checkpoint saved with a different
+    config (other than :data:`RESUME_SAFE_KEYS`) is refused, naming the keys, unless
+    ``cfg.resume_changed_config``; then the new optimizer hyperparameters (base learning rates,
+    weight decay, betas, eps) replace the restored ones, the schedule follows the new config
+    from the restored step, and ``out/config_history.yaml`` records the change. ``config.yaml``
+    is written only after that check, so it always holds the config that ran last; every later
+    checkpoint stores it too (``<tag>/config.yaml``).
+
+    Returns:
+        The step to start at (0 for a fresh run).
+
+    Raises:
+        ConfigError: the config changed and ``resume_changed_config`` is false.
+        ValueError: the run shape (global batch, world size, data size) changed.
+    """
+    current = to_dict(cfg)
+    strategy.run_config = current
+    resume_from = resolve_resume(cfg.resume, out / "checkpoints")
+    changes: dict[str, tuple[Any, Any]] = {}
+    start = 0
+    if resume_from is not None:
+        saved = checkpoint_config(*resume_from)
+        changes = config_changes(saved, current) if saved is not None else {}
+        if changes and not cfg.resume_changed_config:
+            listed = "; ".join(
+                f"{k}: {old!r} → {new!r}" for k, old, new in ((k, *v) for k, v in changes.items())
+            )
+            raise ConfigError(
+                f"cannot resume {resume_from[0]}: the config changed since that checkpoint was saved "
+                f"({listed}). Resuming would mix the two (a restored optimizer keeps its saved "
+                "learning rate). Run with the old values, set resume=none (and a new out) to start "
+                "over, or resume_changed_config=true to continue with the new values."
+            )
+        hyper = strategy.optimizer_hyperparameters()
+        start = resume_step(strategy, resume_from, out / "checkpoints", run_shape)
+        strategy.set_optimizer_hyperparameters(hyper)  # this run's values, not the saved ones
+    if strategy.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if changes:
+            record = {
+                "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "resumed_at_step": start,
+                "changed": {k: {"before": old, "after": new} for k, (old, new) in changes.items()},
+            }
+            with (out / "config_history.yaml").open("a") as f:
+                f.write(yaml.safe_dump([record], sort_keys=False))
+        save_config(cfg, out / "config.yaml")
+    strategy.barrier()
+    return start
 
 
 def prune_checkpoints(ckpt_dir: Path, keep_last: int) -> None:
@@ -84,7 +200,8 @@ def export_final(
     """Consolidate the trained weights and write loadable checkpoints (every rank must call).
 
     Rank 0 rebuilds a plain (non-DeepSpeed) model from ``base_path`` (grown by ``grow_llm_layers``
-    identity blocks, as the run grew it) with the same LoRA wrapping,
+    identity blocks, as the run grew it; in float32 for an fp32 run; with the run's chat template
+    ``model.cfg.template``) with the same LoRA wrapping,
     loads the gathered trained weights into it (frozen ones are the start checkpoint's) and saves: ``final/`` (merged weights for LoRA runs; always
     written unless ``export_lora == "adapter"``), ``final_adapter/`` for LoRA runs, and
     ``final_llava_hf/`` on request.
@@ -92,7 +209,10 @@ def export_final(
     state = strategy.trainable_state_dict(model)
     written: dict[str, str] = {}
     if strategy.is_main:
-        plain, tokenizer = load_model(base_path)
+        # An fp32 run exports fp32 whatever the base's dtype; a 16-bit run keeps the base's dtype
+        # (its frozen weights are then the exact originals, not the engine's rounded copies).
+        dtype = torch.float32 if strategy.cfg.precision == "fp32" else None
+        plain, tokenizer = load_model(base_path, dtype=dtype, template=model.cfg.template)
         if grow_llm_layers:
             grow_llm(plain.llm, grow_llm_layers)
         if lora.enabled:

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 
 
@@ -104,6 +105,8 @@ class Strategy:
         self.seed = seed
         self.engine: Any = None
         self._ds_config: dict[str, Any] | None = None
+        #: The run's resolved config (plain data), written into every checkpoint when set.
+        self.run_config: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------------------- processes
     def setup_distributed(self) -> None:
@@ -248,8 +251,34 @@ class Strategy:
             return DeepSpeedCPUAdam(param_groups, betas=betas, eps=eps, adamw_mode=True)
         return torch.optim.AdamW(param_groups, betas=betas, eps=eps)
 
+    def check_weights_dtype(self, model: nn.Module) -> None:
+        """An fp32 run needs every floating-point weight in float32 (DeepSpeed casts the model
+        only for bf16/fp16, and fails on mixed dtypes with a bare assertion).
+
+        Raises:
+            ValueError: naming the weights' dtypes and the run's precision.
+        """
+        if self.cfg.precision != "fp32":
+            return
+        found: dict[str, int] = {}
+        for p in model.parameters():
+            if p.is_floating_point():
+                found[str(p.dtype)] = found.get(str(p.dtype), 0) + p.numel()
+        if set(found) - {"torch.float32"}:
+            shares = ", ".join(f"{k.removeprefix('torch.')} ({v:,} values)" for k, v in sorted(found.items()))
+            raise ValueError(
+                f"strategy.precision is fp32 (float32) but the model's weights are {shares}: load the "
+                "checkpoint in the run's precision (load_model(path, dtype=strategy.dtype), as the "
+                "trainers do) or set strategy.precision to the checkpoint's (bf16)"
+            )
+
     def prepare(self, model: nn.Module, optimizer: Any, scheduler: Any) -> Any:
-        """Wrap ``model`` in a DeepSpeed engine; returns the engine (call it like the model)."""
+        """Wrap ``model`` in a DeepSpeed engine; returns the engine (call it like the model).
+
+        Raises:
+            ValueError: weights in another dtype than an fp32 run's (:meth:`check_weights_dtype`).
+        """
+        self.check_weights_dtype(model)
         deepspeed = _import_deepspeed()
         if self.cfg.gradient_checkpointing:
             llm = getattr(model, "llm", model)
@@ -263,15 +292,21 @@ class Strategy:
         return self.engine
 
     def describe(self) -> str:
-        """One line on what runs: ZeRO stage, precision, world, optimizer class, offload."""
+        """One line on what runs: ZeRO stage, precision, world, optimizer class, offload, and the
+        dtype the engine's trainable weights really have."""
         zero = self.ds_config().get("zero_optimization", {})
         inner = getattr(self.engine.optimizer, "optimizer", self.engine.optimizer)
         off = [
             f"{k.split('_')[1]}→{v.get('device')}" for k, v in zero.items() if k.startswith("offload_") and v
         ]
+        dtypes = sorted(
+            {str(p.dtype).removeprefix("torch.") for p in self.engine.module.parameters() if p.requires_grad}
+        )
         return (
             f"ZeRO-{self.zero_stage}, {self.cfg.precision}, world {self.world_size}, "
-            f"optimizer {type(inner).__name__}" + (f", offload {' '.join(off)}" if off else "")
+            f"optimizer {type(inner).__name__}"
+            + (f", offload {' '.join(off)}" if off else "")
+            + f"; trainable weights {'/'.join(dtypes)}"
         )
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -292,7 +327,8 @@ class Strategy:
 
     # ----------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self, directory: str | Path, tag: str, client_state: dict[str, Any]) -> None:
-        """Save engine + optimizer + scheduler + ``client_state`` and every rank's RNG states.
+        """Save engine + optimizer + scheduler + ``client_state``, every rank's RNG states and
+        (rank 0) :attr:`run_config` as ``<tag>/config.yaml``.
 
         ``latest`` is written by rank 0 only after every rank has finished its shards, and
         atomically (temp file + rename), so a kill during a save leaves the previous checkpoint as
@@ -302,6 +338,8 @@ class Strategy:
         rng_dir = directory / tag
         rng_dir.mkdir(parents=True, exist_ok=True)
         torch.save(rng_state(), rng_dir / f"rng_rank{self.rank}.pt")
+        if self.is_main and self.run_config is not None:  # what resume compares against
+            (rng_dir / "config.yaml").write_text(yaml.safe_dump(self.run_config, sort_keys=False))
         self.barrier()
         self.engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=False)
         self.barrier()
@@ -329,6 +367,33 @@ class Strategy:
         if rng_file.exists():
             set_rng_state(torch.load(rng_file, weights_only=False))
         return dict(client_state or {}, tag=tag)
+
+    def optimizer_hyperparameters(self) -> list[dict[str, Any]]:
+        """Per param group: base learning rate (``initial_lr``), weight decay, betas, eps."""
+        keys = ("initial_lr", "weight_decay", "betas", "eps")
+        return [{k: g[k] for k in keys if k in g} for g in self.engine.optimizer.param_groups]
+
+    def set_optimizer_hyperparameters(self, groups: list[dict[str, Any]]) -> None:
+        """Put back hyperparameters (from :meth:`optimizer_hyperparameters`) after a checkpoint load
+        restored the saved ones, and recompute each group's learning rate at the restored step.
+
+        A loaded optimizer and LR scheduler bring their *saved* base learning rates, weight decay
+        and betas; without this, a changed ``optim.lr`` would be silently ignored on resume.
+        """
+        current = self.engine.optimizer.param_groups
+        if len(groups) != len(current):
+            raise ValueError(f"the checkpoint has {len(current)} param groups, this run {len(groups)}")
+        for group, saved in zip(current, groups, strict=True):
+            group.update(saved)
+        sched = self.engine.lr_scheduler
+        if sched is not None and hasattr(sched, "lr_lambdas"):
+            sched.base_lrs = [g["initial_lr"] for g in current]
+            lrs = [
+                base * f(sched.last_epoch) for base, f in zip(sched.base_lrs, sched.lr_lambdas, strict=True)
+            ]
+            for group, lr in zip(current, lrs, strict=True):
+                group["lr"] = lr
+            sched._last_lr = lrs
 
     def trainable_state_dict(self, module: nn.Module) -> dict[str, torch.Tensor] | None:
         """Gather the full weights of ``module``'s trainable parameters (all ranks must call).
