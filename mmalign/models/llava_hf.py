@@ -15,13 +15,19 @@ transformers reads (including the older ``language_model.model.*`` keys) imports
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mmalign.data.media import ImageProcessorConfig
+from mmalign.data.processor import stop_token_ids
 from mmalign.models.checkpoint import add_media_tokens, default_image_processor
+from mmalign.models.llava_hf_processor import (
+    build_llava_processor,
+    image_processor_config_from_hf,
+    write_readme,
+)
 from mmalign.models.lmm import LMM, LMMConfig
 from mmalign.models.projector import build_projector, projector_depth
 from mmalign.models.vision import HFVisionTower, VisionConfig
@@ -31,6 +37,26 @@ def _strategy_to_select(strategy: str) -> str:
     if strategy not in ("default", "full"):
         raise ValueError(f"unsupported vision_feature_select_strategy {strategy!r}")
     return "patch" if strategy == "default" else "cls_patch"
+
+
+def select_strategy(vision: HFVisionTower) -> str:
+    """The ``vision_feature_select_strategy`` that keeps the tokens mmalign's tower keeps.
+
+    ``"default"`` drops exactly one leading token: mmalign's ``patch`` on a tower with one CLS
+    token. ``"full"`` keeps all: ``cls_patch``, or ``patch`` on a tower without prefix tokens (SigLIP).
+
+    Raises:
+        ValueError: ``patch`` on a tower with several prefix tokens (registers), which llava-hf
+            cannot select.
+    """
+    if vision.cfg.select != "patch" or vision.num_prefix_tokens == 0:
+        return "full"
+    if vision.num_prefix_tokens == 1:
+        return "default"
+    raise ValueError(
+        f"llava-hf export: the tower has {vision.num_prefix_tokens} prefix tokens; llava-hf's 'default' "
+        "strategy drops only one, so select='patch' cannot be exported"
+    )
 
 
 def llava_hf_to_lmm(hf_model: Any, tokenizer: Any | None = None, frozen_vision: bool = True) -> LMM:
@@ -108,12 +134,24 @@ def llava_hf_to_lmm(hf_model: Any, tokenizer: Any | None = None, frozen_vision: 
     return LMM(vision, projector, llm, cfg)
 
 
+def _image_processor_spec(directory: Path) -> dict[str, Any] | None:
+    """The image processor's settings: ``processor_config.json``'s (transformers 5) or ``preprocessor_config.json``."""
+    bundled = directory / "processor_config.json"
+    if bundled.exists():
+        spec = json.loads(bundled.read_text()).get("image_processor")
+        if isinstance(spec, dict):
+            return spec
+    legacy = directory / "preprocessor_config.json"
+    return json.loads(legacy.read_text()) if legacy.exists() else None
+
+
 def import_llava_hf(directory: str | Path, dtype: torch.dtype | None = None) -> tuple[LMM, Any]:
     """Load a local llava-hf checkpoint folder as an :class:`LMM` and its tokenizer.
 
-    The image processor settings come from the folder's ``preprocessor_config.json`` (resize mode:
-    llava-hf's processor resizes and centre-crops; LLaVA's own ``pad`` is the default here, as in
-    LLaVA-1.5 training).
+    The image processor settings come from the folder's ``preprocessor_config.json``
+    (:func:`~mmalign.models.llava_hf_processor.image_processor_config_from_hf`: ``do_pad`` → ``pad``,
+    a plain resize without centre crop → ``resize``; llava-hf's published resize + centre crop →
+    LLaVA's own ``pad``, as in LLaVA-1.5 training).
     """
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
@@ -121,8 +159,9 @@ def import_llava_hf(directory: str | Path, dtype: torch.dtype | None = None) -> 
     hf_model = LlavaForConditionalGeneration.from_pretrained(directory, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(directory)
     model = llava_hf_to_lmm(hf_model, tokenizer)
-    if (directory / "preprocessor_config.json").exists():
-        model.cfg.image_processor = ImageProcessorConfig.from_hf(directory)
+    spec = _image_processor_spec(directory)
+    if spec is not None:
+        model.cfg.image_processor = image_processor_config_from_hf(spec)
     else:
         model.cfg.image_processor = default_image_processor(model.vision)
     model.eval()
@@ -158,7 +197,7 @@ def lmm_to_llava_hf(model: LMM) -> Any:
         image_token_index=cfg.image_token_id,
         image_seq_length=model.image_tokens,
         projector_hidden_act="gelu",
-        vision_feature_select_strategy="default" if cfg.vision.select == "patch" else "full",
+        vision_feature_select_strategy=select_strategy(model.vision),
         vision_feature_layer=cfg.vision.feature_layer,
         multimodal_projector_bias=cfg.projector_bias,
         tie_word_embeddings=bool(model.llm.config.tie_word_embeddings),
@@ -177,19 +216,35 @@ def lmm_to_llava_hf(model: LMM) -> Any:
 
 
 def export_llava_hf(model: LMM, tokenizer: Any, directory: str | Path) -> Path:
-    """Write ``model`` as a llava-hf folder (config, safetensors, tokenizer, image processor)."""
-    from transformers import CLIPImageProcessor
+    """Write ``model`` as a llava-hf folder that ``AutoProcessor`` + ``LlavaForConditionalGeneration`` load.
 
+    Writes the weights and config, a ``generation_config.json`` that stops where mmalign stops
+    (EOS and the template's end-of-turn tokens), the tokenizer, and a ``LlavaProcessor``
+    (``processor_config.json``, ``chat_template.jinja``; also ``preprocessor_config.json`` as older
+    transformers read it) built by
+    :func:`~mmalign.models.llava_hf_processor.build_llava_processor` to reproduce mmalign's pixels,
+    prompt and image-token count. Whatever cannot be reproduced is logged as a warning and listed in
+    the folder's ``README.md``.
+
+    Args:
+        model: an LMM with an HF vision tower and an ``mlp2x_gelu`` projector.
+        tokenizer: its tokenizer (not modified).
+        directory: the output folder.
+
+    Returns:
+        ``directory``.
+    """
     directory = Path(directory)
     hf_model = lmm_to_llava_hf(model)
+    processor, notes = build_llava_processor(model, tokenizer, hf_model.config.vision_feature_select_strategy)
+    stops = stop_token_ids(tokenizer)
+    if stops:
+        hf_model.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is not None:
+        hf_model.generation_config.pad_token_id = int(pad)
     hf_model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    ip = model.cfg.image_processor
-    CLIPImageProcessor(
-        size={"height": ip.size, "width": ip.size},
-        crop_size={"height": ip.size, "width": ip.size},
-        do_center_crop=False,
-        image_mean=list(ip.mean),
-        image_std=list(ip.std),
-    ).save_pretrained(directory)
+    processor.save_pretrained(directory)  # the tokenizer too, with the exported chat template
+    processor.image_processor.save_pretrained(directory)  # preprocessor_config.json, for transformers 4
+    write_readme(directory, model.cfg.image_processor, notes)
     return directory
