@@ -1,23 +1,33 @@
 """Evaluate one or more checkpoints on POPE, CHAIR, MMHal-Bench, GAVIE and video QA, side by side.
 
     # the embedded default: ShapeWorld variants of every benchmark, judged exactly
-    python eval/run.py --model checkpoints/tiny-shapeworld --model runs/dpo/final --data runs/shapeworld \
+    python eval/run.py --model sft=checkpoints/tiny-shapeworld --model dpo=runs/dpo/final --data runs/shapeworld \
         --benchmarks pope,chair,mmhal,gavie,videoqa --n 200 --out runs/eval
 
     # published benchmarks from local files; an OpenAI-compatible judge for MMHal/GAVIE/video QA
     MMALIGN_LLM_BASE_URL=http://127.0.0.1:8001/v1 MMALIGN_LLM_API_KEY=... \
     python eval/run.py --model /ckpt/llava-1.5-7b-hf --judge-model gpt-4o \
         --pope coco_pope_random.json coco_pope_popular.json coco_pope_adversarial.json --pope-images val2014 \
-        --coco-synonyms synonyms.txt --coco-instances instances_val2014.json \
+        --coco-instances instances_val2014.json \
         --coco-captions captions_val2014.json --coco-images val2014 \
         --mmhal response_template.json --mmhal-images mmhal/images \
         --gavie gavie.jsonl --gavie-images vg/images --videoqa msvd_qa.json --videoqa-videos msvd/videos
 
-Writes to ``--out``: ``results.json`` (every metric, per checkpoint and benchmark),
-``records/<checkpoint>/<benchmark>.json`` (each item with the model's answer and its judgement;
-MMHal's keep the template's fields), ``table.md`` (headline metrics, checkpoints side by side,
-best in bold) and ``charts/<benchmark>.png``; prints the table. Answers are greedy, batched and
-KV-cached. Rules and departures of each benchmark: the docstrings of ``mmalign/eval/*.py``.
+Models are ``NAME=DIR`` (the name heads the table column and the records folder) or a plain
+``DIR``, named by its path: the folder name, with its parents while the name says only where in
+a run it sits (``runs/dpo/final`` → ``dpo/final``) or clashes with another model's.
+
+Writes to ``--out``: ``results.json`` (every metric, per model and benchmark),
+``records/<name>/<benchmark>.json`` (each item with the model's answer and its judgement: POPE's
+every probe with the answer, its yes/no reading and whether it fit a pattern; CHAIR's every
+caption with its object mentions; MMHal's keep the template's fields), ``table.md`` (headline
+metrics, models side by side, a row's single best value in bold, never a tie or a zero; rows
+counting the answers and judge replies that could not be read, ⚠ when any) and
+``charts/<benchmark>.png``; prints the table. POPE answers are read by POPE's own rule
+(``--pope-parser reference``: a negation word in the first sentence → no, else yes; see
+``mmalign/eval/answers.py``), ``reference-exact`` or ``strict``. CHAIR on COCO uses the CHAIR
+authors' synonym list shipped with mmalign unless ``--coco-synonyms`` names another. Answers are
+greedy, batched and KV-cached. Rules and departures of each benchmark: the docstrings of ``mmalign/eval/*.py``.
 """
 
 from __future__ import annotations
@@ -30,26 +40,19 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mmalign.data.processor import MultimodalProcessor
-from mmalign.eval.common import GenerationOptions
+from mmalign.eval.answers import PARSERS
+from mmalign.eval.common import GenerationOptions, parse_model_specs
 from mmalign.eval.report import markdown_table, plot_benchmarks
 from mmalign.eval.suite import BENCHMARKS, BenchmarkData, run_suite
 from mmalign.llm.client import ChatClient, LLMConfig
 from mmalign.models.checkpoint import load_model
 
 
-def _names(models: list[str]) -> list[str]:
-    """Short unique labels: the folder name, or ``parent/name`` when names clash."""
-    short = [Path(m).resolve().name for m in models]
-    labels = [
-        f"{Path(m).resolve().parent.name}/{s}" if short.count(s) > 1 else s
-        for m, s in zip(models, short, strict=True)
-    ]
-    return [f"{lab}#{i + 1}" if labels.count(lab) > 1 else lab for i, lab in enumerate(labels)]
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", action="append", required=True, help="checkpoint dir (repeat to compare)")
+    p.add_argument(
+        "--model", action="append", required=True, help="NAME=DIR or DIR, a checkpoint (repeat to compare)"
+    )
     p.add_argument("--benchmarks", default=",".join(BENCHMARKS), help=f"comma list of {','.join(BENCHMARKS)}")
     p.add_argument(
         "--data", type=Path, help="ShapeWorld dataset: data of every benchmark without its own files"
@@ -61,7 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--pope", nargs="+", type=Path, default=[], help="POPE jsonl files (one per split)")
     p.add_argument("--pope-images", type=Path)
-    p.add_argument("--coco-synonyms", type=Path)
+    p.add_argument(
+        "--pope-parser", choices=list(PARSERS), default="reference", help="how POPE answers are read"
+    )
+    p.add_argument("--coco-synonyms", type=Path, help="default: the CHAIR authors' list shipped with mmalign")
     p.add_argument("--coco-instances", type=Path)
     p.add_argument("--coco-captions", type=Path)
     p.add_argument("--coco-images", type=Path)
@@ -85,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [b.strip() for b in args.benchmarks.split(",") if b.strip()]
     data = BenchmarkData(
         shapeworld=args.data, split=args.split, n=args.n,
-        pope_files=args.pope, pope_images=args.pope_images,
+        pope_files=args.pope, pope_images=args.pope_images, pope_parser=args.pope_parser,
         coco_synonyms=args.coco_synonyms, coco_instances=args.coco_instances,
         coco_captions=args.coco_captions, coco_images=args.coco_images, chair_n=args.chair_n,
         mmhal_file=args.mmhal, mmhal_images=args.mmhal_images,
@@ -98,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = LLMConfig.from_env(args.judge_base_url, args.judge_model, concurrency=args.judge_concurrency)
         judge = ChatClient(cfg)
     try:
+        models = parse_model_specs(args.model)
+        missing = [str(folder) for _, folder in models if not folder.is_dir()]
+        if missing:
+            raise ValueError(f"model folder(s) not found: {', '.join(missing)}")
         data.check(names, judge is not None)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -105,9 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     gen = GenerationOptions(args.batch_size, args.max_new_tokens, progress=not args.no_progress)
 
     results: dict[str, dict] = {}
-    bar = tqdm(
-        list(zip(_names(args.model), args.model, strict=True)), desc="checkpoints", disable=args.no_progress
-    )
+    bar = tqdm(models, desc="checkpoints", disable=args.no_progress)
     for label, path in bar:
         bar.set_postfix_str(label)
         model, tokenizer = load_model(path)

@@ -1,4 +1,5 @@
-"""Side-by-side reports of benchmark results: headline metrics, a markdown table, PNG charts."""
+"""Side-by-side reports of benchmark results: headline metrics, a markdown table (with counts of
+the answers that could not be read), PNG charts."""
 
 from __future__ import annotations
 
@@ -24,6 +25,15 @@ HEADLINES: tuple[tuple[str, str, tuple[str, ...], bool], ...] = (
 )
 
 
+# (benchmark, label, path to the count, path to the total) of answers or judge replies not read
+UNREAD: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...]], ...] = (
+    ("pope", "POPE answers fitting neither yes nor no", ("average", "n_unparseable"), ("average", "n")),
+    ("mmhal", "MMHal judge replies without a rating", ("n_unparsed",), ("n",)),
+    ("gavie", "GAVIE judge replies without scores", ("n_unparsed",), ("n",)),
+    ("videoqa", "video QA judge replies without a verdict", ("n_unparsed",), ("n",)),
+)
+
+
 def _get(result: dict[str, Any], path: tuple[str, ...]) -> float | None:
     for key in path:
         if not isinstance(result, dict) or key not in result:
@@ -42,8 +52,34 @@ def headline_metrics(results: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def _best(values: list[float | None], higher: bool | None) -> float | None:
+    """The value to bold: the single best one as printed (3 decimals); None for a tie, a zero,
+    a metric without a direction, or fewer than two models with a value."""
+    shown = [round(v, 3) for v in values if v is not None]
+    if higher is None or len(shown) < 2:
+        return None
+    best = max(shown) if higher else min(shown)
+    return best if shown.count(best) == 1 and best != 0 else None
+
+
+def unread_counts(result: dict[str, Any]) -> dict[str, tuple[int, int]]:
+    """``{label: (count, total)}`` of the answers or judge replies a benchmark could not read."""
+    out = {}
+    for bench, label, count_path, total_path in UNREAD:
+        count, total = _get(result.get(bench, {}), count_path), _get(result.get(bench, {}), total_path)
+        if count is not None and total is not None:
+            out[label] = (int(count), int(total))
+    return out
+
+
 def markdown_table(by_model: dict[str, dict[str, Any]]) -> str:
-    """Metrics as rows, checkpoints as columns; ↑/↓ mark the better direction, the best is bold."""
+    """Metrics as rows, checkpoints as columns; ↑/↓ mark the better direction.
+
+    The single best value of a row is bold (not a tie, not a zero, and only when two or more
+    models have the metric). Rows after the metrics count the answers (POPE) or judge replies
+    (MMHal, GAVIE, video QA) that could not be read, with their share, marked ⚠ when not zero;
+    a note under the table says how each model's unreadable POPE answers were scored.
+    """
     names = list(by_model)
     heads = {m: headline_metrics(r) for m, r in by_model.items()}
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
@@ -51,12 +87,36 @@ def markdown_table(by_model: dict[str, dict[str, Any]]) -> str:
         values = [heads[m].get(label) for m in names]
         if all(v is None for v in values):
             continue
-        present = [v for v in values if v is not None]
-        best = (max if higher else min)(present) if higher is not None and len(names) > 1 else None
-        cells = ["–" if v is None else (f"**{v:.3f}**" if v == best else f"{v:.3f}") for v in values]
+        best = _best(values, higher)
+        cells = [
+            "–" if v is None else (f"**{v:.3f}**" if round(v, 3) == best else f"{v:.3f}") for v in values
+        ]
         arrow = " ↑" if higher else " ↓" if higher is False else ""
         lines.append(f"| {label}{arrow} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    unread = {m: unread_counts(r) for m, r in by_model.items()}
+    notes = []
+    for _, label, _, _ in UNREAD:
+        counts = [unread[m].get(label) for m in names]
+        if all(c is None for c in counts):
+            continue
+        cells = []
+        for c in counts:
+            if c is None:
+                cells.append("–")
+            else:
+                share = c[0] / c[1] if c[1] else 0.0
+                cells.append(f"{'⚠ ' if c[0] else ''}{c[0]} ({share:.1%})")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for m in names:
+        pope = by_model[m].get("pope", {})
+        count, total = unread[m].get(UNREAD[0][1], (0, 0))
+        if count:
+            notes.append(
+                f"⚠ {m}: {count} of {total} POPE answers ({count / total:.1%}) fit neither yes nor no and "
+                f"were scored as {pope.get('unparseable_as', '?')!r} (parser {pope.get('parser', '?')!r}); "
+                "the per-answer records show them."
+            )
+    return "\n".join(lines) + "\n" + "".join(f"\n{n}\n" for n in notes)
 
 
 def plot_benchmarks(by_model: dict[str, dict[str, Any]], out_dir: str | Path) -> list[Path]:

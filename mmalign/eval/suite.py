@@ -17,6 +17,7 @@ from typing import Any
 from mmalign.data.processor import MultimodalProcessor
 from mmalign.eval import chair as chair_mod
 from mmalign.eval import gavie, mmhal, pope, video_qa
+from mmalign.eval.answers import PARSERS
 from mmalign.eval.common import GenerationOptions, answer, question
 from mmalign.eval.shapeworld import CAPTION_PROMPT, _read_jsonl
 from mmalign.llm.client import ChatClient
@@ -35,7 +36,10 @@ class BenchmarkData:
         split: ShapeWorld split to evaluate.
         n: items per ShapeWorld benchmark (POPE: probes per split; CHAIR: images).
         pope_files / pope_images: POPE jsonl files and their image folder.
-        coco_synonyms / coco_instances / coco_captions / coco_images / chair_n: CHAIR on COCO.
+        pope_parser: how POPE answers are read: ``reference`` (POPE's rule), ``reference-exact``
+            or ``strict`` (:mod:`mmalign.eval.answers`).
+        coco_synonyms / coco_instances / coco_captions / coco_images / chair_n: CHAIR on COCO
+            (``coco_synonyms`` None: the CHAIR authors' list shipped with mmalign).
         mmhal_file / mmhal_images, gavie_file / gavie_images, videoqa_file / videoqa_videos.
         judge_shapeworld: use the LLM judge (when given) on ShapeWorld variants too.
     """
@@ -45,6 +49,7 @@ class BenchmarkData:
     n: int = 100
     pope_files: list[Path] = field(default_factory=list)
     pope_images: Path | None = None
+    pope_parser: str = "reference"
     coco_synonyms: Path | None = None
     coco_instances: Path | None = None
     coco_captions: Path | None = None
@@ -63,12 +68,14 @@ class BenchmarkData:
         unknown = [b for b in names if b not in BENCHMARKS]
         if unknown:
             raise ValueError(f"unknown benchmark(s) {unknown}; choose from {', '.join(BENCHMARKS)}")
+        if self.pope_parser not in PARSERS:
+            raise ValueError(f"unknown POPE parser {self.pope_parser!r}; choose from {', '.join(PARSERS)}")
         own = {
             "pope": (self.pope_files, self.pope_images, "--pope FILE... --pope-images DIR"),
             "chair": (
                 self.coco_instances,
                 self.coco_images,
-                "--coco-instances, --coco-synonyms, --coco-images",
+                "--coco-instances, --coco-images",
             ),
             "mmhal": (self.mmhal_file, self.mmhal_images, "--mmhal FILE --mmhal-images DIR"),
             "gavie": (self.gavie_file, self.gavie_images, "--gavie FILE --gavie-images DIR"),
@@ -78,8 +85,6 @@ class BenchmarkData:
             files, folder, flags = own[name]
             if files and folder is None:
                 raise ValueError(f"{name}: give the media folder too ({flags})")
-            if name == "chair" and files and self.coco_synonyms is None:
-                raise ValueError("chair on COCO needs --coco-synonyms (the reference synonyms.txt)")
             if not files and self.shapeworld is None:
                 raise ValueError(f"{name}: no data; pass {flags} or --data SHAPEWORLD_DIR")
             if files and name in ("mmhal", "gavie", "videoqa") and not has_judge:
@@ -99,6 +104,11 @@ def _shapeworld_chair(
     caps = answer(model, processor, examples, gen, "chair")
     result: dict[str, Any] = chair(caps, scenes)
     result["samples"] = [{"scene": s.id, "caption": c} for s, c in zip(scenes[:5], caps, strict=False)]
+    result["records"] = []
+    for scene, cap in zip(scenes, caps, strict=True):
+        one = chair([cap], [scene])
+        keep = ("n_mentions", "n_hallucinated", "color_wrong", "size_wrong")
+        result["records"].append({"scene": scene.id, "caption": cap, **{k: one[k] for k in keep}})
     return result
 
 
@@ -114,13 +124,13 @@ def run_benchmark(
     sw = data.shapeworld
     sw_judge = judge if data.judge_shapeworld else None
     if name == "pope":
+        parser = data.pope_parser
         if data.pope_files:
-            return {
-                "source": "files",
-                **pope.run_pope(model, processor, data.pope_files, data.pope_images, gen),
-            }
+            res = pope.run_pope(model, processor, data.pope_files, data.pope_images, gen, parser=parser)
+            return {"source": "files", **res}
         files = pope.shapeworld_pope_files(sw, data.split)
-        return {"source": "shapeworld", **pope.run_pope(model, processor, files, sw, gen, limit=data.n)}
+        res = pope.run_pope(model, processor, files, sw, gen, limit=data.n, parser=parser)
+        return {"source": "shapeworld", **res}
     if name == "chair":
         if data.coco_instances:
             res = chair_mod.run_chair_coco(
