@@ -1,7 +1,7 @@
 """Chat with an mmalign checkpoint: an OpenAI-compatible server with a web UI, or a terminal chat.
 
-    python eval/chat.py serve --model checkpoints/tiny-shapeworld [--host 127.0.0.1 --port 8000] \
-        [--api-key-env MMALIGN_API_KEY] [--media-root DIR] [--max-new-tokens 512] [--name NAME]
+    python eval/chat.py serve --model tiny=checkpoints/tiny-shapeworld [--host 127.0.0.1 --port 8000] \
+        [--api-key-env MMALIGN_API_KEY] [--media-root DIR] [--max-new-tokens 512]
     python eval/chat.py chat --model checkpoints/tiny-shapeworld --image runs/shapeworld/images/img_0_000000.png \
         [--video clip.mp4] [--prompt "What is in the image?"] [--temperature 0]
 
@@ -9,6 +9,8 @@
 (``/v1/chat/completions`` with SSE streaming, ``/v1/models``): point any OpenAI client, or
 mmalign's own judges and data builders (``MMALIGN_LLM_BASE_URL``), at it. It binds 127.0.0.1 by
 default; an API key is required when the environment variable named by ``--api-key-env`` is set.
+The model id that ``/v1/models`` lists and every response carries is ``NAME`` of ``--model
+NAME=DIR``, else the path's name as ``eval/run.py`` gives it (``runs/dpo/final`` → ``dpo/final``).
 ``chat`` runs in the terminal: the media are attached to the first message; ``/image PATH``,
 ``/video PATH`` attach more, ``/reset`` starts over, ``/quit`` (or EOF) leaves; ``--prompt``
 answers once and exits.
@@ -21,15 +23,31 @@ import os
 import sys
 from pathlib import Path
 
+from mmalign.eval.common import parse_model_specs
 from mmalign.llm.client import image_part
 from mmalign.models.checkpoint import load_model
 from mmalign.serve.engine import ChatEngine
 from mmalign.serve.protocol import RequestError, ServeLimits, parse_chat_request
 
 
+def model_name_and_dir(spec: str, name: str | None = None) -> tuple[str, Path]:
+    """``--model`` (``NAME=DIR`` or ``DIR``) and ``--name`` → the served model id and its folder.
+
+    A plain ``DIR`` is named by its path as ``eval/run.py`` names it (``runs/dpo/final`` →
+    ``dpo/final``); ``--name`` overrides either.
+
+    Raises:
+        ValueError: a malformed spec, or a folder that does not exist.
+    """
+    ((given, folder),) = parse_model_specs([spec])
+    if not folder.is_dir():
+        raise ValueError(f"model folder not found: {folder}")
+    return name or given, folder
+
+
 def _engine(args: argparse.Namespace) -> ChatEngine:
-    model, tokenizer = load_model(args.model)
-    name = args.name or Path(args.model).resolve().name
+    name, folder = model_name_and_dir(args.model, args.name)
+    model, tokenizer = load_model(folder)
     return ChatEngine(model, tokenizer, name, max_queue=getattr(args, "max_queue", 32))
 
 
@@ -129,8 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ("serve", "chat"):
         p = sub.add_parser(name)
-        p.add_argument("--model", required=True, help="mmalign checkpoint dir or llava-hf folder")
-        p.add_argument("--name", help="model id for clients (default: the folder name)")
+        p.add_argument(
+            "--model", required=True, help="NAME=DIR or DIR: an mmalign checkpoint or llava-hf folder"
+        )
+        p.add_argument("--name", help="model id for clients (default: NAME, else named by the path)")
         p.add_argument("--max-new-tokens", type=int, default=512)
     s = sub.choices["serve"]
     s.add_argument("--host", default="127.0.0.1")
@@ -147,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--prompt", help="answer this once and exit")
     c.add_argument("--temperature", type=float, default=0.0)
     args = parser.parse_args(argv)
+    try:
+        model_name_and_dir(args.model, args.name)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return serve(args) if args.command == "serve" else chat(args)
 
 
