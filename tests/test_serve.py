@@ -325,3 +325,123 @@ def test_web_ui_image_and_video_conversation(served, tmp_path) -> None:
         assert "API key" in page.locator(".msg.error .text").inner_text()
         browser.close()
     assert (artifacts / "web_ui.png").stat().st_size > 1000
+
+
+# ----------------------------------------------------------------------------- real-world media
+def _data_url(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode()
+
+
+def _pad_engine(engine):
+    """The served model behind a second engine whose images are processed in ``pad`` mode."""
+    import copy
+    import dataclasses
+
+    from mmalign.data.media import ImageProcessorConfig
+    from mmalign.serve.engine import ChatEngine
+
+    model = copy.copy(engine.model)  # shares the weights; only the config differs
+    ip = dataclasses.replace(model.cfg.image_processor, mode="pad", mean=(0.2, 0.4, 0.6))
+    model.cfg = dataclasses.replace(model.cfg, image_processor=ImageProcessorConfig(**dataclasses.asdict(ip)))
+    return ChatEngine(model, engine.tokenizer, "tiny", max_queue=1)
+
+
+def test_real_world_images_are_read_as_the_training_loader_reads_them(client, served, tmp_path) -> None:
+    """Transparent logo, EXIF-rotated JPEG and 16-bit PNG: the server's pixels equal the loader's."""
+    import numpy as np
+
+    from mmalign.data.media import load_image, process_image
+    from mmalign.serve.protocol import ServeLimits, parse_chat_request
+
+    logo = np.zeros((32, 32, 4), np.uint8)
+    logo[8:24, 8:24, 3] = 255  # black square on a transparent (black-RGB) background
+    Image.fromarray(logo, "RGBA").save(tmp_path / "logo.png")
+    phone = np.full((40, 80, 3), 255, np.uint8)
+    phone[:, :16] = (255, 0, 0)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(phone).save(tmp_path / "phone.jpg", quality=95, exif=exif.tobytes())
+    Image.fromarray(np.linspace(0, 65535, 32 * 32).astype(np.uint16).reshape(32, 32)).save(
+        tmp_path / "deep.png"
+    )
+    mime = {".png": "image/png", ".jpg": "image/jpeg"}
+    for engine in (served["engine"], _pad_engine(served["engine"])):
+        ip = engine.model.cfg.image_processor
+        for name in ("logo.png", "phone.jpg", "deep.png"):
+            path = tmp_path / name
+            msgs = _image_msg(_data_url(path.read_bytes(), mime[path.suffix]))
+            prep = engine.prepare(parse_chat_request({"messages": msgs}, engine.placeholders, ServeLimits()))
+            loader = process_image(load_image(path), ip)
+            assert torch.equal(prep.images[0].float(), loader), (ip.mode, name)
+            if name == "logo.png":  # background: white (resize) or the padding colour (pad)
+                back = torch.ones(3) if ip.mode == "resize" else torch.zeros(3)
+                torch.testing.assert_close(loader[:, 0, 0], back, atol=0.02, rtol=0)
+                black = -torch.tensor(ip.mean) / torch.tensor(ip.std)
+                torch.testing.assert_close(loader[:, 16, 16], black, atol=0.02, rtol=0)  # logo stays black
+            if name == "phone.jpg":  # upright: the red bar on top (green channel low), white below
+                assert loader[1, 0, 16] < -0.5 and loader[1, -1, 16] > 0.5  # (centre column: pad mode)
+            if name == "deep.png":  # 16 bits: black top-left to white bottom-right, not clipped white
+                mean, std = torch.tensor(ip.mean), torch.tensor(ip.std)
+                torch.testing.assert_close(loader[:, 0, 0], -mean / std, atol=0.05, rtol=0)
+                torch.testing.assert_close(loader[:, -1, -1], (1 - mean) / std, atol=0.05, rtol=0)
+    r = client.chat.completions.create(
+        model="tiny",
+        messages=_image_msg(_data_url((tmp_path / "logo.png").read_bytes(), "image/png")),
+        max_tokens=3,
+    )
+    assert r.choices[0].finish_reason in ("stop", "length")
+
+
+def test_extreme_aspect_ratio_images_answer_413_fast(client, served) -> None:
+    """140-byte PNGs of 20000×1 … 16,000,000×1 would pad to a gigantic square: 413 from the header."""
+    import time
+
+    import openai
+
+    for width in (20_000, 1_000_000, 16_000_000):
+        buf = io.BytesIO()
+        Image.new("1", (width, 1), 1).save(buf, "PNG", optimize=True)
+        assert len(buf.getvalue()) < 3000
+        t = time.perf_counter()
+        with pytest.raises(openai.APIStatusError) as err:
+            client.chat.completions.create(
+                model="tiny", messages=_image_msg(_data_url(buf.getvalue(), "image/png")), max_tokens=2
+            )
+        assert err.value.status_code == 413, width
+        assert f"image of {width}×1 exceeds 16777216 pixels once padded" in err.value.message
+        assert time.perf_counter() - t < 2.0
+        (served["media"] / f"line{width}.png").write_bytes(buf.getvalue())  # the same as a local path
+        with pytest.raises(openai.APIStatusError, match="once padded") as err:
+            client.chat.completions.create(
+                model="tiny", messages=_image_msg(f"line{width}.png"), max_tokens=2
+            )
+        assert err.value.status_code == 413
+    assert _raw(served["url"] + "/health")[1]["status"] == "ok"  # and the server lives on
+    # the engine bounds the work itself too (pad square ≤ MAX_IMAGE_PIXELS), whoever decoded the image
+    from mmalign.serve.protocol import ChatRequest, RequestError
+
+    engine = _pad_engine(served["engine"])
+    req = ChatRequest(messages=[{"role": "user", "content": engine.placeholders[0] + "\nx"}])
+    req.images = [Image.new("RGB", (20_000, 1))]
+    with pytest.raises(RequestError, match="too large to process.*once padded") as err:
+        engine.prepare(req)
+    assert err.value.status == 413
+
+
+def test_variable_frame_rate_video_through_the_server_is_sampled_by_time(client, served, tmp_path) -> None:
+    from mmalign.data.media import load_video_frames, process_video
+    from mmalign.serve.protocol import ServeLimits, parse_chat_request
+    from tests.test_media import VFR_TIMES, _read_code, write_vfr_mp4
+
+    engine = served["engine"]
+    path = tmp_path / "vfr.mp4"
+    write_vfr_mp4(path, VFR_TIMES)  # 1 s at 4 fps, then 1 s at 16 fps
+    frames = load_video_frames(path, engine.model.cfg.video_frames)
+    # 3 frames at 1/3, 1, 5/3 s of the 2 s → frames 1, 4, 14 (by index: 3, 10, 16)
+    assert [_read_code(f) for f in frames] == [1, 4, 14]
+    part = {"type": "video_url", "video_url": {"url": _data_url(path.read_bytes(), "video/mp4")}}
+    msgs = [{"role": "user", "content": [part, {"type": "text", "text": "What happens?"}]}]
+    prep = engine.prepare(parse_chat_request({"messages": msgs}, engine.placeholders, ServeLimits()))
+    want = process_video(frames, engine.model.cfg.image_processor)
+    assert torch.equal(prep.videos[0].float(), want)
+    assert client.chat.completions.create(model="tiny", messages=msgs, max_tokens=3).choices
