@@ -132,9 +132,17 @@ def test_export_writes_matching_image_processor(tokenizer, tmp_path):
     tokenizer.save_pretrained(tmp_path / "hf")
     model, tok = import_llava_hf(tmp_path / "hf")
     export_llava_hf(model, tok, tmp_path / "out")
-    spec = json.loads((tmp_path / "out" / "preprocessor_config.json").read_text())
-    assert spec["size"] == {"height": 32, "width": 32} and spec["do_center_crop"] is False
-    assert tuple(spec["image_mean"]) == model.cfg.image_processor.mean
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        spec = json.loads((tmp_path / "out" / name).read_text())
+        spec = spec.get("image_processor", spec)
+        assert spec["image_processor_type"] == "LlavaImageProcessor"
+        assert spec["size"] == {"height": 32, "width": 32} and spec["do_center_crop"] is False
+        assert spec["do_pad"] is True  # mmalign's default pad mode, LLaVA's expand2square
+    again, _ = import_llava_hf(tmp_path / "out")
+    assert again.cfg.image_processor.mode == "pad"
+    assert torch.allclose(
+        torch.tensor(again.cfg.image_processor.mean), torch.tensor(model.cfg.image_processor.mean)
+    )
 
 
 def test_tied_embeddings_declared_only_at_top_level_stay_tied(tokenizer, tmp_path):
@@ -158,3 +166,72 @@ def test_siglip_with_default_strategy_is_refused(tokenizer, tmp_path):
     tokenizer.save_pretrained(tmp_path / "hf")
     with pytest.raises(ValueError, match="without a CLS token"):
         import_llava_hf(tmp_path / "hf")
+
+
+def test_transformers_answers_as_mmalign_on_a_non_square_image(tiny_model, tokenizer, tmp_path):
+    """Export → AutoProcessor + LlavaForConditionalGeneration: same ids, pixels, logits, greedy answer."""
+    from PIL import Image, ImageDraw
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from mmalign.data.formats import Example
+    from mmalign.data.media import CLIP_STD, ImageProcessorConfig, process_image
+    from mmalign.data.processor import MultimodalProcessor
+    from mmalign.training.generation import generate_responses
+
+    model = tiny_model
+    model.cfg.image_processor = ImageProcessorConfig(size=32, mode="pad")  # LLaVA-1.5: CLIP mean, pad
+    img = Image.new("RGB", (64, 28), (200, 180, 40))
+    ImageDraw.Draw(img).ellipse((4, 4, 30, 24), fill=(220, 30, 30))
+    img.save(tmp_path / "scene.png")
+    question = "What colour is the circle?"
+    example = Example(
+        "q", [{"role": "user", "content": f"<image>\n{question}"}], images=[tmp_path / "scene.png"]
+    )
+    proc = MultimodalProcessor.for_model(model, tokenizer)
+    batch = proc.collate([proc.encode_prompt(example)], padding_side="left")
+    with torch.no_grad():
+        ours_logits = model(batch["input_ids"], batch["attention_mask"], images=batch["images"])["logits"]
+        ours = model.generate(
+            batch["input_ids"], batch["attention_mask"], images=batch["images"], max_new_tokens=12,
+            eos_token_id=proc.stop_token_ids, pad_token_id=proc.pad_token_id,
+        )[0].tolist()  # fmt: skip
+    ours_text = generate_responses(model, proc, [example], max_new_tokens=12)[0]
+
+    export_llava_hf(model, tokenizer, tmp_path / "hf")
+    processor = AutoProcessor.from_pretrained(tmp_path / "hf", backend="pil")  # Pillow resize, as mmalign
+    hf = LlavaForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
+    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    inputs = processor(images=Image.open(tmp_path / "scene.png"), text=prompt, return_tensors="pt")
+    assert inputs["input_ids"].tolist() == batch["input_ids"].tolist()
+    assert (inputs["pixel_values"] - batch["images"]).abs().max().item() <= 1e-5
+    with torch.no_grad():
+        theirs_logits = hf(**inputs).logits
+        out = hf.generate(**inputs, max_new_tokens=12, do_sample=False)
+        # The test can tell: the old export's plain resize would have changed the logits.
+        resized = process_image(img, ImageProcessorConfig(size=32, mode="resize"))[None]
+        other = hf(input_ids=inputs["input_ids"], pixel_values=resized).logits
+    assert (theirs_logits - ours_logits).abs().max().item() <= 1e-5
+    assert (other - ours_logits).abs().max().item() > 1e-3
+    theirs = out[0, inputs["input_ids"].shape[1] :].tolist()
+    assert len(theirs) >= 2 and theirs == ours[: len(theirs)]
+    assert all(t == proc.pad_token_id for t in ours[len(theirs) :])  # mmalign pads after the stop token
+    assert processor.tokenizer.decode(theirs, skip_special_tokens=True).strip() == ours_text
+
+    # The default (torchvision) backend: pixels within a grey level or two, the same answer here.
+    default = AutoProcessor.from_pretrained(tmp_path / "hf")
+    approx = default(images=Image.open(tmp_path / "scene.png"), text=prompt, return_tensors="pt")
+    assert (approx["pixel_values"] - batch["images"]).abs().max().item() <= 3 / 255 / min(CLIP_STD) + 1e-5
+    with torch.no_grad():
+        assert hf.generate(**approx, max_new_tokens=12, do_sample=False)[0].tolist() == out[0].tolist()
+
+    # The export imports back into mmalign: same settings, logits and answer.
+    imported, itok = import_llava_hf(tmp_path / "hf")
+    assert imported.cfg.image_processor.mode == "pad" and imported.cfg.image_processor.size == 32
+    iproc = MultimodalProcessor.for_model(imported, itok)
+    ibatch = iproc.collate([iproc.encode_prompt(example)], padding_side="left")
+    assert ibatch["input_ids"].tolist() == batch["input_ids"].tolist()
+    with torch.no_grad():
+        again = imported(ibatch["input_ids"], ibatch["attention_mask"], images=ibatch["images"])["logits"]
+    assert (again - ours_logits).abs().max().item() <= 1e-5
+    assert generate_responses(imported, iproc, [example], max_new_tokens=12)[0] == ours_text
