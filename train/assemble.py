@@ -32,7 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--llm", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--preset", choices=["llava15", "custom"], default="llava15")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    p.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        default="bf16",
+        help="dtype of the written weights (default: bf16); trainers load them in their strategy.precision",
+    )
     p.add_argument("--projector", default="mlp2x_gelu")
     p.add_argument("--feature-layer", type=int, default=-2)
     p.add_argument("--select", choices=["patch", "cls_patch"], default="patch")
