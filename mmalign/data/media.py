@@ -183,7 +183,10 @@ def normalize_image(img: Image.Image) -> Image.Image:
     ordinary RGB image comes back with the same pixels.
     """
     transparency = img.info.get("transparency")
-    img = ImageOps.exif_transpose(img)
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a corrupt EXIF block does not make the pixels unreadable: keep them as stored
+        pass
     if img.mode in _SIXTEEN_BIT or img.mode in ("I", "F"):
         grey = _scale_to_8bit(img)
         if isinstance(transparency, (int, float)) and not isinstance(transparency, bool):

@@ -5,7 +5,10 @@ One worker thread owns the model; requests wait in a bounded FIFO queue (a full 
 :func:`stream_token_ids` is the decoding loop: the prompt's embeddings (media features scattered
 by :meth:`LMM.embed`) go through the LLM once, then one token per step with the KV cache —
 greedy when ``temperature == 0``, else temperature/top-p sampling. Greedy output equals
-:meth:`LMM.generate`'s (tested).
+:meth:`LMM.generate`'s (tested). Media are processed exactly as in training
+(:mod:`mmalign.data.media`): images arrive upright and 8-bit from the decoder and are composited
+onto the model's background (the padding colour in ``pad`` mode, white in ``resize``); a
+video's frames are chosen by their timestamps.
 """
 
 from __future__ import annotations
