@@ -15,6 +15,7 @@ from PIL import Image
 from mmalign.data.formats import RecordError
 from mmalign.eval import gavie, mmhal, video_qa
 from mmalign.eval.chair import CocoVocabulary, chair_scores, coco_ground_truth, singularize
+from mmalign.eval.common import model_name_from_path, parse_model_specs
 from mmalign.eval.pope import load_pope, split_name
 from mmalign.eval.report import headline_metrics, markdown_table
 from mmalign.llm.client import ChatClient, InvalidResponse, LLMConfig, LLMError, image_part
@@ -175,7 +176,7 @@ def test_video_qa_records_accept_published_aliases(tmp_path: Path) -> None:
     rec = video_qa.load_video_qa(f, tmp_path)[0]
     assert rec["id"] == "q1" and rec["video_path"] == str(tmp_path / "v1.mp4")
     f.write_text(json.dumps([{"video_name": "missing", "question": "Q?", "answer": "a"}]))
-    with pytest.raises(FileNotFoundError, match=r"qa.json\[0\]: media file not found"):
+    with pytest.raises(FileNotFoundError, match=r"qa.json:1: media file not found"):
         video_qa.load_video_qa(f, tmp_path)
 
 
@@ -186,8 +187,67 @@ def test_markdown_table_side_by_side() -> None:
     table = markdown_table({"base": a, "dpo": b})
     assert table.splitlines()[0] == "| metric | base | dpo |"
     assert "| CHAIR-i ↓ | 0.200 | **0.100** |" in table and "| CHAIR-s ↓ | **0.500** | 0.600 |" in table
-    assert "| POPE random F1 ↑ | **0.800** | – |" in table and "MMHal" not in table
+    # one model with a value: nothing to compare, nothing bold
+    assert "| POPE random F1 ↑ | 0.800 | – |" in table and "MMHal" not in table
     assert headline_metrics(b) == {"CHAIR-i": 0.1, "CHAIR-s": 0.6, "caption recall": 0.7}
+
+
+def test_markdown_table_no_bold_ties_or_zeros_and_flags_unread_answers() -> None:
+    def pope(f1: float, unread: int, n: int = 300) -> dict:
+        average = {"accuracy": 0.5, "yes_ratio": 0.5, "n": n, "n_unparseable": unread}
+        return {"random": {"f1": f1}, "average": average, "parser": "reference", "unparseable_as": "yes"}
+
+    by_model = {
+        "sft": {"pope": pope(0.8, 12), "chair": {"chair_i": 0.0, "chair_s": 0.5, "recall": 0.0}},
+        "dpo/final": {"pope": pope(0.80004, 0), "chair": {"chair_i": 0.0, "chair_s": 0.4, "recall": 0.0}},
+        "control": {"pope": pope(0.7, 0), "chair": {"chair_i": 0.1, "chair_s": 0.6, "recall": 0.0}},
+    }
+    by_model["control"]["mmhal"] = {"average": 3.0, "n": 8, "n_unparsed": 2}
+    lines = markdown_table(by_model).splitlines()
+    assert lines[0] == "| metric | sft | dpo/final | control |"
+    assert "| POPE random F1 ↑ | 0.800 | 0.800 | 0.700 |" in lines  # tie as printed: no bold
+    assert "| CHAIR-i ↓ | 0.000 | 0.000 | 0.100 |" in lines  # best is a (tied) zero
+    assert "| caption recall ↑ | 0.000 | 0.000 | 0.000 |" in lines
+    assert "| CHAIR-s ↓ | 0.500 | **0.400** | 0.600 |" in lines
+    assert "| POPE avg accuracy ↑ | 0.500 | 0.500 | 0.500 |" in lines
+    assert "| POPE answers fitting neither yes nor no | ⚠ 12 (4.0%) | 0 (0.0%) | 0 (0.0%) |" in lines
+    assert "| MMHal judge replies without a rating | – | – | ⚠ 2 (25.0%) |" in lines
+    note = "⚠ sft: 12 of 300 POPE answers (4.0%) fit neither yes nor no and were scored as 'yes'"
+    assert any(line.startswith(note) for line in lines)
+    assert not any(line.startswith(("⚠ dpo", "⚠ control")) for line in lines)
+    lone = {"solo": {"chair": {"chair_i": 0.3}}}
+    assert "| CHAIR-i ↓ | 0.300 |" in markdown_table(lone)
+
+
+def test_model_names_from_specs_and_paths(tmp_path: Path) -> None:
+    for folder in (
+        "runs/dpo/final",
+        "runs/sft/final",
+        "other/dpo/final",
+        "ckpt/tiny",
+        "runs/dpo/checkpoints/step_000100",
+    ):
+        (tmp_path / folder).mkdir(parents=True)
+    r = tmp_path / "runs"
+    assert parse_model_specs([str(r / "dpo/final"), str(r / "sft/final"), str(tmp_path / "ckpt/tiny")]) == [
+        ("dpo/final", r / "dpo/final"), ("sft/final", r / "sft/final"), ("tiny", tmp_path / "ckpt/tiny"),
+    ]  # fmt: skip
+    assert model_name_from_path(r / "dpo/checkpoints/step_000100") == "dpo/checkpoints/step_000100"
+    # two runs with one name: parents until they differ; a user NAME is kept as given
+    specs = [str(r / "dpo/final"), str(tmp_path / "other/dpo/final"), f"mine={r / 'sft/final'}"]
+    assert [n for n, _ in parse_model_specs(specs)] == ["runs/dpo/final", "other/dpo/final", "mine"]
+    assert [n for n, _ in parse_model_specs([f"dpo/final={r / 'sft/final'}", str(r / "dpo/final")])] == [
+        "dpo/final",
+        "runs/dpo/final",
+    ]
+    assert [n for n, _ in parse_model_specs([str(r / "dpo/final")] * 2)] == ["dpo/final", "dpo/final#2"]
+    for bad, match in (
+        ([f"a={r}", f"a={tmp_path}"], r"the name\(s\) \['a'\] are given to more than one model"),
+        ([f"={r}"], "expected NAME=DIR or DIR"),
+        ([f"../up={r}"], "must not be an absolute path"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            parse_model_specs(bad)
 
 
 # ----------------------------------------------------------------------------- request checking

@@ -99,7 +99,7 @@ def mean(values: Sequence[float]) -> float:
 
 # folder names that say where in a run a checkpoint sits, not which run it is
 _GENERIC_DIR = re.compile(
-    r"(final|final_llava_hf|last|latest|best|model|hf|export|checkpoint|"
+    r"(final|final_llava_hf|last|latest|best|model|models|hf|export|checkpoints?|"
     r"(step|checkpoint|ckpt|epoch|iter|global_step)[-_]?\d+|\d+)",
     re.IGNORECASE,
 )
