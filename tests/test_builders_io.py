@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from mmalign.builders.io import PROGRESS, CommittedOutput, read_jsonl
 from mmalign.builders.lrv import LRVBuilder, LRVOptions
@@ -58,7 +59,7 @@ def write_lines(path: Path, lines: list[str]) -> Path:
 def test_bad_record_report_names_file_line_and_reason(tmp_path) -> None:
     (tmp_path / "images").mkdir()
     for i in (0, 2):
-        (tmp_path / "images" / f"img{i}.png").write_bytes(b"png")
+        Image.new("RGB", (60, 60)).save(tmp_path / "images" / f"img{i}.png")  # the trainers' check opens it
     inp = write_lines(
         tmp_path / "in.jsonl",
         [
