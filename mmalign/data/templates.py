@@ -110,6 +110,10 @@ class ChatTemplate:
     placeholders: tuple[str, ...] = PLACEHOLDERS
 
 
+def _is_jinja(value: str) -> bool:
+    return "{{" in value or "{%" in value
+
+
 def template_setting(value: str | None) -> str | None:
     """A ``template`` override as stored in a model config: a built-in name, or Jinja source.
 
@@ -119,7 +123,7 @@ def template_setting(value: str | None) -> str | None:
     Raises:
         ValueError: neither a built-in name, nor an existing file, nor Jinja source.
     """
-    if value is None or value in BUILTIN_TEMPLATES or "{{" in value or "{%" in value:
+    if value is None or value in BUILTIN_TEMPLATES or _is_jinja(value):
         return value
     path = Path(value)
     if path.is_file():
@@ -136,7 +140,7 @@ def _source_and_name(tokenizer: Any, name: str | None) -> tuple[str, str]:
             return BUILTIN_TEMPLATES[name], name
         source = template_setting(name)
         assert source is not None
-        return source, (name if Path(name).is_file() else "inline template")
+        return source, ("inline template" if _is_jinja(name) else name)
     own = getattr(tokenizer, "chat_template", None)
     if isinstance(own, str) and own:
         return own, "the tokenizer's chat_template"
@@ -167,7 +171,7 @@ def _keeps_probe(tokenizer: Any, source: str, messages: list[Any]) -> bool:
         text = _apply(tokenizer, source, messages, add_generation_prompt=False)
     except Exception:  # a template written for the other shape may fail on this one
         return False
-    return _PROBE_USER in text and _PROBE_ASSISTANT in text
+    return _PROBE_USER in text
 
 
 def load_template(
@@ -175,23 +179,28 @@ def load_template(
 ) -> ChatTemplate:
     """Resolve a template (see :func:`resolve_template`) and find the content shape it reads.
 
-    A template reads strings if a string probe survives its rendering; else it reads typed parts
-    if a ``[{"type": "text", "text": probe}]`` probe does.
+    A template reads strings if a user turn's string probe survives its rendering; else typed
+    parts if a ``[{"type": "text", "text": probe}]`` probe does. A user + assistant probe
+    conversation is then rendered in that shape and checked (:func:`check_rendering`).
 
     Raises:
-        ValueError: the template drops the message text in both shapes (naming the template).
+        ValueError: the template drops the user's text in both shapes, or drops the probe
+            conversation's text in its shape (naming the template).
     """
     source, label = _source_and_name(tokenizer, name)
     turns = [("user", _PROBE_USER), ("assistant", _PROBE_ASSISTANT)]
-    if _keeps_probe(tokenizer, source, [{"role": r, "content": t} for r, t in turns]):
-        return ChatTemplate(source, label, False, tuple(placeholders))
-    typed = [{"role": r, "content": [{"type": "text", "text": t}]} for r, t in turns]
-    if _keeps_probe(tokenizer, source, typed):
-        return ChatTemplate(source, label, True, tuple(placeholders))
-    raise ValueError(
-        f"chat template ({label}) drops the message text whether the content is a string or typed "
-        "parts; set `template` to a built-in (vicuna_v1, llama3, chatml, plain) or a Jinja file"
-    )
+    probe = [{"role": r, "content": t} for r, t in turns]
+    if _keeps_probe(tokenizer, source, probe):
+        template = ChatTemplate(source, label, False, tuple(placeholders))
+    elif _keeps_probe(tokenizer, source, to_typed_content(probe)):
+        template = ChatTemplate(source, label, True, tuple(placeholders))
+    else:
+        raise ValueError(
+            f"chat template ({label}) drops the user's text whether the content is a string or typed "
+            "parts; set `template` to a built-in (vicuna_v1, llama3, chatml, plain) or a Jinja file"
+        )
+    render(tokenizer, template, probe, add_generation_prompt=False)  # raises if text is dropped
+    return template
 
 
 def _split(content: str, placeholders: tuple[str, ...]) -> list[tuple[str, str]]:
