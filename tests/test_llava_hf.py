@@ -213,6 +213,7 @@ def test_transformers_answers_as_mmalign_on_a_non_square_image(tiny_model, token
         other = hf(input_ids=inputs["input_ids"], pixel_values=resized).logits
     assert (theirs_logits - ours_logits).abs().max().item() <= 1e-5
     assert (other - ours_logits).abs().max().item() > 1e-3
+    assert hf.generation_config.eos_token_id in (proc.stop_token_ids, proc.stop_token_ids[0])
     theirs = out[0, inputs["input_ids"].shape[1] :].tolist()
     assert len(theirs) >= 2 and theirs == ours[: len(theirs)]
     assert all(t == proc.pad_token_id for t in ours[len(theirs) :])  # mmalign pads after the stop token

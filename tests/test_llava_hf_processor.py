@@ -85,6 +85,8 @@ def test_exported_processor_reproduces_mmalign_pixels(tokenizer, tmp_path, mode,
     with caplog.at_level(logging.WARNING, logger="mmalign"):
         export_llava_hf(model, tokenizer, tmp_path)
     assert not [r for r in caplog.records if r.name.startswith("mmalign")]  # nothing left to warn about
+    readme = (tmp_path / "README.md").read_text()
+    assert f"`{mode}` mode" in readme and 'backend="pil"' in readme
 
     exact = AutoProcessor.from_pretrained(tmp_path, backend="pil")
     default = AutoProcessor.from_pretrained(tmp_path)

@@ -246,5 +246,6 @@ def export_llava_hf(model: LMM, tokenizer: Any, directory: str | Path) -> Path:
     hf_model.save_pretrained(directory)
     processor.save_pretrained(directory)  # the tokenizer too, with the exported chat template
     processor.image_processor.save_pretrained(directory)  # preprocessor_config.json, for transformers 4
-    write_readme(directory, model.cfg.image_processor, notes)
+    scale = float(processor.image_processor.rescale_factor) * 255.0
+    write_readme(directory, model.cfg.image_processor, scale, notes)
     return directory

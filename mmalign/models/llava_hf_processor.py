@@ -170,7 +170,7 @@ def image_processor_config_from_hf(spec: dict[str, Any]) -> ImageProcessorConfig
     k = float(spec.get("rescale_factor", 1 / 255)) * 255.0
     mean = spec.get("image_mean", CLIP_MEAN)
     std = spec.get("image_std", CLIP_STD)
-    names = {v: k for k, v in PIL_RESAMPLE.items()}
+    names = {value: name for name, value in PIL_RESAMPLE.items()}
     return ImageProcessorConfig(
         size=int(side),
         mode=mode,
@@ -244,29 +244,42 @@ def build_llava_processor(model: Any, tokenizer: Any, strategy: str) -> tuple[An
     return processor, notes
 
 
-def write_readme(directory: Path, cfg: ImageProcessorConfig, notes: list[str]) -> None:
-    """A model card saying how to load the folder and how its processing relates to mmalign's."""
-    differences = "".join(f"- {n}\n" for n in notes) or "- none: the pixels are mmalign's (PIL backend).\n"
+def write_readme(directory: Path, cfg: ImageProcessorConfig, scale: float, notes: list[str]) -> None:
+    """A model card saying how to load the folder and how its processing relates to mmalign's.
+
+    Args:
+        scale: the factor ``k`` applied to ``image_mean``/``image_std``/``rescale_factor`` (1 = none).
+    """
+    differences = "".join(f"- {n}\n" for n in notes)
+    if abs(scale - 1.0) > 1e-12:
+        scaled = (
+            f"Its `image_mean`, `image_std` and `rescale_factor` are mmalign's times {scale:.6f}: the same "
+            "normalisation, and transformers' padding colour `int(image_mean · 255)` becomes mmalign's."
+        )
+    else:
+        scaled = "Its `image_mean` and `image_std` are mmalign's."
     text = f"""# llava-hf export of an mmalign model
 
 ```python
+from PIL import Image
 from transformers import AutoProcessor, LlavaForConditionalGeneration
+
 processor = AutoProcessor.from_pretrained(path, backend="pil")  # "pil": pixels identical to mmalign's
 model = LlavaForConditionalGeneration.from_pretrained(path)
 conversation = [{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": "What is shown?"}}]}}]
 prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
-inputs = processor(images=image, text=prompt, return_tensors="pt")
+inputs = processor(images=Image.open("photo.jpg"), text=prompt, return_tensors="pt")
+answer = model.generate(**inputs, max_new_tokens=64, do_sample=False)
 ```
 
 mmalign's pixel processing: `{cfg.mode}` mode, {cfg.size}×{cfg.size}, {cfg.resample}, mean
-{list(cfg.mean)}, std {list(cfg.std)}. `preprocessor_config.json` reproduces it with
-`LlavaImageProcessor` (`do_pad` = {cfg.mode == "pad"}); where its `image_mean`, `image_std` and
-`rescale_factor` are all scaled by one factor, that makes transformers pad with mmalign's colour
-while normalising identically.
+{list(cfg.mean)}, std {list(cfg.std)}. The processor reproduces it with `LlavaImageProcessor`
+(`do_pad` = {cfg.mode == "pad"}, no centre crop). {scaled}
 
 Known differences from mmalign's processing:
-{differences}- transformers' default torchvision backend resizes with its own bicubic kernel (about one grey
-  level on a few percent of the pixels); load with `backend="pil"` for identical pixels.
+{differences}- transformers' default torchvision backend resizes with its own bicubic kernel: one or two grey
+  levels on a few percent of the pixels (more on noisy images being enlarged); load with
+  `backend="pil"` for identical pixels.
 - mmalign applies an image's EXIF orientation and, in `pad` mode, composites transparent pixels onto
   the padding colour; transformers composites them onto white and rotates only images it opens
   itself (a path or URL), not PIL images passed in. Pass upright RGB images.
