@@ -26,30 +26,62 @@ def test_eval_run_compares_checkpoints(tmp_path: Path, make_tokenizer, capsys) -
     data = tmp_path / "sw"
     generate(data, n_images=20, n_videos=4, seed=2, progress=False, val_frac=0.0, test_frac=0.5)
     a = save_tiny_checkpoint(make_tokenizer(), tmp_path / "base", seed=0)
-    b = save_tiny_checkpoint(make_tokenizer(), tmp_path / "other", seed=1)
+    b = save_tiny_checkpoint(make_tokenizer(), tmp_path / "runs" / "other" / "final", seed=1)
     out = tmp_path / "eval"
     cli = _load_cli()
-    args = ["--model", str(a), "--model", str(b), "--data", str(data), "--n", "8", "--max-new-tokens", "12"]
+    args = [
+        "--model",
+        f"base={a}",
+        "--model",
+        str(b),
+        "--data",
+        str(data),
+        "--n",
+        "8",
+        "--max-new-tokens",
+        "12",
+    ]
     assert cli.main([*args, "--out", str(out), "--batch-size", "8", "--no-progress"]) == 0
 
     results = json.loads((out / "results.json").read_text())
-    assert list(results) == ["base", "other"]
+    assert list(results) == ["base", "other/final"]  # a user's NAME, else a path that tells runs apart
     for res in results.values():
         assert set(res) == {"checkpoint", "pope", "chair", "mmhal", "gavie", "videoqa"}
         assert {"random", "popular", "adversarial", "average"} <= set(res["pope"])
         assert res["pope"]["random"]["n"] == 8 and res["chair"]["n_captions"] == 8
+        assert res["pope"]["parser"] == "reference" and res["pope"]["average"]["n"] == 24
+        assert "records" not in res["pope"] and "records" not in res["chair"]
         assert res["mmhal"]["n"] == 8 and res["mmhal"]["judge"] == "exact" and res["gavie"]["n"] == 8
         assert 0 < res["videoqa"]["n"] <= 8 and all(
             r["source"] == "shapeworld" for k, r in res.items() if k != "checkpoint"
         )
         assert 0.0 <= res["mmhal"]["average"] <= 6.0 and 0.0 <= res["chair"]["chair_i"] <= 1.0
+    for label in ("base", "other/final"):  # POPE: every probe with the answer and its reading
+        pope_records = json.loads((out / "records" / label / "pope.json").read_text())
+        assert len(pope_records) == 24 and [r["split"] for r in pope_records[::8]] == [
+            "random", "popular", "adversarial",
+        ]  # fmt: skip
+        pope = results[label]["pope"]
+        for r in pope_records:
+            assert {"question_id", "image", "text", "label", "answer", "read_as", "fits", "correct"} <= set(r)
+            assert r["correct"] == (r["read_as"] == r["label"])
+        assert sum(not r["fits"] for r in pope_records) == pope["average"]["n_unparseable"]
+        assert sum(r["correct"] for r in pope_records if r["split"] == "random") == round(
+            8 * pope["random"]["accuracy"]
+        )
+        chair_records = json.loads((out / "records" / label / "chair.json").read_text())
+        assert len(chair_records) == 8
+        assert sum(r["n_hallucinated"] for r in chair_records) == results[label]["chair"]["n_hallucinated"]
     mmhal_records = json.loads((out / "records" / "base" / "mmhal.json").read_text())
     assert len(mmhal_records) == 8 and {"question_type", "model_answer", "rating"} <= set(mmhal_records[0])
     assert len({r["question_type"] for r in mmhal_records}) >= 5  # types cycle as in MMHal-Bench
 
     table = (out / "table.md").read_text()
-    assert table.splitlines()[0] == "| metric | base | other |"
+    assert table.splitlines()[0] == "| metric | base | other/final |"
     assert "| CHAIR-i ↓ |" in table and "| MMHal avg rating (0-6) ↑ |" in table and "video QA" in table
+    unread = [results[m]["pope"]["average"]["n_unparseable"] for m in results]
+    cells = [f"{'⚠ ' if k else ''}{k} ({k / 24:.1%})" for k in unread]
+    assert f"| POPE answers fitting neither yes nor no | {cells[0]} | {cells[1]} |" in table
     assert table in capsys.readouterr().out
     for bench in ("pope", "chair", "mmhal", "gavie", "videoqa"):
         png = out / "charts" / f"{bench}.png"
@@ -61,3 +93,7 @@ def test_eval_run_compares_checkpoints(tmp_path: Path, make_tokenizer, capsys) -
     mm = ["--model", str(a), "--benchmarks", "mmhal", "--mmhal", "x.json", "--mmhal-images", str(tmp_path)]
     assert cli.main(mm) == 2
     assert "needs an LLM judge" in capsys.readouterr().err
+    assert cli.main(["--model", f"x={a}", "--model", f"x={b}", "--data", str(data)]) == 2
+    assert "given to more than one model" in capsys.readouterr().err
+    assert cli.main(["--model", str(tmp_path / "nowhere"), "--data", str(data)]) == 2
+    assert "model folder(s) not found" in capsys.readouterr().err
