@@ -300,6 +300,32 @@ def test_extreme_aspect_ratio_is_refused_fast_in_loader_and_server(tmp_path, w, 
     assert time.perf_counter() - t < 1.0  # from the header: nothing decoded, nothing padded
 
 
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares ``width × height`` 1-bit pixels and holds none (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+@pytest.mark.parametrize(("w", "h"), [(12_000, 12_000), (100_000, 100_000)])
+def test_huge_declared_sizes_are_refused_before_decoding(tmp_path, w, h) -> None:
+    path = tmp_path / "bomb.png"
+    path.write_bytes(_png_header(w, h))
+    with pytest.raises(MediaError, match=r"image .*bomb.png: .*exceeds"):
+        load_image(path)  # over MAX_IMAGE_PIXELS, or over Pillow's own bomb limit
+    with pytest.raises(RequestError, match="exceeds") as err:
+        _server_image(path.read_bytes())
+    assert err.value.status == 413
+
+
 def test_size_rule_bounds_the_padded_square() -> None:
     check_image_size(4096, 2000, 4096 * 4096)  # pads to 4096² exactly: fine
     with pytest.raises(MediaError, match=r"4097×2000 exceeds 16777216 pixels once padded to a 4097×4097"):
@@ -390,3 +416,24 @@ def test_frame_sampling_by_timestamps() -> None:
     assert sample_frame_indices(4, 2, timestamps=np.array([[0, 0], [1, 0], [2, 0], [3, 0]])) == [1, 3]
     with pytest.raises(ValueError, match="fps must be > 0"):
         sample_frame_indices(10, 2, avg_fps=10, fps=0)
+
+
+def test_phone_video_rotation_is_applied(tmp_path) -> None:
+    """A portrait phone clip is stored sideways with a display matrix; frames come out upright."""
+    import av
+
+    path = tmp_path / "portrait.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=4)
+        stream.width, stream.height, stream.pix_fmt = 64, 32, "yuv420p"
+        stream.set_display_rotation(-90)  # shown turned 90° clockwise, as a phone held upright writes it
+        for _ in range(4):
+            arr = np.zeros((32, 64, 3), np.uint8)
+            arr[:, :16] = 255  # stored: a white bar on the left
+            for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    frame = np.asarray(load_video_frames(path, 2)[0]).astype(int)
+    assert frame.shape == (64, 32, 3)  # 32 wide, 64 high: upright
+    assert frame[:14].min() > 200 and frame[18:].max() < 60  # the bar on top
