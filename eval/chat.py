@@ -47,7 +47,7 @@ def model_name_and_dir(spec: str, name: str | None = None) -> tuple[str, Path]:
 
 def _engine(args: argparse.Namespace) -> ChatEngine:
     name, folder = model_name_and_dir(args.model, args.name)
-    model, tokenizer = load_model(folder)
+    model, tokenizer = load_model(folder, template=getattr(args, "template", None))
     return ChatEngine(model, tokenizer, name, max_queue=getattr(args, "max_queue", 32))
 
 
@@ -152,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         p.add_argument("--name", help="model id for clients (default: NAME, else named by the path)")
         p.add_argument("--max-new-tokens", type=int, default=512)
+        p.add_argument(
+            "--template", help="chat template overriding the checkpoint's: built-in name, Jinja file or source"
+        )
     s = sub.choices["serve"]
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)

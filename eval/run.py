@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/eval"))
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument(
+        "--template", help="chat template overriding the checkpoints': built-in name, Jinja file or source"
+    )
     p.add_argument("--pope", nargs="+", type=Path, default=[], help="POPE jsonl files (one per split)")
     p.add_argument("--pope-images", type=Path)
     p.add_argument(
@@ -118,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     bar = tqdm(models, desc="checkpoints", disable=args.no_progress)
     for label, path in bar:
         bar.set_postfix_str(label)
-        model, tokenizer = load_model(path)
+        model, tokenizer = load_model(path, template=args.template)
         processor = MultimodalProcessor.for_model(model, tokenizer)
         res = run_suite(model, processor, names, data, gen, judge)
         for bench, r in res.items():

@@ -215,3 +215,24 @@ def test_sft_dry_run_on_the_imported_checkpoint_shows_the_text(imported, tmp_pat
     out = capsys.readouterr().out
     assert "typed content" in out
     assert "USER: What color is the circle? ASSISTANT:[[ The circle is green. <|im_end|>]]" in out
+
+
+def test_chat_and_eval_clis_take_a_template(imported):
+    import argparse
+    import importlib.util
+
+    from tests.distributed import ROOT
+
+    def script(name: str):
+        spec = importlib.util.spec_from_file_location(f"_cli_{name}", ROOT / "eval" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    path, _, _ = imported
+    engine = script("chat")._engine(argparse.Namespace(model=str(path), name="m", template="vicuna_v1"))
+    assert engine.processor.template.name == "vicuna_v1" and not engine.processor.template.typed
+    assert (
+        script("run").build_parser().parse_args(["--model", str(path), "--template", "chatml"]).template
+        == "chatml"
+    )
