@@ -90,6 +90,7 @@ def test_builders_against_the_chat_server(tmp_path, make_tokenizer) -> None:
         sel = tmp_path / "selected.jsonl"
         rec = {
             "id": "r0",
+            "image": "images/s0.png",  # a <image> needs its image, or the trainers reject the record
             "conversations": [
                 {"from": "human", "value": "<image>\nWhat color is the circle?"},
                 {"from": "gpt", "value": "The circle is red."},
