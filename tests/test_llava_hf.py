@@ -205,6 +205,21 @@ def test_transformers_answers_as_mmalign_on_a_non_square_image(tiny_model, token
     inputs = processor(images=Image.open(tmp_path / "scene.png"), text=prompt, return_tensors="pt")
     assert inputs["input_ids"].tolist() == batch["input_ids"].tolist()
     assert (inputs["pixel_values"] - batch["images"]).abs().max().item() <= 1e-5
+    # The one-call route: the image path inside the conversation, tokenised by the processor.
+    with_path = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "path": str(tmp_path / "scene.png")},
+                *conversation[0]["content"][1:],
+            ],
+        }
+    ]
+    direct = processor.apply_chat_template(
+        with_path, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    assert direct["input_ids"].tolist() == batch["input_ids"].tolist()
+    assert (direct["pixel_values"] - batch["images"]).abs().max().item() <= 1e-5
     with torch.no_grad():
         theirs_logits = hf(**inputs).logits
         out = hf.generate(**inputs, max_new_tokens=12, do_sample=False)

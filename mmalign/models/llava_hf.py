@@ -8,6 +8,8 @@ Mapping (llava-hf → mmalign):
 * ``model.multi_modal_projector.linear_1/linear_2`` → projector layers 0 / 2 (``mlp2x_gelu``).
 * ``model.language_model`` + ``lm_head`` → an ``AutoModelForCausalLM`` built from ``text_config``.
 * ``image_token_index`` → ``LMMConfig.image_token_id``.
+* the processor (pixels, chat template, image-token count) → :mod:`mmalign.models.llava_hf_processor`;
+  an export loads with ``AutoProcessor.from_pretrained`` and gives mmalign's inputs.
 
 Loading goes through ``LlavaForConditionalGeneration.from_pretrained``, so every checkpoint layout
 transformers reads (including the older ``language_model.model.*`` keys) imports.
