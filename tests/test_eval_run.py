@@ -97,3 +97,55 @@ def test_eval_run_compares_checkpoints(tmp_path: Path, make_tokenizer, capsys) -
     assert "given to more than one model" in capsys.readouterr().err
     assert cli.main(["--model", str(tmp_path / "nowhere"), "--data", str(data)]) == 2
     assert "model folder(s) not found" in capsys.readouterr().err
+
+
+def test_eval_run_on_published_files(tmp_path: Path, make_tokenizer, capsys) -> None:
+    """POPE jsonl files and COCO annotations (the shipped CHAIR synonyms, no --coco-synonyms)."""
+    from PIL import Image
+
+    from tests.serve_helpers import save_tiny_checkpoint
+
+    images = tmp_path / "val2014"
+    images.mkdir()
+    for i in (1, 2, 3):
+        Image.new("RGB", (40, 30), ("red", "green", "blue")[i - 1]).save(images / f"COCO_{i}.jpg")
+    pope_files = []
+    for split in ("random", "adversarial"):
+        f = tmp_path / f"coco_pope_{split}.json"
+        probes = [
+            {"question_id": k, "image": f"COCO_{1 + k % 3}.jpg", "text": "Is there a dog in the image?",
+             "label": "yes" if k % 2 else "no"}
+            for k in range(6)
+        ]  # fmt: skip
+        f.write_text("".join(json.dumps(p) + "\n" for p in probes))
+        pope_files.append(str(f))
+    instances = tmp_path / "instances_val2014.json"
+    instances.write_text(
+        json.dumps(
+            {
+                "images": [{"id": i, "file_name": f"COCO_{i}.jpg"} for i in (1, 2, 3)],
+                "categories": [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}],
+                "annotations": [{"id": 1, "image_id": 1, "category_id": 18}],
+            }
+        )
+    )
+    ckpt = save_tiny_checkpoint(make_tokenizer(), tmp_path / "runs" / "sft" / "final")
+    out = tmp_path / "eval"
+    args = [
+        "--model", str(ckpt), "--benchmarks", "pope,chair", "--pope", *pope_files, "--pope-images", str(images),
+        "--pope-parser", "strict", "--coco-instances", str(instances), "--coco-images", str(images),
+        "--max-new-tokens", "8", "--out", str(out), "--no-progress",
+    ]  # fmt: skip
+    assert _load_cli().main(args) == 0
+    res = json.loads((out / "results.json").read_text())["sft/final"]
+    assert res["pope"]["source"] == "files" and res["pope"]["parser"] == "strict"
+    assert set(res["pope"]) >= {"random", "adversarial", "average"} and res["pope"]["average"]["n"] == 12
+    records = json.loads((out / "records" / "sft" / "final" / "pope.json").read_text())
+    assert [r["question_id"] for r in records] == list(range(6)) * 2
+    assert all((r["read_as"] == "no") or r["fits"] for r in records)  # strict: unread answers are no
+    assert res["chair"]["source"] == "coco" and res["chair"]["n_captions"] == 3
+    chair_records = json.loads((out / "records" / "sft" / "final" / "chair.json").read_text())
+    assert [r["image_id"] for r in chair_records] == [1, 2, 3] and chair_records[0]["truth"] == ["dog"]
+    unread = res["pope"]["average"]["n_unparseable"]
+    flag = f"{'⚠ ' if unread else ''}{unread} ({unread / 12:.1%})"
+    assert f"| POPE answers fitting neither yes nor no | {flag} |" in capsys.readouterr().out
