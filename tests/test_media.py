@@ -223,6 +223,17 @@ def test_every_mode_gives_the_image_a_person_sees(name, img, want) -> None:
         assert got.min() == want.min() and got.max() == want.max()  # full tonal range, e.g. 0 and 255
 
 
+def test_lab_mode_is_converted_to_srgb(tmp_path) -> None:
+    """CIE L*a*b* (a LAB TIFF): a neutral L* ramp is a grey ramp from black to white; L* 50 is sRGB 119."""
+    ramp = np.rint(np.linspace(0, 255, 18)).astype(np.uint8)
+    arr = np.stack([ramp, np.zeros_like(ramp), np.zeros_like(ramp)], -1)[None]  # a, b = 0: neutral
+    Image.fromarray(arr, "LAB").save(tmp_path / "lab.tif")
+    got = np.asarray(load_image(tmp_path / "lab.tif")).astype(int)[0]
+    assert got[0].max() <= 2 and got[-1].min() >= 253 and (np.diff(got[:, 1]) > 0).all()
+    assert np.ptp(got, axis=1).max() <= 1  # grey
+    assert abs(to_rgb(Image.new("LAB", (1, 1), (128, 128, 128))).getpixel((0, 0))[1] - 119) <= 1
+
+
 def test_float_and_int_edge_values() -> None:
     f = Image.fromarray(np.array([[np.nan, -np.inf, 0.0, 0.5, 1.0, np.inf]], np.float32))
     assert np.asarray(to_rgb(f))[0, :, 0].tolist() == [0, 0, 0, 128, 255, 255]  # NaN → 0, inf clip

@@ -141,7 +141,7 @@ def check_image_size(
     if mode != "resize" and side * side > max_pixels:
         raise MediaError(
             f"image of {width}×{height} exceeds {max_pixels} pixels once padded to a {side}×{side} "
-            "square (pad mode); crop or shrink its longer side"
+            "square, as pad mode does; crop or shrink its longer side"
         )
 
 
