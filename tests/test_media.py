@@ -36,8 +36,17 @@ HALF = (0.5, 0.5, 0.5)
 
 
 def _server_image(data: bytes, limits: ServeLimits | None = None) -> Image.Image:
-    """The chat server's reading of an image file's bytes (a data URL in a request)."""
-    url = "data:image/png;base64," + base64.b64encode(data).decode()
+    """The chat server's reading of an image file's bytes (a data URL with the file's MIME type)."""
+    magic = {
+        b"\x89PNG": "png",
+        b"\xff\xd8\xff": "jpeg",
+        b"GIF8": "gif",
+        b"RIFF": "webp",
+        b"II*": "tiff",
+        b"MM": "tiff",
+    }
+    mime = "image/" + next(kind for head, kind in magic.items() if data.startswith(head))
+    url = f"data:{mime};base64," + base64.b64encode(data).decode()
     body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]}
     return parse_chat_request(body, ("<image>", ""), limits or ServeLimits()).images[0]
 

@@ -36,7 +36,9 @@ from PIL import Image, UnidentifiedImageError
 
 from mmalign.data.media import MediaError, check_image_size, normalize_image
 
-IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/jpg", "image/gif", "image/webp", "image/bmp"})
+IMAGE_TYPES = frozenset(
+    {"image/png", "image/jpeg", "image/jpg", "image/gif", "image/webp", "image/bmp", "image/tiff"}
+)
 VIDEO_TYPES = frozenset({"video/mp4", "video/webm", "video/quicktime", "video/x-matroska", "video/avi"})
 VIDEO_SUFFIX = {".mp4", ".webm", ".mov", ".mkv", ".avi"}
 _DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?((?:;[\w-]+=[\w.-]+)*);base64,(.*)$", re.DOTALL)
