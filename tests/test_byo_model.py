@@ -89,12 +89,33 @@ def _write_data(root: Path) -> None:
     (root / "rlhf.json").write_text(json.dumps(rlhf, indent=1))
 
 
+def _llm_tokenizer():
+    """A byte-level BPE tokenizer as LLMs ship them (every byte encodable, decodes to the text)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from tests.conftest import CORPUS
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(
+        CORPUS + ["What color is the square? The square is red green blue."] * 20, trainer
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
 def _components(root: Path) -> None:
     """A CLIP vision folder and a causal-LM folder, saved as a user's downloads are."""
     from transformers import AutoModelForCausalLM, CLIPImageProcessor
 
     from mmalign.models.builders import tiny_llm_config, tiny_vision
-    from tests.test_models import _plain_tokenizer
 
     vision = tiny_vision(
         kind="clip",
@@ -109,7 +130,7 @@ def _components(root: Path) -> None:
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
         root / "clip"
     )
-    tok = _plain_tokenizer()
+    tok = _llm_tokenizer()
     AutoModelForCausalLM.from_config(tiny_llm_config(len(tok), 48, 2, 4, 96)).save_pretrained(root / "llm")
     tok.save_pretrained(root / "llm")
 
@@ -155,7 +176,7 @@ def test_bring_your_own_model_end_to_end(tmp_path):
             tmp_path / "sft.yaml", model=str(tmp_path / "init"), out=str(sft),
             data=[{"path": str(data / "sft.json")}], lora=LORA, strategy=STRATEGY,
             parts={"train_vision": False, "train_projector": True, "train_llm": True},
-            optim={"lr": 5e-3, "warmup_steps": 0}, max_steps=6, max_length=128, log_every=1,
+            optim={"lr": 5e-3, "warmup_steps": 0}, max_steps=6, max_length=256, log_every=1,
         ),
     )  # fmt: skip
     losses = _losses(sft)
@@ -175,7 +196,7 @@ def test_bring_your_own_model_end_to_end(tmp_path):
             tmp_path / "dpo.yaml", model=str(sft / "final"), out=str(dpo),
             data=[{"path": str(data / "povid.jsonl"), "format": "povid"}], lora=LORA, strategy=STRATEGY,
             reference="lora", parts={"train_vision": False, "train_projector": False, "train_llm": True},
-            optim={"lr": 5e-3, "warmup_steps": 0}, max_steps=3, max_length=128, log_every=1,
+            optim={"lr": 5e-3, "warmup_steps": 0}, max_steps=3, max_length=320, log_every=1,
             export_llava_hf=True,
         ),
     )  # fmt: skip
@@ -191,7 +212,7 @@ def test_bring_your_own_model_end_to_end(tmp_path):
             data=[{"path": str(data / "rlhf.json"), "format": "llava_rlhf"}], lora=LORA, strategy=STRATEGY,
             reward_prompt=str(ROOT / "configs" / "prompts" / "fact_rlhf_reward.txt"),
             parts={"train_vision": False, "train_projector": False, "train_llm": True},
-            optim={"lr": 5e-3, "warmup_steps": 0}, max_steps=3, max_length=256, log_every=1,
+            optim={"lr": 5e-3, "warmup_steps": 0}, max_steps=3, max_length=512, log_every=1,
         ),
     )  # fmt: skip
     rm, _ = load_reward_model(reward / "final")
