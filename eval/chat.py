@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--name", help="model id for clients (default: NAME, else named by the path)")
         p.add_argument("--max-new-tokens", type=int, default=512)
         p.add_argument(
-            "--template", help="chat template overriding the checkpoint's: built-in name, Jinja file or source"
+            "--template",
+            help="chat template overriding the checkpoint's: built-in name, Jinja file or source",
         )
     s = sub.choices["serve"]
     s.add_argument("--host", default="127.0.0.1")
