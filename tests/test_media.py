@@ -314,7 +314,7 @@ def test_extreme_aspect_ratio_is_refused_fast_in_loader_and_server(tmp_path, w, 
     t = time.perf_counter()
     with pytest.raises(MediaError, match=rf"image .*line_{w}x{h}.png: image of {w}×{h} exceeds \d+ pixels"):
         load_image(path)
-    with pytest.raises(RequestError, match="exceeds 16777216 pixels") as err:
+    with pytest.raises(RequestError, match="exceeds 67108864 pixels once padded") as err:
         _server_image(data)
     assert err.value.status == 413 and "messages[0].content[0]" in err.value.message
     assert time.perf_counter() - t < 1.0  # from the header: nothing decoded, nothing padded
@@ -363,6 +363,38 @@ def test_size_rule_bounds_the_padded_square() -> None:
         Image.new("RGB", (20_000, 1)), ImageProcessorConfig(size=8, mode="resize"), max_pixels=2**20
     )
     assert x.shape == (3, 8, 8)
+    check_image_size(5000, 3000, 4096 * 4096, max_padded_pixels=8192 * 8192)  # the server's bounds
+    with pytest.raises(MediaError, match="exceeds 67108864 pixels once padded"):
+        check_image_size(8193, 1, 4096 * 4096, max_padded_pixels=8192 * 8192)
+
+
+def test_pad_mode_work_is_bounded_and_close_to_llava_for_large_photos() -> None:
+    """Beyond PAD_EXACT_SIDE the image is box-shrunk before padding: small work, same picture."""
+    import time
+
+    from mmalign.data.media import PAD_EXACT_SIDE, expand_to_square
+
+    cfg = ImageProcessorConfig(size=64, mode="pad", mean=HALF, std=HALF)
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)  # a 30×50 grid of flat colour blocks
+    big = Image.fromarray(blocks).resize((5000, 3000), Image.Resampling.NEAREST)
+    assert max(big.size) > PAD_EXACT_SIDE
+    t = time.perf_counter()
+    fast = process_image(big, cfg)
+    spent = time.perf_counter() - t
+    exact = expand_to_square(big, (128, 128, 128)).resize((64, 64), Image.Resampling.BICUBIC)
+    exact_t = (torch.from_numpy(np.asarray(exact, dtype=np.float32) / 255.0).permute(2, 0, 1) - 0.5) / 0.5
+    diff = (fast - exact_t).abs() * 0.5 * 255  # in grey levels
+    assert diff.mean() < 2.0 and diff.max() < 40, (float(diff.mean()), float(diff.max()))
+    # a thin strip within the padded bound: no 8192² canvas is made (that alone takes ~1 s here)
+    t = time.perf_counter()
+    strip = process_image(Image.new("RGB", (8192, 1), (255, 0, 0)), cfg)
+    assert time.perf_counter() - t < 0.2 and spent < 2.0
+    assert strip.shape == (3, 64, 64)
+    below = Image.fromarray(blocks).resize((PAD_EXACT_SIDE, 1000), Image.Resampling.NEAREST)
+    exact_below = expand_to_square(below, (128, 128, 128)).resize((64, 64), Image.Resampling.BICUBIC)
+    ref = (torch.from_numpy(np.asarray(exact_below, dtype=np.float32) / 255.0).permute(2, 0, 1) - 0.5) / 0.5
+    torch.testing.assert_close(process_image(below, cfg), ref)  # up to the threshold: exactly LLaVA's
 
 
 # ----------------------------------------------------------------------------- 10. video by time

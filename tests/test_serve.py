@@ -408,7 +408,7 @@ def test_extreme_aspect_ratio_images_answer_413_fast(client, served) -> None:
                 model="tiny", messages=_image_msg(_data_url(buf.getvalue(), "image/png")), max_tokens=2
             )
         assert err.value.status_code == 413, width
-        assert f"image of {width}×1 exceeds 16777216 pixels once padded" in err.value.message
+        assert f"image of {width}×1 exceeds 67108864 pixels once padded" in err.value.message
         assert time.perf_counter() - t < 2.0
         (served["media"] / f"line{width}.png").write_bytes(buf.getvalue())  # the same as a local path
         with pytest.raises(openai.APIStatusError, match="once padded") as err:

@@ -19,11 +19,16 @@ Every image, in the training loader (:func:`load_image`), the chat server
   :func:`process_image` uses the padding colour (the normalisation mean) in ``pad`` mode, so
   transparent areas read as "nothing" exactly like the padding, and white in ``resize`` mode (what
   a viewer or browser shows).
-* **Size** (:func:`check_image_size`): ``pad`` mode allocates the padded square, so an image is
-  refused when ``max(w, h)²`` exceeds the limit (``MAX_IMAGE_PIXELS`` = 2²⁷ in the training
-  loader, ``ServeLimits.max_image_pixels`` in the server, answered 413) — checked from the file
-  header, before any pixel is decoded. A 20000×1 PNG of 140 bytes would otherwise pad to 4·10⁸
-  pixels. Loaders do not know the mode, so they apply this (stricter) padded bound in both modes.
+* **Size** (:func:`check_image_size`): an image is refused when ``w · h`` exceeds the pixel
+  limit or when the square ``pad`` mode would pad it to more than the padded limit
+  (``max(w, h)²``; ``MAX_IMAGE_PIXELS`` = 2²⁷ for both in the training loader;
+  ``ServeLimits.max_image_pixels`` = 4096² and ``max_padded_pixels`` = 8192² in the server,
+  answered 413) — checked from the file header, before any pixel is decoded. A 20000×1 PNG of
+  140 bytes would otherwise pad to 4·10⁸ pixels. Loaders do not know the mode, so they apply the
+  padded bound in both modes. Within the bounds the work stays small: in ``pad`` mode an image
+  whose longer side exceeds ``PAD_EXACT_SIDE`` (4096) is first shrunk by an integer box filter
+  (``Image.reduce``) to about twice the output size, so a long, thin image never allocates its
+  full padded square; images up to that side are padded and resized exactly as LLaVA does.
 
 Pixels: LLaVA's ``pad`` mode (expand to a square filled with the mean colour, then resize —
 https://arxiv.org/abs/2310.03744) or a plain ``resize``; then rescale to [0, 1] and normalise.
@@ -41,6 +46,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -115,20 +121,26 @@ _RESAMPLE = {
 
 WHITE = (255, 255, 255)
 MAX_IMAGE_PIXELS = 2**27  # the training loader's bound on the padded square (≈ 11585², 400 MB as RGB)
+PAD_EXACT_SIDE = 4096  # pad mode: longer sides up to this are padded at full size, as LLaVA does
 _SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 
 
 def check_image_size(
-    width: int, height: int, max_pixels: int, mode: Literal["pad", "resize"] | None = None
+    width: int,
+    height: int,
+    max_pixels: int,
+    mode: Literal["pad", "resize"] | None = None,
+    max_padded_pixels: int | None = None,
 ) -> None:
-    """Refuse an image whose processing would cost more than ``max_pixels`` pixels.
+    """Refuse an image whose processing would cost more than the bounds allow.
 
     Args:
         width / height: the image's size (from the file header; nothing decoded yet).
-        max_pixels: the bound.
-        mode: ``"resize"`` bounds ``w · h``; ``"pad"`` and ``None`` (mode unknown, as in the
-            loaders) bound the padded square ``max(w, h)²``.
+        max_pixels: the bound on ``w · h``.
+        mode: ``"resize"`` bounds ``w · h`` only; ``"pad"`` and ``None`` (mode unknown, as in the
+            loaders) also bound the padded square ``max(w, h)²``.
+        max_padded_pixels: the bound on ``max(w, h)²`` (default: ``max_pixels``).
 
     Raises:
         MediaError: with the size and the bound (callers add the file or request field).
@@ -138,9 +150,10 @@ def check_image_size(
     if width * height > max_pixels:
         raise MediaError(f"image of {width}×{height} exceeds {max_pixels} pixels")
     side = max(width, height)
-    if mode != "resize" and side * side > max_pixels:
+    padded_bound = max_pixels if max_padded_pixels is None else max_padded_pixels
+    if mode != "resize" and side * side > padded_bound:
         raise MediaError(
-            f"image of {width}×{height} exceeds {max_pixels} pixels once padded to a {side}×{side} "
+            f"image of {width}×{height} exceeds {padded_bound} pixels once padded to a {side}×{side} "
             "square, as pad mode does; crop or shrink its longer side"
         )
 
@@ -284,6 +297,10 @@ def process_image(
     The image goes through :func:`to_rgb` (transparent pixels onto :func:`background_for`), then
     ``pad``/``resize`` as LLaVA.
 
+    In ``pad`` mode an image whose longer side exceeds ``PAD_EXACT_SIDE`` is first shrunk by an
+    integer box filter to about ``2 · size`` (so the padded canvas stays small); below that side
+    the result is exactly LLaVA's expand-to-square then resize.
+
     Raises:
         MediaError: the work (the padded square in ``pad`` mode, ``w · h`` in ``resize``)
             exceeds ``max_pixels``.
@@ -291,6 +308,9 @@ def process_image(
     check_image_size(img.width, img.height, max_pixels, cfg.mode)
     img = to_rgb(img, background_for(cfg))
     if cfg.mode == "pad":
+        side = max(img.size)
+        if side > PAD_EXACT_SIDE:  # bound the padded canvas: box-shrink to ~2× the output first
+            img = img.reduce(max(2, math.ceil(side / (2 * cfg.size))))
         img = expand_to_square(img, background_for(cfg))
     if img.size != (cfg.size, cfg.size):
         img = img.resize((cfg.size, cfg.size), _RESAMPLE[cfg.resample])

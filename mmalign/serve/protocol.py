@@ -16,9 +16,9 @@ Images are read exactly as the training loader reads them (:func:`mmalign.data.m
 EXIF orientation applied, every Pillow mode mapped to 8 bits with its full tonal range,
 transparency kept as alpha for :func:`~mmalign.data.media.process_image` to composite). The size
 is checked from the header before decoding, with the loader's rule
-(:func:`~mmalign.data.media.check_image_size`): ``max(w, h)²`` — the square ``pad`` mode
-allocates — must not exceed ``max_image_pixels``, so a 20000×1 PNG of 140 bytes is a 413, not
-seconds of work and a gigabyte.
+(:func:`~mmalign.data.media.check_image_size`): ``w · h`` must not exceed ``max_image_pixels``
+and ``max(w, h)²`` — the square ``pad`` mode pads to — must not exceed ``max_padded_pixels``, so
+a 20000×1 PNG of 140 bytes is a 413, not seconds of work and a gigabyte.
 """
 
 from __future__ import annotations
@@ -74,8 +74,10 @@ class ServeLimits:
     Attributes:
         max_body_bytes: whole request body.
         max_image_bytes / max_video_bytes: one decoded media item.
-        max_image_pixels: bound on one image's padded square ``max(w, h)²`` (which also bounds
-            ``w × h``: decompression bombs and extreme aspect ratios alike).
+        max_image_pixels: bound on one image's ``w × h`` (decompression bombs).
+        max_padded_pixels: bound on its padded square ``max(w, h)²`` (extreme aspect ratios,
+            which ``pad`` mode would pad to a huge square); the default admits a 8192×2048
+            panorama and refuses a 20000×1 strip.
         max_images / max_videos: media items per request (whole conversation).
         max_messages: messages per request.
         max_new_tokens: cap on ``max_tokens`` (larger requests are clamped to it); also the
@@ -87,6 +89,7 @@ class ServeLimits:
     max_image_bytes: int = 10 * 2**20
     max_video_bytes: int = 40 * 2**20
     max_image_pixels: int = 4096 * 4096
+    max_padded_pixels: int = 8192 * 8192
     max_images: int = 8
     max_videos: int = 2
     max_messages: int = 64
@@ -195,7 +198,9 @@ def decode_image(url: Any, where: str, limits: ServeLimits) -> Image.Image:
         raise RequestError(415, f"{where}: {mime!r} is not an image", where)
     try:
         with Image.open(io.BytesIO(data)) as img:
-            check_image_size(img.width, img.height, limits.max_image_pixels)
+            check_image_size(
+                img.width, img.height, limits.max_image_pixels, max_padded_pixels=limits.max_padded_pixels
+            )
             img.load()
             return normalize_image(img)
     except (MediaError, Image.DecompressionBombError) as exc:
