@@ -22,18 +22,8 @@ from pathlib import Path
 
 from mmalign.data.processor import MultimodalProcessor
 from mmalign.eval.bars import BarLimits, format_table, measure, passes
+from mmalign.eval.common import parse_model_specs
 from mmalign.models.checkpoint import load_model
-
-
-def parse_model(spec: str) -> tuple[str, str]:
-    """``name=dir`` → (name, dir); a bare ``dir`` is named after its folder."""
-    name, sep, path = spec.partition("=")
-    if not sep:
-        path = name
-        name = Path(path).name if Path(path).name != "final" else Path(path).parent.name
-    if not Path(path).is_dir():
-        raise SystemExit(f"error: model folder not found: {path}")
-    return name, path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,8 +42,15 @@ def main(argv: list[str] | None = None) -> int:
 
     limits = BarLimits(args.n_images, args.n_videos, args.n_prior, args.batch_size)
     results = {}
-    for spec in args.model:
-        name, path = parse_model(spec)
+    try:
+        models = parse_model_specs(args.model)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    missing = [str(path) for _, path in models if not path.is_dir()]
+    if missing:
+        raise SystemExit(f"error: model folder(s) not found: {', '.join(missing)}")
+    for name, folder in models:
+        path = str(folder)
         start = time.time()
         model, tokenizer = load_model(path)
         model.eval()
