@@ -116,11 +116,20 @@ def test_fp32_run_on_a_bf16_checkpoint_trains_and_saves_fp32(bf16_base):
     assert all(not torch.equal(base[k].float(), final[k]) for k in base)  # it trained
 
 
-def test_lora_on_a_bf16_checkpoint_in_an_fp32_run_trains(bf16_base):
+def test_lora_on_a_bf16_checkpoint_in_an_fp32_run_trains_with_the_runs_template(bf16_base):
     out = bf16_base / "lora_fp32"
-    cfg = run_config(bf16_base, out, lora={"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0})
+    cfg = run_config(
+        bf16_base,
+        out,
+        lora={"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0},
+        template="vicuna_v1",
+        max_length=512,
+    )
     proc = sft(cfg)
     assert "trainable weights float32" in proc.stdout
+    # The run's template override travels with both exports.
+    assert json.loads((out / "final" / "mmalign.json").read_text())["template"] == "vicuna_v1"
+    assert json.loads((out / "final_adapter" / "mmalign_adapter.json").read_text())["template"] == "vicuna_v1"
     adapter = load_file(str(out / "final_adapter" / "adapter_model.safetensors"))
     assert adapter and {t.dtype for t in adapter.values()} == {torch.float32}
     assert {t.dtype for t in load_file(str(out / "final" / "llm" / "model.safetensors")).values()} == {
@@ -249,3 +258,30 @@ def test_dry_run_renders_records_with_targets_marked(bf16_base, capsys):
     assert "[[The circle is red.<|im_end|>\n]]" in text  # the answer is the target, the question is not
     assert "[[" not in text.split("What colour is the circle?")[0].splitlines()[-1]
     assert not (bf16_base / "dry").exists()  # no run started
+
+
+def test_dpo_dry_run_marks_the_scored_tokens_of_each_response(bf16_base, capsys):
+    record = {
+        "id": "pair0",
+        "image": "img0.png",
+        "conversations": [
+            {"from": "human", "value": "<image>\nWhat colour is the circle?"},
+            {"from": "gpt", "value": "The circle is red."},
+        ],
+        "rejected_conversations": [
+            {"from": "human", "value": "<image>\nWhat colour is the circle?"},
+            {"from": "gpt", "value": "The circle is blue and a star."},
+        ],
+    }
+    (bf16_base / "pairs.json").write_text(json.dumps([record]))
+    sys.path.insert(0, str(ROOT / "train"))
+    try:
+        import dpo as dpo_script
+    finally:
+        sys.path.remove(str(ROOT / "train"))
+    args = [f"model={bf16_base / 'base'}", f"data=[{{path: {bf16_base / 'pairs.json'}}}]", "--dry-run", "1"]
+    assert dpo_script.main(args) == 0
+    text = capsys.readouterr().out
+    assert "1 pairs; the first 1:" in text and "<image×16>" in text and "What colour is the circle?" in text
+    assert "chosen (" in text and "[[The circle is red.<|im_end|>\n]]" in text
+    assert "rejected (" in text and "[[The circle is blue and a star.<|im_end|>\n]]" in text

@@ -239,7 +239,7 @@ def export_final(
 def save_adapter(model: LMM, base_path: str | Path, directory: Path) -> Path:
     """Write a LoRA run as an adapter folder: the PEFT adapter of the LLM, the encoder, projector
     and temporal-mixer weights (``media.safetensors``; they may have trained too) and ``mmalign_adapter.json`` naming
-    the base checkpoint."""
+    the base checkpoint (and the run's chat template, when it overrode the base's)."""
     directory.mkdir(parents=True, exist_ok=True)
     model.llm.save_pretrained(directory)
     media = {f"vision.{k}": v for k, v in model.vision.state_dict().items()}
@@ -250,7 +250,7 @@ def save_adapter(model: LMM, base_path: str | Path, directory: Path) -> Path:
         {k: v.detach().contiguous().cpu() for k, v in media.items()}, str(directory / "media.safetensors")
     )
     (directory / "mmalign_adapter.json").write_text(
-        json.dumps({"base": str(Path(base_path).resolve())}, indent=2)
+        json.dumps({"base": str(Path(base_path).resolve()), "template": model.cfg.template}, indent=2)
     )
     return directory
 
@@ -265,12 +265,13 @@ def load_with_adapter(adapter_path: str | Path, base_path: str | Path | None = N
     from peft import PeftModel
 
     adapter_path = Path(adapter_path)
+    meta_file = adapter_path / "mmalign_adapter.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
     if base_path is None:
-        meta = adapter_path / "mmalign_adapter.json"
-        if not meta.exists():
+        if "base" not in meta:
             raise FileNotFoundError(f"{adapter_path} names no base checkpoint; pass base_path")
-        base_path = json.loads(meta.read_text())["base"]
-    model, tokenizer = load_model(base_path)
+        base_path = meta["base"]
+    model, tokenizer = load_model(base_path, template=meta.get("template"))
     model.llm = PeftModel.from_pretrained(model.llm, str(adapter_path))
     media_file = adapter_path / "media.safetensors"
     if media_file.exists():
