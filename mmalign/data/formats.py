@@ -98,15 +98,16 @@ def _iter_json_list(path: Path) -> Iterator[tuple[str, Any]]:
     text = path.read_text()
     pos = _skip(text, _list_start(text, path), path)
     starts: list[tuple[int, int, Any]] = []  # (line, column, record)
-    line, last = 1, 0
+    line, last, line_start = 1, 0, 0
     while text[pos] != "]":
         try:
             rec, end = _DECODER.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
             raise _json_error(text, exc.pos, path, exc.msg) from exc
         line += text.count("\n", last, pos)
+        line_start = max(line_start, text.rfind("\n", last, pos) + 1)  # scans this gap only: O(file)
         last = pos
-        starts.append((line, pos - (text.rfind("\n", 0, pos) + 1) + 1, rec))
+        starts.append((line, pos - line_start + 1, rec))
         pos = _skip(text, end, path)
         if text[pos] == ",":
             pos = _skip(text, pos + 1, path)
