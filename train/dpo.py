@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from mmalign.cli import parse_run_args
+from mmalign.config import ConfigError
 from mmalign.data.check import check_dataset
 from mmalign.data.datasets import ExampleOrder
 from mmalign.data.processor import MultimodalProcessor
@@ -131,7 +132,11 @@ def main(argv: list[str] | None = None) -> int:
         "world_size": strategy.world_size,
         "n_examples": len(pairs),
     }
-    start_step = begin_run(strategy, cfg, out, run_shape)  # refuses a changed config; writes config.yaml
+    try:
+        start_step = begin_run(strategy, cfg, out, run_shape)  # writes config.yaml after the check
+    except ConfigError as exc:  # resuming with a changed config: the message names the keys
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     # (drops metric records after start_step: a resumed run redoes them)
     log = MetricsLogger(out, total_steps, start_step, enabled=strategy.is_main)
     for note in notes:

@@ -76,8 +76,7 @@ def resume_step(
 
 # Keys that may differ between a checkpoint's run and the run resuming it: they change neither the
 # weights' trajectory nor the data order — where outputs go, how often to log/save/keep, what the
-# final export holds. Everything else (optim.*, max_steps, data, parts, ...) needs
-# ``resume_changed_config: true``.
+# final export holds.
 RESUME_SAFE_KEYS = frozenset(
     {
         "out",
@@ -90,6 +89,13 @@ RESUME_SAFE_KEYS = frozenset(
         "export_llava_hf",
     }
 )
+
+
+# Keys that may change on resume without ``resume_changed_config`` because the new value is what
+# runs (a run is extended or shortened; the schedule follows the new length from the restored
+# step): the change is printed and recorded in ``config_history.yaml``. Everything else (optim.*,
+# data, parts, lora, strategy, template, ...) is refused unless ``resume_changed_config: true``.
+RESUME_LENGTH_KEYS = frozenset({"max_steps", "epochs"})
 
 
 def flatten_config(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -128,8 +134,9 @@ def begin_run(strategy: Strategy, cfg: Any, out: Path, run_shape: dict[str, Any]
     """Resume if ``cfg.resume`` asks and the config allows it, then write ``out/config.yaml``.
 
     Every rank calls this after :meth:`Strategy.prepare`. A checkpoint saved with a different
-    config (other than :data:`RESUME_SAFE_KEYS`) is refused, naming the keys, unless
-    ``cfg.resume_changed_config``; then the new optimizer hyperparameters (base learning rates,
+    config (other than :data:`RESUME_SAFE_KEYS`, and :data:`RESUME_LENGTH_KEYS` whose new
+    value simply applies) is refused, naming the keys, unless ``cfg.resume_changed_config``;
+    then the new optimizer hyperparameters (base learning rates,
     weight decay, betas, eps) replace the restored ones, the schedule follows the new config
     from the restored step, and ``out/config_history.yaml`` records the change. ``config.yaml``
     is written only after that check, so it always holds the config that ran last; every later
@@ -150,9 +157,10 @@ def begin_run(strategy: Strategy, cfg: Any, out: Path, run_shape: dict[str, Any]
     if resume_from is not None:
         saved = checkpoint_config(*resume_from)
         changes = config_changes(saved, current) if saved is not None else {}
-        if changes and not cfg.resume_changed_config:
+        refused = {k: v for k, v in changes.items() if k not in RESUME_LENGTH_KEYS}
+        if refused and not cfg.resume_changed_config:
             listed = "; ".join(
-                f"{k}: {old!r} → {new!r}" for k, old, new in ((k, *v) for k, v in changes.items())
+                f"{k}: {old!r} → {new!r}" for k, old, new in ((k, *v) for k, v in refused.items())
             )
             raise ConfigError(
                 f"cannot resume {resume_from[0]}: the config changed since that checkpoint was saved "
@@ -166,6 +174,8 @@ def begin_run(strategy: Strategy, cfg: Any, out: Path, run_shape: dict[str, Any]
     if strategy.is_main:
         out.mkdir(parents=True, exist_ok=True)
         if changes:
+            note = ", ".join(f"{k}: {old!r} → {new!r}" for k, (old, new) in changes.items())
+            print(f"[resume] from step {start} with a changed config: {note}", flush=True)
             record = {
                 "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "resumed_at_step": start,
