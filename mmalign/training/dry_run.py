@@ -3,7 +3,9 @@
 Each record is tokenised exactly as training does (template, media placeholders expanded, max
 length) and printed back as text: target tokens (those the loss is computed on) inside
 ``[[...]]``, each run of media feature tokens as ``<image×N>`` / ``<video×N>``, followed by the
-token, target and media counts. Media files are not read.
+token, target and media counts. Media files are not read, and the data are loaded as the
+trainers' ``load_mixture`` / ``load_sources`` do (the trainers' load-time dataset checks are not
+run). A reward model's ``reward_prompt`` suffix is not shown.
 """
 
 from __future__ import annotations
