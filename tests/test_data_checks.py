@@ -51,6 +51,7 @@ def write(path: Path, records: list, layout: str) -> dict[str, int]:
 def media(tmp_path) -> Path:
     Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "a.png")
     (tmp_path / "fake.png").write_text("not an image")
+    (tmp_path / "fake.mp4").write_text("<html>not a video</html>")
     return tmp_path
 
 
@@ -90,12 +91,16 @@ BAD = {
     "media_count_none": {"conversations": conv("<image>\nQ?", "Red.")},
     "media_missing": {"image": "gone.png", "conversations": conv("<image>\nQ?", "Red.")},
     "media_unreadable": {"image": "fake.png", "conversations": conv("<image>\nQ?", "Red.")},
+    "video_unreadable": {"video": "fake.mp4", "conversations": conv("<video>\nQ?", "Red.")},
+    "video_in_answer": {"conversations": conv("Q?", "A <video> of a star.")},
 }
 REASON = {
     "missing_answer": "empty_answer",
     "unanswered_last_turn": "roles",
     "empty_string_answer": "empty_answer",
     "media_count_none": "media_count",
+    "video_unreadable": "media_unreadable",
+    "video_in_answer": "placeholder_in_answer",
 }
 
 

@@ -60,7 +60,13 @@ _VIDEO_MAGIC = (
     (4, b"wide"),
     (0, b"\x1a\x45\xdf\xa3"),
 )
-_VIDEO_MAGIC += ((0, b"RIFF"), (0, b"FLV"), (0, b"\x47"), (0, b"\x00\x00\x01\xba"), (0, b"OggS"))
+_VIDEO_MAGIC += (
+    (0, b"RIFF"),
+    (0, b"FLV"),
+    (0, b"\x00\x00\x01\xba"),
+    (0, b"OggS"),
+    (188, b"\x47"),
+)  # TS: 2nd packet
 
 
 class DataCheckError(RecordError):
@@ -184,7 +190,7 @@ class MediaChecker:
                         return "media_unreadable", f"image {path} has size {img.size}"
                 return None
             with path.open("rb") as f:
-                head = f.read(12)
+                head = f.read(189)
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             return "media_unreadable", f"{kind} {path} cannot be read: {exc}"
         if not head:
