@@ -327,3 +327,38 @@ def test_sft_refuses_a_bad_record_before_training_and_reports_skips(media, tiny_
     assert "3 records checked" in ran.stdout and "2 kept, 1 skipped; findings: no_targets 1" in ran.stdout
     assert f"skipped [no_targets] {media / 'ok.json'}:{lines['long']} (id long)" in ran.stdout
     assert (media / "run_ok" / "final").is_dir()
+
+
+@pytest.mark.multiproc
+def test_missing_image_and_identical_pair_stop_every_rank_at_load(media, tiny_model, tokenizer):
+    """2 ranks (torchrun, gloo): a missing image (SFT) and an identical pair (DPO) stop both ranks
+    at load time with the record's file:line and id — no rank reaches DeepSpeed or a collective."""
+    from mmalign.models.checkpoint import save_lmm
+    from tests.distributed import dist_env, torchrun_cmd, write_sft_config
+
+    save_lmm(tiny_model, tokenizer, media / "model")
+    gone = {"id": "gone", "image": "gone.png", "conversations": conv("<image>\nQ?", "Red.")}
+    sft_lines = write(media / "sft.json", [good("g1"), good("g2"), gone], "json")
+    dpo_lines = write(media / "pairs.json", [pair("ok", "Yes.", "No."), pair("tie", "A red circle.", "A red circle.")], "json")  # fmt: skip
+    common = {
+        "model": str(media / "model"),
+        "strategy": {"zero_stage": 3, "micro_batch_size": 1},
+        "max_steps": 1,
+    }
+    for script, data, rid, line, reason in (
+        ("sft.py", "sft.json", "gone", sft_lines["gone"], "media_missing"),
+        ("dpo.py", "pairs.json", "tie", dpo_lines["tie"], "identical_pair"),
+    ):
+        out = media / f"run_{script}"
+        cfg = write_sft_config(
+            media / f"{script}.yaml", out=str(out), data=[{"path": str(media / data)}], **common
+        )
+        proc = subprocess.run(
+            torchrun_cmd(ROOT / "train" / script, ["--config", str(cfg)]),
+            capture_output=True, text=True, cwd=ROOT, env=dist_env(), timeout=300,
+        )  # fmt: skip
+        assert proc.returncode != 0
+        expected = f"[{reason}] {media / data}:{line} (id {rid})"
+        assert proc.stderr.count(expected) >= 2, proc.stderr[-3000:]  # both ranks say it
+        assert "Connection closed" not in proc.stderr and "ProcessGroupGloo" not in proc.stderr
+        assert not (out / "checkpoints").exists() and not (out / "ref_cache").exists()
