@@ -251,6 +251,30 @@ def test_check_cli_on_a_good_and_a_bad_file(media, tiny_model, tokenizer):
     assert f"[placeholder_in_answer] {media / 'bad.json'}:{lines['b']} (id b)" in bad.stderr
 
 
+def test_check_cli_on_a_trainer_config(media, tiny_model, tokenizer, capsys):
+    """--config: the trainer's own sources, model, max_length and data_checks (overrides apply)."""
+    from mmalign.data.__main__ import main
+    from mmalign.models.checkpoint import save_lmm
+
+    save_lmm(tiny_model, tokenizer, media / "model")
+    long_q = "Describe the shapes and their colours in great detail please. " * 8
+    lines = write(
+        media / "d.json", [good("g1"), {"id": "long", "conversations": conv(long_q, "Red.")}], "json"
+    )
+    cfg = media / "sft.yaml"
+    cfg.write_text(
+        json.dumps(
+            {"model": str(media / "model"), "data": [{"path": str(media / "d.json")}], "max_length": 64}
+        )
+    )
+    assert main(["check", "--config", str(cfg)]) == 0  # skip (default): the long record is a counted skip
+    assert f"skipped [no_targets] {media / 'd.json'}:{lines['long']} (id long)" in capsys.readouterr().out
+    assert main(["check", "--config", str(cfg), "data_checks=strict"]) == 1
+    assert f"[no_targets] {media / 'd.json'}:{lines['long']} (id long)" in capsys.readouterr().err
+    assert main(["check", "--config", str(cfg), "max_length=512"]) == 0
+    assert "2 kept, 0 skipped" in capsys.readouterr().out
+
+
 def test_builder_outputs_pass_the_trainers_checks(tmp_path):
     from mmalign.builders.io import read_jsonl
     from mmalign.builders.lrv import LRVBuilder, LRVOptions
