@@ -20,8 +20,12 @@ from mmalign.config import ConfigError, format_fields, load_config
 T = TypeVar("T")
 
 
-def run_parser(description: str) -> argparse.ArgumentParser:
-    """The trainers' argument parser (``--local_rank`` is accepted for the deepspeed launcher)."""
+def run_parser(description: str, dry_run: bool = True) -> argparse.ArgumentParser:
+    """The trainers' argument parser (``--local_rank`` is accepted for the deepspeed launcher).
+
+    Args:
+        dry_run: offer ``--dry-run`` (scripts that do not train on records leave it out).
+    """
     parser = argparse.ArgumentParser(
         description=description,
         epilog="--print-config lists every config field with its type, default and meaning.",
@@ -32,22 +36,25 @@ def run_parser(description: str) -> argparse.ArgumentParser:
         action="store_true",
         help="list every config field (type, default, meaning) and exit",
     )
-    parser.add_argument(
-        "--dry-run",
-        nargs="?",
-        type=int,
-        const=3,
-        default=None,
-        metavar="N",
-        help="render the first N records (default 3) with targets marked [[...]] and media token "
-        "counts, then exit (no DeepSpeed)",
-    )
+    if dry_run:
+        parser.add_argument(
+            "--dry-run",
+            nargs="?",
+            type=int,
+            const=3,
+            default=None,
+            metavar="N",
+            help="render the first N records (default 3) with targets marked [[...]] and media token "
+            "counts, then exit (no DeepSpeed)",
+        )
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by deepspeed
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-4 max_steps=100")
     return parser
 
 
-def parse_run_args(config_cls: type[T], description: str, argv: list[str] | None = None) -> tuple[Any, T]:
+def parse_run_args(
+    config_cls: type[T], description: str, argv: list[str] | None = None, dry_run: bool = True
+) -> tuple[Any, T]:
     """Parse a trainer's command line into ``(args, config)``.
 
     ``--print-config`` prints :func:`~mmalign.config.format_fields` and exits 0; a config error
@@ -55,9 +62,13 @@ def parse_run_args(config_cls: type[T], description: str, argv: list[str] | None
 
     Returns:
         ``args`` (with ``dry_run``: None or the number of records to render) and the config.
+
+    Raises:
+        SystemExit: after ``--print-config`` (0) or on a config error (2).
     """
-    parser = run_parser(description)
+    parser = run_parser(description, dry_run)
     args = parser.parse_args(argv)
+    args.dry_run = getattr(args, "dry_run", None)
     if args.print_config:
         print(format_fields(config_cls))
         raise SystemExit(0)

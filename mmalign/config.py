@@ -184,7 +184,7 @@ def _first_sentence(text: str) -> str:
 
 def _show(value: Any) -> str:
     if isinstance(value, str):
-        return value
+        return value or '""'
     if value is None or isinstance(value, (bool, int, float)):
         return json.dumps(value)
     return yaml.safe_dump(to_dict(value), default_flow_style=True, width=10**6).strip()

@@ -12,20 +12,15 @@ The projector and the LLM are left randomly initialised for SFT.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
-from mmalign.config import load_config
+from mmalign.cli import parse_run_args
 from mmalign.training.tiny_preset import TinyPresetConfig, build_tiny_shapeworld
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", help="YAML file with TinyPresetConfig fields")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. stage0.steps=300")
-    args = parser.parse_args(argv)
-    cfg = load_config(TinyPresetConfig, args.config, args.overrides)
+    _, cfg = parse_run_args(TinyPresetConfig, __doc__.split("\n")[0], argv, dry_run=False)
 
     def log(m: dict) -> None:
         print(

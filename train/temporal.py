@@ -13,23 +13,19 @@ teaches the projector and the LLM to read the new features.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from mmalign.config import load_config, save_config
+from mmalign.cli import parse_run_args
+from mmalign.config import save_config
 from mmalign.models.checkpoint import load_model, save_lmm
 from mmalign.training.temporal import TemporalConfig, train_temporal
 from mmalign.training.tiny_preset import read_world
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", help="YAML file with TemporalConfig fields")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. steps=300")
-    args = parser.parse_args(argv)
-    cfg = load_config(TemporalConfig, args.config, args.overrides)
+    _, cfg = parse_run_args(TemporalConfig, __doc__.split("\n")[0], argv, dry_run=False)
     world = read_world(cfg.data)
     model, tokenizer = load_model(cfg.init_from)
 
