@@ -12,7 +12,9 @@ Launch (ShapeWorld scene graphs; rule-based, offline)::
 
 Writes ``lrv.jsonl`` (``image_id, image, question, answer, task`` [+ ``negative_type``]),
 ``llava.jsonl`` (LLaVA conversations), ``errors.jsonl`` (``where, id, reason`` per bad record) and
-``summary.json``. Re-running the same command resumes (finished image ids are skipped).
+``summary.json``. Every written record has passed the trainers' record checks
+(:func:`mmalign.data.check.check_record`); a source record whose output would fail them is an
+``errors.jsonl`` entry instead. Re-running the same command resumes (finished image ids are skipped).
 
 Departures from LRV-Instruction: the rule-based back-end writes template questions over 8 positive
 tasks (captioning, object detection, attribute detection, counting, referring expression, spatial

@@ -14,7 +14,9 @@ Launch (ShapeWorld: exact scene graphs joined on scene_id, noisy images written 
 Writes ``povid.jsonl`` (``id, image, conversations, rejected_conversations, injection`` [+
 ``noisy_image`` | ``distortion``]), ``cooccurrence.json`` (mined statistics), ``errors.jsonl`` and
 ``summary.json``; train with ``train/dpo.py`` (POVID's two-term loss reads the noise itself).
-Re-running the same command resumes.
+Every written pair has passed the trainers' record checks (:func:`mmalign.data.check.check_record`:
+placeholders vs media, placeholders in answers, identical answers …); a source record whose pair
+would fail them is an ``errors.jsonl`` entry instead. Re-running the same command resumes.
 
 Departures from POVID: rule-based injection instead of GPT-4V (the paper's prompt is unreleased;
 ``--backend llm`` uses ``configs/prompts/povid_inject.txt``); one injected answer per record by
