@@ -14,7 +14,9 @@ rejected answer is the same text with one hallucination injected:
   rejected "yes"; and about a present shape: chosen "yes", rejected "no".
 
 Records are written in POVID's format (``conversations`` / ``rejected_conversations``), so
-:func:`mmalign.preference.formats.load_preferences` reads them back.
+:func:`mmalign.preference.formats.load_preferences` reads them back; each also carries the scene's
+exact detailed caption as ``captions`` (and, for yes/no questions, the true ``answer``), the
+facts LLaVA-RLHF's factually augmented reward prompt lists (``configs/reward/tiny_shapeworld.yaml``).
 
 Launch::
 
@@ -77,15 +79,21 @@ def alter_attribute(scene: Scene, cfg: WorldConfig, rng: random.Random) -> Scene
     return replace(scene, objects=objects, noise_partners=[])
 
 
-def _record(rid: str, image: str, question: str, chosen: str, rejected: str, kind: str) -> dict:
+def _record(rid: str, image: str, question: str, chosen: str, rejected: str, kind: str, caption: str) -> dict:
     human = {"from": "human", "value": "<image>\n" + question}
-    return {
+    rec = {
         "id": rid,
         "image": image,
         "conversations": [human, {"from": "gpt", "value": chosen}],
         "rejected_conversations": [human, {"from": "gpt", "value": rejected}],
         "task": kind,
+        # LLaVA-RLHF's factual augmentation: the ground-truth captions the reward prompt lists
+        # (configs/prompts/fact_rlhf_reward.txt), and the true answer of a yes/no question.
+        "captions": [caption],
     }
+    if kind == "existence":
+        rec["answer"] = chosen
+    return rec
 
 
 def scene_pairs(
@@ -97,7 +105,13 @@ def scene_pairs(
     rng = random.Random(f"{seed}:pairs:{scene.id}")
     if "caption" in kinds and (fake := inject_object(clean, cfg, rng)) is not None:
         yield _record(
-            f"{scene.id}-inject", image, caption_prompt(rng), truth, detailed_caption(fake, cfg), "caption"
+            f"{scene.id}-inject",
+            image,
+            caption_prompt(rng),
+            truth,
+            detailed_caption(fake, cfg),
+            "caption",
+            truth,
         )
     if "attribute" in kinds and (fake := alter_attribute(clean, cfg, rng)) is not None:
         yield _record(
@@ -107,16 +121,17 @@ def scene_pairs(
             truth,
             detailed_caption(fake, cfg),
             "attribute",
+            truth,
         )
     if "existence" in kinds:
         absent = injected_shape(clean, cfg, rng)
         if absent is not None:
             q = existence_question(absent, "image", cfg)
-            yield _record(f"{scene.id}-absent", image, q, "no", "yes", "existence")
+            yield _record(f"{scene.id}-absent", image, q, "no", "yes", "existence", truth)
         if clean.objects:
             shape = rng.choice(sorted(clean.shapes()))
             q = existence_question(shape, "image", cfg)
-            yield _record(f"{scene.id}-present", image, q, "yes", "no", "existence")
+            yield _record(f"{scene.id}-present", image, q, "yes", "no", "existence", truth)
 
 
 def build_pairs(data: str | Path, split: str = "train", kinds: tuple[str, ...] = KINDS) -> list[dict]:
