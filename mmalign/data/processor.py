@@ -73,14 +73,13 @@ class MultimodalProcessor:
         self.cfg = cfg
         self.image_tokens = image_tokens
         self.video_tokens = video_tokens
-        self.template = load_template(
-            tokenizer, template or cfg.template, (cfg.image_token, cfg.video_token)
-        )
+        self.template = load_template(tokenizer, template or cfg.template, (cfg.image_token, cfg.video_token))
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad is None:
             raise ValueError("the tokenizer has neither a pad nor an eos token")
         self.pad_token_id: int = int(pad)
         self.stop_token_ids: list[int] = stop_token_ids(tokenizer)
+        self.eos_token_id: int | None = tokenizer.eos_token_id
 
     @classmethod
     def for_model(cls, model: Any, tokenizer: Any, template: str | None = None) -> MultimodalProcessor:
@@ -90,6 +89,11 @@ class MultimodalProcessor:
     def _tokenize(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+
+    def _ends_turn(self, span_text: str) -> bool:
+        """Whether an assistant turn's rendered text holds a stop marker (EOS or end-of-turn)."""
+        markers = [*END_OF_TURN_MARKERS, self.tokenizer.eos_token or ""]
+        return any(m and m in span_text for m in markers)
 
     def _expand(
         self, ids: list[int], labels: list[int], n_images: int, n_videos: int, sample_id: str
@@ -131,6 +135,11 @@ class MultimodalProcessor:
     ) -> tuple[list[int], list[int]]:
         """Token ids and labels of a whole conversation (targets = assistant turns only).
 
+        Each assistant turn's targets end with a stop token: when the template renders none after
+        the answer (llava-hf's published templates render ``ASSISTANT: answer`` and nothing
+        after it), the tokenizer's EOS is appended to the turn as a target, as LLaVA's training
+        puts ``</s>`` there; otherwise a model trained through such a template never learns to stop.
+
         Raises:
             ValueError: bad roles, a placeholder/media count mismatch, or truncation that would
                 cut media tokens — each naming ``sample_id``.
@@ -139,9 +148,16 @@ class MultimodalProcessor:
         text, spans = assistant_spans(self.tokenizer, self.template, messages)
         ids, offsets = self._tokenize(text)
         labels = [IGNORE_INDEX] * len(ids)
-        for i, (start, end) in enumerate(offsets):
-            if end > start and any(s <= start and end <= e for s, e in spans):
+        turn_ends: list[int] = []  # index after the last token of each assistant turn
+        for s, e in spans:
+            inside = [i for i, (start, end) in enumerate(offsets) if end > start and s <= start and end <= e]
+            for i in inside:
                 labels[i] = ids[i]
+            if inside and self.eos_token_id is not None and not self._ends_turn(text[s:e]):
+                turn_ends.append(inside[-1] + 1)
+        for at in reversed(turn_ends):  # the template ends no turn: teach the model to stop (EOS)
+            ids.insert(at, self.eos_token_id)
+            labels.insert(at, self.eos_token_id)
         ids, labels = self._expand(ids, labels, n_images, n_videos, sample_id)
         return self._truncate(ids, labels, max_length, sample_id)
 
