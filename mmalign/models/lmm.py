@@ -19,6 +19,7 @@ from torch import nn
 
 from mmalign.data.media import ImageProcessorConfig
 from mmalign.models.codes import add_code, check_code, grid_codes
+from mmalign.models.decoding import GenerationConfig, decode
 from mmalign.models.temporal import TemporalMixer
 from mmalign.models.video import VideoEncoder
 from mmalign.models.vision import VisionConfig
@@ -323,32 +324,31 @@ class LMM(nn.Module):
         pad_token_id: int | None = None,
         synced_gpus: bool = False,
     ) -> torch.Tensor:
-        """Batched, KV-cached generation (greedy or sampling).
+        """Batched, KV-cached generation (greedy or sampling) by :func:`~mmalign.models.decoding.decode`.
 
         Args:
             input_ids: ``(B, L)`` **left-padded** prompts.
             attention_mask: ``(B, L)``.
+            eos_token_id: stop id(s), kept as the last token of a response.
             synced_gpus: keep generating dummy steps until every rank is done (ZeRO-3).
 
         Returns:
-            ``(B, L_new)`` new token ids only, padded with ``pad_token_id`` after EOS.
+            ``(B, L_new)`` new token ids only, padded with ``pad_token_id`` after the stop token.
+
+        Raises:
+            ValueError: right-padded prompts.
         """
-        if input_ids.shape[0] > 1 and bool((attention_mask[:, -1] == 0).any()):
-            raise ValueError("generate needs left-padded prompts (some rows end with padding)")
-        embeds = self.embed(input_ids, images, videos)
-        gen_kwargs: dict[str, Any] = {
-            "max_new_tokens": max_new_tokens,
-            "do_sample": do_sample,
-            "eos_token_id": eos_token_id,
-            "pad_token_id": pad_token_id,
-            "synced_gpus": synced_gpus,
-            "use_cache": True,
-        }
-        if do_sample:
-            gen_kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k)
-        else:
-            gen_kwargs.update(temperature=None, top_p=None, top_k=None)
-        return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **gen_kwargs)
+        stops = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
+        cfg = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            stop_token_ids=tuple(stops),
+            synced_gpus=synced_gpus,
+        )
+        return decode(self, input_ids, attention_mask, images, videos, cfg, pad_token_id).tokens
 
 
 def causal_lm_loss(

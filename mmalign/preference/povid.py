@@ -21,6 +21,8 @@ from mmalign.data.processor import MultimodalProcessor
 from mmalign.models.lmm import LMM
 from mmalign.preference.batch import EncodedPair, collate_plain
 from mmalign.preference.distortion import diffusion_noise
+from mmalign.shapeworld.vocab import stable_seed
+from mmalign.training.generation import GenerationConfig, generate
 
 NoiseSource = Literal["argmax", "generate"]
 
@@ -72,23 +74,14 @@ def noise_answers(
         return [t.strip() or "." for t in texts]
     if source != "generate":
         raise ValueError(f"unknown y_noise source {source!r}")
-    width = max(len(p.prompt_ids) for p in noisy)
-    ids = torch.full((len(noisy), width), processor.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for r, p in enumerate(noisy):
-        ids[r, width - len(p.prompt_ids) :] = torch.tensor(p.prompt_ids)
-        mask[r, width - len(p.prompt_ids) :] = 1
-    imgs = [p.images for p in noisy if p.images is not None]
-    vids = [p.videos for p in noisy if p.videos is not None]
-    new = model.generate(
-        ids.to(device),
-        mask.to(device),
-        images=torch.cat(imgs).to(device, dtype) if imgs else None,
-        videos=torch.cat(vids).to(device, dtype) if vids else None,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=processor.stop_token_ids,
-        pad_token_id=processor.pad_token_id,
-        synced_gpus=synced_gpus,
-    )
+    feats = [{"id": p.id, "input_ids": p.prompt_ids, "images": p.images, "videos": p.videos} for p in noisy]
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, synced_gpus=synced_gpus)
+    texts = generate(model, processor, feats, cfg, batch_size=max(1, len(feats))).texts
     # an empty answer would make no rejected sequence: fall back to one token of text
-    return [t.strip() or "." for t in tok.batch_decode(new, skip_special_tokens=True)]
+    return [t or "." for t in texts]
+
+
+def noise_seed(seed: int, step: int, micro: int, rank: int) -> int:
+    """The seed of y_noise's distortion at one micro-batch of one rank: the same in every process
+    (Python's ``hash`` of a tuple is not, and a resumed run must redraw the same noise)."""
+    return stable_seed("povid-noise", seed, step, micro, rank)

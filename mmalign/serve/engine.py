@@ -2,8 +2,8 @@
 
 One worker thread owns the model; requests wait in a bounded FIFO queue (a full queue is a
 503 for the client, never a crash), and a cancelled job (client gone) stops at the next token.
-:func:`stream_token_ids` is the decoding loop: the prompt's embeddings (media features scattered
-by :meth:`LMM.embed`) go through the LLM once, then one token per step with the KV cache —
+:func:`stream_token_ids` streams the steps of the library's one decoding loop
+(:func:`mmalign.models.decoding.decode_steps`: KV-cached, media placeholders never produced) —
 greedy when ``temperature == 0``, else temperature/top-p sampling. Greedy output equals
 :meth:`LMM.generate`'s (tested). Media are processed exactly as in training
 (:mod:`mmalign.data.media`): images arrive upright and 8-bit from the decoder and are composited
@@ -27,6 +27,7 @@ import torch
 
 from mmalign.data.media import MediaError, load_video_frames, process_image, process_video
 from mmalign.data.processor import MultimodalProcessor
+from mmalign.models.decoding import GenerationConfig, decode_steps
 from mmalign.models.lmm import LMM
 from mmalign.serve.protocol import ChatRequest, RequestError
 
@@ -51,25 +52,6 @@ class Completion:
     completion_tokens: int
 
 
-def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
-    """Next token from ``(V,)`` logits: argmax at temperature 0, else nucleus sampling."""
-    if temperature <= 0:
-        return int(logits.argmax())
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_p, order = probs.sort(descending=True)
-        keep = sorted_p.cumsum(0) - sorted_p < top_p  # always keeps the top token
-        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
-    return int(torch.multinomial(probs, 1, generator=generator))
-
-
-def _cache_kwargs(out: Any) -> dict[str, Any]:
-    """The KV cache of a forward output, under the keyword this transformers version takes."""
-    if getattr(out, "cache", None) is not None:
-        return {"cache": out.cache}
-    return {"past_key_values": out.past_key_values}
-
-
 @torch.no_grad()
 def stream_token_ids(
     model: LMM,
@@ -80,7 +62,12 @@ def stream_token_ids(
     seed: int | None = None,
     cancelled: Callable[[], bool] = lambda: False,
 ) -> Iterator[int]:
-    """Yield new token ids one by one until a stop id, ``max_new_tokens`` or ``cancelled()``."""
+    """Yield new token ids one by one until a stop id, ``max_new_tokens`` or ``cancelled()``.
+
+    The steps of :func:`~mmalign.models.decoding.decode_steps` on one row: greedy at
+    ``temperature == 0``, else temperature / top-p sampling (seeded by ``seed`` when given). The
+    stop token itself is not yielded.
+    """
     device = next(model.llm.parameters()).device
     ids = prepared.input_ids.to(device)
     images = prepared.images.to(device) if prepared.images is not None else None
@@ -88,22 +75,18 @@ def stream_token_ids(
     generator = None
     if seed is not None and temperature > 0:
         generator = torch.Generator(device=device).manual_seed(seed)
-    mask = torch.ones_like(ids)
-    out = model.llm(
-        inputs_embeds=model.embed(ids, images, videos), attention_mask=mask, use_cache=True, logits_to_keep=1
+    cfg = GenerationConfig(
+        max_new_tokens=prepared.max_new_tokens,
+        do_sample=temperature > 0,
+        temperature=temperature if temperature > 0 else 1.0,
+        top_p=top_p,
+        stop_token_ids=tuple(stop_ids),
     )
-    for _ in range(prepared.max_new_tokens):
-        tok = _pick(out.logits[0, -1], temperature, top_p, generator)
+    for step in decode_steps(model, ids, torch.ones_like(ids), images, videos, cfg, generator=generator):
+        tok = int(step.tokens[0])
         if tok in stop_ids or cancelled():
             return
         yield tok
-        mask = torch.cat([mask, mask.new_ones((1, 1))], dim=1)
-        out = model.llm(
-            input_ids=torch.tensor([[tok]], device=device),
-            attention_mask=mask,
-            use_cache=True,
-            **_cache_kwargs(out),
-        )
 
 
 class TextStream:
