@@ -37,7 +37,7 @@ def main(base: str, data: str, out: str) -> None:
     model, tok = load_lmm(base)
     proc = MultimodalProcessor.for_model(model, tok)
     groups = configure_parts(model, PartsConfig(), OptimConfig(lr=1e-3))
-    engine = strategy.prepare(model, torch.optim.AdamW(groups), None)
+    engine = strategy.prepare(model, torch.optim.AdamW(groups), None, blank_media=[model])
     module = engine.module
     root = Path(data)
     image = Example(

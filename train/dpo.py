@@ -88,7 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     # 3. Engine; reference log-probs from the start weights (before any resume); resume.
     optimizer = strategy.make_optimizer(param_groups, cfg.optim.betas, cfg.optim.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim, total_steps))
-    engine = strategy.prepare(model, optimizer, scheduler)
+    engine = strategy.prepare(
+        model,
+        optimizer,
+        scheduler,
+        checkpointing=[policy.llm],
+        blank_media=[policy] + ([ref_model] if ref_model is not None else []),
+    )
     dev, dtype = strategy.device, strategy.dtype
     cache, keys, notes = None, [], []
     if cfg.reference == "precomputed":

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     # 3. Engine; resume.
     optimizer = strategy.make_optimizer(param_groups, cfg.optim.betas, cfg.optim.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim, total_steps))
-    engine = strategy.prepare(model, optimizer, scheduler)
+    engine = strategy.prepare(model, optimizer, scheduler, checkpointing=[lmm.llm], blank_media=[lmm])
     dev, dtype = strategy.device, strategy.dtype
     ckpt_dir = out / "checkpoints"
     run_shape = {

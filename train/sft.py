@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     # 3. Optimizer, schedule, DeepSpeed engine; resume if asked.
     optimizer = strategy.make_optimizer(param_groups, cfg.optim.betas, cfg.optim.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim, total_steps))
-    engine = strategy.prepare(model, optimizer, scheduler)
+    engine = strategy.prepare(model, optimizer, scheduler, checkpointing=[model.llm], blank_media=[model])
     ckpt_dir = out / "checkpoints"
     run_shape = {
         "global_batch": order.global_batch,

@@ -1,9 +1,17 @@
-"""The one place that imports DeepSpeed: distributed init, engine, backward/step, checkpoints, gathering.
+"""The one place that imports DeepSpeed: processes, engines, backward/step, checkpoints, gathering.
 
-Trainers hold a :class:`Strategy` and call ``prepare`` / ``backward`` / ``step`` /
-``save_checkpoint`` / ``load_checkpoint`` / ``full_state_dict``; they never import deepspeed.
-The DeepSpeed JSON is generated from :class:`StrategyConfig`, or a user's JSON is used as given
-(``"auto"`` values filled from the config, as transformers does).
+Trainers hold a :class:`Strategy` and call ``prepare`` (each trainable model: policy, value,
+reward model), ``prepare_frozen`` (each inference model: reference, reward model during RL),
+``backward`` / ``step``, ``save_checkpoint`` / ``load_checkpoint`` (every trainable engine) and
+``generation_weights`` (the policy's weights gathered once for a rollout); they never import
+deepspeed. What a model needs from the engine is passed explicitly, never guessed from its
+attributes: the modules to checkpoint (``checkpointing=[lmm.llm]``) and the models that obey the
+blank-media rule (``blank_media=[lmm]``: under ZeRO-3 every rank must run the same modules each
+step, so an LMM runs its encoder on a blank image when a batch has no media).
+
+The design follows OpenRLHF's ``DeepspeedStrategy`` (one ``deepspeed.initialize`` per trainable
+model; frozen models as ZeRO-3-partitioned inference engines), without its ``args`` bag. The
+DeepSpeed JSON comes from :mod:`mmalign.training.ds_config`.
 
 CPU recipe (verified on this machine): ``DS_ACCELERATOR=cpu``, gloo, a torch AdamW as client
 optimizer (DeepSpeed's fused Adam would compile an op); optimizer offload needs DeepSpeedCPUAdam.
@@ -12,76 +20,25 @@ optimizer (DeepSpeed's fused Adam would compile an op); optimizer offload needs 
 from __future__ import annotations
 
 import atexit
-import json
 import os
-import random
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
 import torch
 import yaml
 from torch import nn
 
-
-def shm_buffer(rank: int) -> Path:
-    """The shared-memory segment DeepSpeed's CPU allreduce creates for ``rank`` of this job.
-
-    DeepSpeed 0.19 (``ops/csrc/cpu/comm/shm.cpp``) creates
-    ``/dev/shm/deepspeed_allreduce_buffer_<uid>_<MASTER_ADDR>_<MASTER_PORT>_<rank>`` and never
-    unlinks it: 66 MB of RAM per rank and run stay taken until reboot (measured: 317 of them, 21 GB,
-    had filled this machine's /dev/shm and got a DPO rank OOM-killed). The strategy unlinks its own
-    at exit; the other ranks' mappings stay valid.
-    """
-    name = f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_{os.environ.get('MASTER_PORT', '')}_{rank}"
-    return Path("/dev/shm") / name
-
-
-@dataclass
-class StrategyConfig:
-    """Distributed training options.
-
-    Attributes:
-        zero_stage: 0–3.
-        precision: ``fp32``, ``bf16`` or ``fp16`` (dynamic loss scaling).
-        micro_batch_size: examples per rank per forward.
-        grad_accum: micro-batches per optimizer step.
-        grad_clip: max global gradient norm (0 = off).
-        offload_optimizer / offload_params: ZeRO-Offload to CPU (optimizer: stage ≥ 1; params: stage 3).
-        deepspeed_config: path of a DeepSpeed JSON used as given (``"auto"`` values filled in).
-        backend: ``auto`` (nccl with CUDA, else gloo), ``gloo`` or ``nccl``.
-        stage3_max_live_parameters / stage3_max_reuse_distance / stage3_param_persistence_threshold:
-            ZeRO-3 knobs; small values force real gathers even for tiny models (tests).
-        gradient_checkpointing: recompute LLM activations in backward.
-    """
-
-    zero_stage: int = 3
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    micro_batch_size: int = 8
-    grad_accum: int = 1
-    grad_clip: float = 1.0
-    offload_optimizer: bool = False
-    offload_params: bool = False
-    deepspeed_config: str | None = None
-    backend: Literal["auto", "gloo", "nccl"] = "auto"
-    stage3_max_live_parameters: int = 1_000_000_000
-    stage3_max_reuse_distance: int = 1_000_000_000
-    stage3_param_persistence_threshold: int = 100_000
-    gradient_checkpointing: bool = False
-
-    def __post_init__(self) -> None:
-        if self.zero_stage not in (0, 1, 2, 3):
-            raise ValueError(f"zero_stage must be 0–3, got {self.zero_stage}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
-        if self.micro_batch_size < 1 or self.grad_accum < 1:
-            raise ValueError("micro_batch_size and grad_accum must be ≥ 1")
-        if self.offload_params and self.zero_stage != 3:
-            raise ValueError("offload_params needs zero_stage 3")
-        if self.offload_optimizer and self.zero_stage == 0:
-            raise ValueError("offload_optimizer needs zero_stage ≥ 1")
+from mmalign.training.ds_config import (  # noqa: F401  (re-exported: the old import paths)
+    StrategyConfig,
+    build_ds_config,
+    eval_ds_config,
+    rng_state,
+    set_rng_state,
+    set_seed,
+    shm_buffer,
+)
 
 
 def _import_deepspeed() -> Any:
@@ -93,20 +50,31 @@ def _import_deepspeed() -> Any:
 
 
 class Strategy:
-    """DeepSpeed lifecycle for one training run.
+    """DeepSpeed lifecycle of a run: its processes and the engines it holds.
 
     Args:
         cfg: the strategy options.
         seed: seeds python, numpy and torch on every rank (same seed: identical initialisation).
+
+    Attributes:
+        engines: the trainable engines by name, in the order prepared; the first is
+            :attr:`engine` (the policy), whose checkpoint layout is the single-engine one.
+        frozen: the inference engines (or plain modules below ZeRO-3) by name.
+        run_config: the run's resolved config (plain data), written into every checkpoint when set.
     """
 
     def __init__(self, cfg: StrategyConfig, seed: int = 0) -> None:
         self.cfg = cfg
         self.seed = seed
-        self.engine: Any = None
+        self.engines: dict[str, Any] = {}
+        self.frozen: dict[str, Any] = {}
         self._ds_config: dict[str, Any] | None = None
-        #: The run's resolved config (plain data), written into every checkpoint when set.
         self.run_config: dict[str, Any] | None = None
+
+    @property
+    def engine(self) -> Any:
+        """The first trainable engine (None before :meth:`prepare`)."""
+        return next(iter(self.engines.values()), None)
 
     # ----------------------------------------------------------------------------- processes
     def setup_distributed(self) -> None:
@@ -180,66 +148,16 @@ class Strategy:
         return self.cfg.micro_batch_size * self.cfg.grad_accum * self.world_size
 
     def ds_config(self) -> dict[str, Any]:
-        """The DeepSpeed config dict (generated, or the user's JSON with ``auto`` values filled)."""
-        if self._ds_config is not None:
-            return self._ds_config
-        c = self.cfg
-        if c.deepspeed_config:
-            path = Path(c.deepspeed_config)
-            if not path.exists():
-                raise FileNotFoundError(f"DeepSpeed config not found: {path}")
-            ds = json.loads(path.read_text())
-            fill = {
-                "train_micro_batch_size_per_gpu": c.micro_batch_size,
-                "gradient_accumulation_steps": c.grad_accum,
-                "gradient_clipping": c.grad_clip,
-                "train_batch_size": self.global_batch_size,
-            }
-            for key, value in fill.items():
-                if ds.get(key) == "auto":
-                    ds[key] = value
-            for key in ("bf16", "fp16"):
-                if isinstance(ds.get(key), dict) and ds[key].get("enabled") == "auto":
-                    ds[key]["enabled"] = c.precision == key
-            # The training loop follows the typed config: a JSON that says otherwise is an error.
-            for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
-                if ds.get(key, fill[key]) != fill[key]:
-                    raise ValueError(
-                        f'{path}: {key}={ds[key]} but the config says {fill[key]}; set it to "auto" or '
-                        "change strategy.micro_batch_size / strategy.grad_accum"
-                    )
-        else:
-            zero: dict[str, Any] = {"stage": c.zero_stage}
-            if c.zero_stage == 3:
-                zero.update(
-                    stage3_max_live_parameters=c.stage3_max_live_parameters,
-                    stage3_max_reuse_distance=c.stage3_max_reuse_distance,
-                    stage3_param_persistence_threshold=c.stage3_param_persistence_threshold,
-                    stage3_gather_16bit_weights_on_model_save=True,
-                )
-            if c.offload_optimizer:
-                zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
-            if c.offload_params:
-                zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
-            ds = {
-                "train_micro_batch_size_per_gpu": c.micro_batch_size,
-                "gradient_accumulation_steps": c.grad_accum,
-                "gradient_clipping": c.grad_clip,
-                "zero_optimization": zero,
-                "bf16": {"enabled": c.precision == "bf16"},
-                "fp16": {"enabled": c.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
-                "steps_per_print": 10**9,
-                "wall_clock_breakdown": False,
-            }
-        ds["zero_allow_untested_optimizer"] = True
-        self._ds_config = ds
-        return ds
+        """The training engines' DeepSpeed config (:func:`~mmalign.training.ds_config.build_ds_config`)."""
+        if self._ds_config is None:
+            self._ds_config = build_ds_config(self.cfg, self.world_size)
+        return self._ds_config
 
     @property
     def zero_stage(self) -> int:
         return int(self.ds_config().get("zero_optimization", {}).get("stage", 0))
 
-    # ----------------------------------------------------------------------------- engine
+    # ----------------------------------------------------------------------------- engines
     def make_optimizer(
         self, param_groups: list[dict[str, Any]], betas: tuple[float, float], eps: float
     ) -> Any:
@@ -272,28 +190,93 @@ class Strategy:
                 "trainers do) or set strategy.precision to the checkpoint's (bf16)"
             )
 
-    def prepare(self, model: nn.Module, optimizer: Any, scheduler: Any) -> Any:
-        """Wrap ``model`` in a DeepSpeed engine; returns the engine (call it like the model).
+    def _apply_model_rules(
+        self, checkpointing: Sequence[nn.Module], blank_media: Sequence[nn.Module]
+    ) -> None:
+        if self.cfg.gradient_checkpointing:
+            if not checkpointing:
+                raise ValueError(
+                    "strategy.gradient_checkpointing is on but no module to checkpoint was passed: "
+                    "prepare(..., checkpointing=[lmm.llm])"
+                )
+            for module in checkpointing:
+                module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        for module in blank_media:
+            module.always_run_media = True
+
+    def _new_name(self, name: str) -> str:
+        if name in self.engines or name in self.frozen:
+            raise ValueError(f"an engine named {name!r} is already prepared")
+        return name
+
+    def prepare(
+        self,
+        model: nn.Module,
+        optimizer: Any,
+        scheduler: Any,
+        *,
+        checkpointing: Sequence[nn.Module] = (),
+        blank_media: Sequence[nn.Module] = (),
+        name: str = "policy",
+    ) -> Any:
+        """Wrap a trainable ``model`` in a DeepSpeed engine; returns it (call it like the model).
+
+        Args:
+            model: the module the engine trains (e.g. ``PreferenceModel``, ``RewardModel``, an LMM).
+            optimizer: its optimizer (:meth:`make_optimizer`); scheduler: its LR schedule or None.
+            checkpointing: Hugging Face modules whose activations are recomputed in backward when
+                ``strategy.gradient_checkpointing`` is on (e.g. ``[lmm.llm]``); required then.
+            blank_media: LMMs that run their encoder every step (a blank image when a batch has
+                none), so every rank runs the same modules under ZeRO-3.
+            name: the engine's name in :attr:`engines` and in checkpoints.
 
         Raises:
-            ValueError: weights in another dtype than an fp32 run's (:meth:`check_weights_dtype`).
+            ValueError: weights in another dtype than an fp32 run's (:meth:`check_weights_dtype`);
+                gradient checkpointing on without ``checkpointing``; a name taken.
         """
         self.check_weights_dtype(model)
-        deepspeed = _import_deepspeed()
-        if self.cfg.gradient_checkpointing:
-            llm = getattr(model, "llm", model)
-            llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if hasattr(model, "always_run_media"):
-            # Every rank must run the same modules each step under ZeRO-3 (and it is cheap).
-            model.always_run_media = True
-        self.engine, _, _, _ = deepspeed.initialize(
+        name = self._new_name(name)
+        self._apply_model_rules(checkpointing, blank_media)
+        engine, _, _, _ = _import_deepspeed().initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config()
         )
-        return self.engine
+        self.engines[name] = engine
+        return engine
+
+    def prepare_frozen(
+        self,
+        model: nn.Module,
+        *,
+        blank_media: Sequence[nn.Module] = (),
+        name: str = "reference",
+        offload: bool = False,
+    ) -> Any:
+        """Hold a frozen (inference) model: no gradient, no optimizer state, eval mode.
+
+        Under ZeRO-3 it becomes a DeepSpeed inference engine whose parameters are partitioned over
+        the ranks like the trained ones (``offload`` puts them on CPU); below stage 3 it is the
+        module itself on the device, in the run's precision. Call the result like the model.
+        """
+        name = self._new_name(name)
+        model.requires_grad_(False)
+        model.eval()
+        for module in blank_media:
+            module.always_run_media = True
+        if self.zero_stage == 3:
+            config = eval_ds_config(self.ds_config(), offload)
+            held, _, _, _ = _import_deepspeed().initialize(model=model, config=config)
+            held.eval()
+        else:
+            held = model.to(self.device) if self.cfg.precision == "fp32" else model.to(self.device, self.dtype)
+        self.frozen[name] = held
+        return held
+
+    def _engine(self, engine: Any) -> Any:
+        return self.engine if engine is None else engine
 
     def describe(self) -> str:
-        """One line on what runs: ZeRO stage, precision, world, optimizer class, offload, and the
-        dtype the engine's trainable weights really have."""
+        """One line on what runs: ZeRO stage, precision, world, optimizer class, offload, the
+        dtype the trainable weights really have, and the other engines by name."""
         zero = self.ds_config().get("zero_optimization", {})
         inner = getattr(self.engine.optimizer, "optimizer", self.engine.optimizer)
         off = [
@@ -302,37 +285,73 @@ class Strategy:
         dtypes = sorted(
             {str(p.dtype).removeprefix("torch.") for p in self.engine.module.parameters() if p.requires_grad}
         )
+        others = [*list(self.engines)[1:], *(f"{n} (frozen)" for n in self.frozen)]
         return (
             f"ZeRO-{self.zero_stage}, {self.cfg.precision}, world {self.world_size}, "
             f"optimizer {type(inner).__name__}"
             + (f", offload {' '.join(off)}" if off else "")
             + f"; trainable weights {'/'.join(dtypes)}"
+            + (f"; engines {', '.join([next(iter(self.engines)), *others])}" if others else "")
         )
 
-    def backward(self, loss: torch.Tensor) -> None:
-        self.engine.backward(loss)
+    def backward(self, loss: torch.Tensor, engine: Any = None) -> None:
+        """Backpropagate ``loss`` through ``engine`` (default: the first trainable one)."""
+        self._engine(engine).backward(loss)
 
-    def step(self) -> bool:
+    def step(self, engine: Any = None) -> bool:
         """Optimizer step at accumulation boundaries; returns True when the weights were updated."""
-        boundary = self.engine.is_gradient_accumulation_boundary()
-        self.engine.step()
+        engine = self._engine(engine)
+        boundary = engine.is_gradient_accumulation_boundary()
+        engine.step()
         return bool(boundary)
 
-    def grad_norm(self) -> float | None:
-        norm = self.engine.get_global_grad_norm()
+    def grad_norm(self, engine: Any = None) -> float | None:
+        norm = self._engine(engine).get_global_grad_norm()
         return None if norm is None else float(norm)
 
-    def current_lrs(self) -> list[float]:
-        return [float(g["lr"]) for g in self.engine.optimizer.param_groups]
+    def current_lrs(self, engine: Any = None) -> list[float]:
+        return [float(g["lr"]) for g in self._engine(engine).optimizer.param_groups]
+
+    @contextmanager
+    def generation_weights(self, engine: Any = None, gather: bool = True) -> Iterator[bool]:
+        """Hold an engine's full weights for a rollout; yields whether ``generate`` needs
+        ``synced_gpus``.
+
+        Under ZeRO-3 with ``gather`` (the weights fit on one device) the parameters are gathered
+        ONCE and the ZeRO-3 hooks are taken off for the duration (as TRL's
+        ``unwrap_model_for_generation``), so decoding does no per-token all-gather and ranks may
+        stop at different lengths: yields False. Without ``gather`` nothing is gathered and every
+        forward gathers layer by layer: yields True (ranks must step together). Below ZeRO-3:
+        yields False. The weights must not change inside (no optimizer step).
+        """
+        engine = self._engine(engine)
+        if self.zero_stage != 3 or not gather:
+            yield self.zero_stage == 3
+            return
+        deepspeed = _import_deepspeed()
+        offload = getattr(engine.optimizer, "parameter_offload", engine.optimizer)
+        params = list(engine.module.parameters())
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            for p in params:
+                p.ds_active_sub_modules.clear()
+            for hook in [*offload.forward_hooks, *offload.backward_hooks]:
+                hook.remove()
+            offload.forward_hooks, offload.backward_hooks = [], []
+            try:
+                yield False
+            finally:
+                offload._register_deepspeed_module(offload.module)
 
     # ----------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self, directory: str | Path, tag: str, client_state: dict[str, Any]) -> None:
-        """Save engine + optimizer + scheduler + ``client_state``, every rank's RNG states and
-        (rank 0) :attr:`run_config` as ``<tag>/config.yaml``.
+        """Save every trainable engine (weights, optimizer, scheduler), ``client_state``, every
+        rank's RNG states and (rank 0) :attr:`run_config` as ``<tag>/config.yaml``.
 
-        ``latest`` is written by rank 0 only after every rank has finished its shards, and
-        atomically (temp file + rename), so a kill during a save leaves the previous checkpoint as
-        the one ``resume`` finds. Multi-node runs need ``directory`` on a shared filesystem.
+        The first engine is saved as DeepSpeed lays out a single engine (``<tag>/``), each other
+        one under ``<tag>/<name>/``. ``latest`` is written by rank 0 only after every rank has
+        finished its shards, and atomically (temp file + rename), so a kill during a save leaves
+        the previous checkpoint as the one ``resume`` finds. Multi-node runs need ``directory``
+        on a shared filesystem.
         """
         directory = Path(directory)
         rng_dir = directory / tag
@@ -341,7 +360,10 @@ class Strategy:
         if self.is_main and self.run_config is not None:  # what resume compares against
             (rng_dir / "config.yaml").write_text(yaml.safe_dump(self.run_config, sort_keys=False))
         self.barrier()
-        self.engine.save_checkpoint(str(directory), tag=tag, client_state=client_state, save_latest=False)
+        for i, (name, engine) in enumerate(self.engines.items()):
+            where, sub = (directory, tag) if i == 0 else (directory / tag, name)
+            state = client_state if i == 0 else {}
+            engine.save_checkpoint(str(where), tag=sub, client_state=state, save_latest=False)
         self.barrier()
         if self.is_main:
             tmp = directory / f".latest.{os.getpid()}"
@@ -353,39 +375,53 @@ class Strategy:
         self.barrier()
 
     def load_checkpoint(self, directory: str | Path, tag: str | None = None) -> dict[str, Any] | None:
-        """Restore the latest (or ``tag``) checkpoint; returns its client state, or None if none."""
+        """Restore every trainable engine from the latest (or ``tag``) checkpoint; returns the
+        client state, or None if there is none."""
         directory = Path(directory)
         if tag is None:
             latest = directory / "latest"
             if not latest.exists():
                 return None
             tag = latest.read_text().strip()
-        path, client_state = self.engine.load_checkpoint(str(directory), tag=tag)
-        if path is None:
-            raise RuntimeError(f"could not load DeepSpeed checkpoint {directory}/{tag}")
+        client_state: dict[str, Any] | None = None
+        for i, (name, engine) in enumerate(self.engines.items()):
+            where, sub = (directory, tag) if i == 0 else (directory / tag, name)
+            path, state = engine.load_checkpoint(str(where), tag=sub)
+            if path is None:
+                raise RuntimeError(f"could not load DeepSpeed checkpoint {where}/{sub} (engine {name})")
+            client_state = state if i == 0 else client_state
         rng_file = directory / tag / f"rng_rank{self.rank}.pt"
         if rng_file.exists():
             set_rng_state(torch.load(rng_file, weights_only=False))
         return dict(client_state or {}, tag=tag)
 
-    def optimizer_hyperparameters(self) -> list[dict[str, Any]]:
-        """Per param group: base learning rate (``initial_lr``), weight decay, betas, eps."""
+    def optimizer_hyperparameters(self) -> dict[str, list[dict[str, Any]]]:
+        """Per trainable engine, per param group: base learning rate (``initial_lr``), weight
+        decay, betas, eps."""
         keys = ("initial_lr", "weight_decay", "betas", "eps")
-        return [{k: g[k] for k in keys if k in g} for g in self.engine.optimizer.param_groups]
+        return {
+            name: [{k: g[k] for k in keys if k in g} for g in engine.optimizer.param_groups]
+            for name, engine in self.engines.items()
+        }
 
-    def set_optimizer_hyperparameters(self, groups: list[dict[str, Any]]) -> None:
+    def set_optimizer_hyperparameters(self, saved: dict[str, list[dict[str, Any]]]) -> None:
         """Put back hyperparameters (from :meth:`optimizer_hyperparameters`) after a checkpoint load
         restored the saved ones, and recompute each group's learning rate at the restored step.
 
         A loaded optimizer and LR scheduler bring their *saved* base learning rates, weight decay
         and betas; without this, a changed ``optim.lr`` would be silently ignored on resume.
         """
-        current = self.engine.optimizer.param_groups
+        for name, groups in saved.items():
+            self._set_hyperparameters(self.engines[name], groups)
+
+    @staticmethod
+    def _set_hyperparameters(engine: Any, groups: list[dict[str, Any]]) -> None:
+        current = engine.optimizer.param_groups
         if len(groups) != len(current):
             raise ValueError(f"the checkpoint has {len(current)} param groups, this run {len(groups)}")
         for group, saved in zip(current, groups, strict=True):
             group.update(saved)
-        sched = self.engine.lr_scheduler
+        sched = engine.lr_scheduler
         if sched is not None and hasattr(sched, "lr_lambdas"):
             sched.base_lrs = [g["initial_lr"] for g in current]
             lrs = [
@@ -414,7 +450,7 @@ class Strategy:
             return {n: p.detach().to("cpu", copy=True) for n, p in named}
 
     @contextmanager
-    def gathered(self, module: nn.Module):
+    def gathered(self, module: nn.Module) -> Iterator[None]:
         """Temporarily hold full parameters of ``module`` on every rank (ZeRO-3), e.g. to inspect them."""
         if self.zero_stage != 3:
             yield
@@ -422,24 +458,3 @@ class Strategy:
         deepspeed = _import_deepspeed()
         with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
             yield
-
-
-def set_seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
