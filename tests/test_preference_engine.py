@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mmalign.data.formats import Example
 from mmalign.data.processor import MultimodalProcessor
 from mmalign.losses.dpo import dpo_loss, povid_loss
 from mmalign.models.lmm import IGNORE_INDEX
@@ -222,3 +223,114 @@ def test_povid_argmax_noise_answer_is_teacher_forced_argmax(tiny_model, tokenize
         assert text == (want or ".")
     generated = noise_answers(tiny_model, processor, enc, "generate", max_new_tokens=4)
     assert len(generated) == 3 and all(isinstance(g, str) and g for g in generated)
+
+
+# ----------------------------------------------------------------------------- groups of K responses
+ANSWERS = ["Yes.", "No. There is a square.", "A red circle and a blue star.", "3."]
+
+
+def plain_token_logps(model, feat_ids, images, response, scored):
+    """Per-token log-probs of ``response`` after ``feat_ids`` from one plain forward, at scored tokens."""
+    ids = torch.tensor([list(feat_ids) + list(response)])
+    logits = model(ids, images=images)["logits"][0].float()
+    n = len(feat_ids)
+    logp = logits[n - 1 : n - 1 + len(response)].log_softmax(-1)
+    picked = logp.gather(-1, torch.tensor(response).unsqueeze(-1)).squeeze(-1)
+    return picked[torch.tensor(scored, dtype=torch.bool)]
+
+
+@pytest.mark.parametrize("k", [3, 4])
+def test_group_of_k_responses_equals_k_plain_sequences(tiny_model, tokenizer, pairs, k):
+    from mmalign.preference.batch import encode_group, group_from_ids
+
+    reference = copy.deepcopy(tiny_model)
+    perturb(tiny_model.llm)
+    processor = MultimodalProcessor.for_model(tiny_model, tokenizer)
+    groups = [
+        encode_group(processor, p.id, p.prompt, ANSWERS[:k], p.images, where=f"f.jsonl:{i}")
+        for i, p in enumerate(pairs)
+    ]
+    # the same responses as token ids (scored as given; here the text route's tokens, all scored)
+    from_ids = [group_from_ids(g.id, g.prompt_ids, g.responses, g.images) for g in groups]
+    for enc, rows in ((groups, 1), (groups, 2), (from_ids, 2)):
+        batch = collate_shared(enc, processor.pad_token_id, pairs_per_row=rows)
+        assert batch.images.shape[0] == len(pairs)  # each group's image once
+        with torch.no_grad():
+            out = PreferenceModel(tiny_model, "frozen", reference)(batch)
+            for name, model, tokens in (
+                ("policy", tiny_model, out["token_logps"]),
+                ("reference", reference, out["reference_token_logps"]),
+            ):
+                pieces = batch.split_by_sequence(tokens)
+                for g, pieces_g in zip(enc, pieces, strict=True):
+                    assert len(pieces_g) == k
+                    for resp, mask, got in zip(g.responses, g.scored, pieces_g, strict=True):
+                        want = plain_token_logps(model, g.prompt_ids, g.images, resp, mask)
+                        torch.testing.assert_close(got, want, atol=TOL, rtol=0)
+                sums = torch.stack([torch.stack([p.sum() for p in row]) for row in pieces])
+                torch.testing.assert_close(out[name], sums, atol=TOL, rtol=1e-6)
+    # K = 2 from text is exactly encode_pair's group
+    pair = encode_pair(processor, pairs[0])
+    two = encode_group(
+        processor, pairs[0].id, pairs[0].prompt, [pairs[0].chosen, pairs[0].rejected], pairs[0].images
+    )
+    assert (two.prompt_ids, two.responses, two.scored) == (pair.prompt_ids, pair.responses, pair.scored)
+
+
+def test_sampled_responses_score_as_they_were_sampled(tiny_model, tokenizer, pairs):
+    from mmalign.preference.batch import group_from_ids
+    from mmalign.preference.scoring import group_logps
+    from mmalign.training.generation import GenerationConfig, generate
+
+    processor = MultimodalProcessor.for_model(tiny_model, tokenizer)
+    feats = [processor.encode_prompt(Example(p.id, p.prompt, p.images)) for p in pairs]
+    cfg = GenerationConfig(max_new_tokens=6, do_sample=True, temperature=2.0)
+    gen = generate(
+        tiny_model,
+        processor,
+        feats,
+        cfg,
+        num_samples=3,
+        return_logprobs=True,
+        generator=torch.Generator().manual_seed(1),
+    )
+    groups = [
+        group_from_ids(f["id"], gen.prompt_ids[i], gen.ids[3 * i : 3 * i + 3], f["images"])
+        for i, f in enumerate(feats)
+    ]
+    batch = collate_shared(groups, processor.pad_token_id)
+    with torch.no_grad():
+        tokens, sums = group_logps(tiny_model, batch)
+    assert sums.shape == (3, 3)
+    got = [t for row in batch.split_by_sequence(tokens) for t in row]
+    for a, b in zip(got, gen.logprobs, strict=True):
+        torch.testing.assert_close(a, b, atol=TOL, rtol=0)  # ratio 1 at the first update
+
+
+def test_reference_cache_keeps_per_token_logps(tiny_model, tokenizer, pairs, tmp_path):
+    processor = MultimodalProcessor.for_model(tiny_model, tokenizer)
+    enc = encode_all(processor, pairs)
+    keys = [pair_key(e, p, "model-x", "fp32") for e, p in zip(enc, pairs, strict=True)]
+    cache = ReferenceCache(tmp_path / "cache")
+    scorer = PreferenceModel(tiny_model, "none").eval()
+
+    def score(idx):
+        batch = collate_shared([enc[i] for i in idx], processor.pad_token_id)
+        with torch.no_grad():
+            out = scorer(batch)
+        return out["policy"], batch.split_by_sequence(out["token_logps"])
+
+    assert precompute(cache, keys, score, batch_size=2, rank=0, world_size=1, shard="rank0") == 3
+    reloaded = ReferenceCache(tmp_path / "cache")
+    with torch.no_grad():
+        want = plain_logps(tiny_model, processor, pairs)
+    torch.testing.assert_close(reloaded.get(keys), want, atol=TOL, rtol=1e-6)
+    for e, row in zip(enc, reloaded.get_tokens(keys), strict=True):
+        for resp, mask, got in zip(e.responses, e.scored, row, strict=True):
+            with torch.no_grad():
+                ref = plain_token_logps(tiny_model, e.prompt_ids, e.images, resp, mask)
+            torch.testing.assert_close(got, ref, atol=TOL, rtol=0)
+    sums_only = ReferenceCache(tmp_path / "sums")
+    sums_only.append("r0", [(keys[0], [0.0, 1.0])])
+    with pytest.raises(KeyError, match="per-token"):
+        ReferenceCache(tmp_path / "sums").get_tokens(keys[:1])

@@ -11,7 +11,9 @@ reference model need not be held during training. Entries are keyed by a SHA-256
 
 so a changed image file, template or checkpoint misses the cache instead of silently reusing
 stale values. The cache is a folder of JSONL shards (one per rank and run); each line is
-``{"key": ..., "logps": [chosen, rejected, ...]}``.
+``{"key": ..., "logps": [chosen, rejected, ...]}`` plus, when the scorer returned them,
+``"token_logps": [[per-token of chosen], [of rejected], ...]`` (what per-token KL terms and
+i-SRT's pairs need).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -28,6 +30,10 @@ from mmalign.preference.batch import EncodedPair
 from mmalign.preference.formats import PreferencePair
 
 _HEAD_TAIL = 1 << 20
+
+#: What a scorer returns for P pairs: summed log-probs ``(P, K)``, optionally with the per-token
+#: log-probs ``[pair][response] -> (n,)``.
+Scores = torch.Tensor | tuple[torch.Tensor, Sequence[Sequence[torch.Tensor]]]
 
 
 def _hash_file(h: hashlib._Hash, path: Path, full: bool = True) -> None:
@@ -70,11 +76,16 @@ class ReferenceCache:
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
         self.values: dict[str, list[float]] = {}
+        self.tokens: dict[str, list[list[float]]] = {}
         self.reload()
 
     def reload(self) -> None:
-        """Read every shard (later lines win)."""
-        self.values = {}
+        """Read every shard (later lines win).
+
+        Raises:
+            ValueError: a line that is not a cache entry (names ``shard:line``).
+        """
+        self.values, self.tokens = {}, {}
         if not self.directory.exists():
             return
         for shard in sorted(self.directory.glob("*.jsonl")):
@@ -84,6 +95,10 @@ class ReferenceCache:
                 try:
                     entry = json.loads(line)
                     self.values[entry["key"]] = [float(v) for v in entry["logps"]]
+                    if "token_logps" in entry:
+                        self.tokens[entry["key"]] = [[float(v) for v in r] for r in entry["token_logps"]]
+                    else:
+                        self.tokens.pop(entry["key"], None)
                 except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                     raise ValueError(f"{shard}:{lineno}: bad reference-cache line ({exc})") from exc
 
@@ -100,13 +115,36 @@ class ReferenceCache:
             raise KeyError(f"{len(missing)} pair(s) have no cached reference log-probs, e.g. {missing[0]}")
         return torch.tensor([self.values[k] for k in keys], dtype=torch.float32)
 
-    def append(self, shard: str, entries: Iterable[tuple[str, list[float]]]) -> None:
-        """Add entries to shard ``<shard>.jsonl`` (flushed and fsynced)."""
+    def get_tokens(self, keys: list[str]) -> list[list[torch.Tensor]]:
+        """Per-token float32 log-probs ``[pair][response] -> (n,)`` of these keys.
+
+        Raises:
+            KeyError: a key without per-token values (not cached, or cached as sums only).
+        """
+        missing = [k for k in keys if k not in self.tokens]
+        if missing:
+            raise KeyError(
+                f"{len(missing)} pair(s) have no cached per-token reference log-probs, e.g. {missing[0]}"
+            )
+        return [[torch.tensor(r, dtype=torch.float32) for r in self.tokens[k]] for k in keys]
+
+    def append(
+        self,
+        shard: str,
+        entries: Iterable[tuple[str, list[float]] | tuple[str, list[float], list[list[float]] | None]],
+    ) -> None:
+        """Add ``(key, logps)`` or ``(key, logps, token_logps)`` entries to shard ``<shard>.jsonl``
+        (flushed and fsynced)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"{shard}.jsonl"
         with path.open("a") as f:
-            for key, logps in entries:
-                f.write(json.dumps({"key": key, "logps": logps}) + "\n")
+            for key, logps, *rest in entries:
+                entry: dict = {"key": key, "logps": list(logps)}
+                tokens = rest[0] if rest else None
+                if tokens is not None:
+                    entry["token_logps"] = [list(r) for r in tokens]
+                    self.tokens[key] = entry["token_logps"]
+                f.write(json.dumps(entry) + "\n")
                 self.values[key] = list(logps)
             f.flush()
             os.fsync(f.fileno())
@@ -115,7 +153,7 @@ class ReferenceCache:
 def precompute(
     cache: ReferenceCache,
     keys: list[str],
-    score: Callable[[list[int]], torch.Tensor],
+    score: Callable[[list[int]], Scores],
     batch_size: int,
     rank: int,
     world_size: int,
@@ -125,7 +163,8 @@ def precompute(
 
     The missing indices are split round-robin over ranks and each rank runs the **same number**
     of batches (the last ones padded with repeats of its first index), as ZeRO-3 requires every
-    rank to run every forward. ``score(indices)`` returns ``(len(indices), K)`` log-probs.
+    rank to run every forward. ``score(indices)`` returns ``(len(indices), K)`` summed log-probs,
+    or those and the per-token log-probs ``[pair][response] -> (n,)`` (then cached as well).
     Every rank must have read the same cache state before the call (a barrier after loading it) and
     calls :meth:`ReferenceCache.reload` after a barrier that follows it.
     """
@@ -143,7 +182,15 @@ def precompute(
         real = len(idx)
         filler = idx[0] if idx else (mine[0] if mine else (todo[0] if todo else 0))
         idx = idx + [filler] * (batch_size - real)
-        logps = score(idx).float().cpu()
-        cache.append(shard, ((keys[i], logps[j].tolist()) for j, i in enumerate(idx[:real])))
+        scores = score(idx)
+        sums, tokens = scores if isinstance(scores, tuple) else (scores, None)
+        logps = sums.float().cpu()
+        cache.append(
+            shard,
+            (
+                (keys[i], logps[j].tolist(), None if tokens is None else [t.tolist() for t in tokens[j]])
+                for j, i in enumerate(idx[:real])
+            ),
+        )
         done += real
     return done

@@ -23,56 +23,32 @@ from torch import nn
 
 from mmalign.data.templates import Message
 from mmalign.models.checkpoint import load_model
+from mmalign.models.heads import ScalarHead, ScalarModel
 from mmalign.models.lmm import LMM
-from mmalign.preference.batch import PreferenceBatch
 from mmalign.preference.formats import PreferencePair
 
 HEAD_FILE = "reward_head.safetensors"
 
 
-class RewardModel(nn.Module):
-    """``r(x, y)``: the LMM's last hidden state at the end of each sequence → ``Linear(D, 1)``.
+class RewardModel(ScalarModel):
+    """``r(x, y)``: the LMM's last hidden state at the end of each sequence → a scalar head.
+
+    A :class:`~mmalign.models.heads.ScalarModel` reading the last position; ``forward(batch)``
+    gives ``(num_pairs, num_responses)`` float32 rewards.
 
     Args:
         lmm: the (SFT) model.
-        head: the scalar head (default: zero-initialised weight and bias, so r = 0 at the start).
+        head: the scalar head (default: zero-initialised weight and bias, so r = 0 at the start);
+            an ``nn.Linear(D, 1)`` is converted (its weights copied).
     """
 
-    def __init__(self, lmm: LMM, head: nn.Linear | None = None) -> None:
-        super().__init__()
-        self.lmm = lmm
-        hidden = lmm.llm.get_input_embeddings().weight.shape[1]
-        if head is None:
-            head = nn.Linear(hidden, 1)
-            nn.init.zeros_(head.weight)
-            nn.init.zeros_(head.bias)
-        self.head = head
-
-    @property
-    def always_run_media(self) -> bool:
-        return self.lmm.always_run_media
-
-    @always_run_media.setter
-    def always_run_media(self, value: bool) -> None:
-        self.lmm.always_run_media = value
-
-    def forward(self, batch: PreferenceBatch) -> torch.Tensor:
-        """``(num_pairs, num_responses)`` rewards (float32)."""
-        embeds = self.lmm.embed(batch.input_ids, batch.images, batch.videos)
-        hidden = (
-            self.lmm.llm.get_decoder()(
-                inputs_embeds=embeds,
-                attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids,
-                use_cache=False,
-            )
-            .last_hidden_state[batch.last_rows, batch.last_cols]
-            .to(self.head.weight.dtype)
-        )
-        return self.head(hidden).squeeze(-1).float().view(batch.num_pairs, batch.num_responses)
+    def __init__(self, lmm: LMM, head: ScalarHead | nn.Linear | None = None) -> None:
+        if isinstance(head, nn.Linear):
+            head = ScalarHead.from_state_dict(head.state_dict())
+        super().__init__(lmm, head, read="last")
 
 
-def save_head(head: nn.Linear | dict[str, torch.Tensor], directory: str | Path) -> Path:
+def save_head(head: nn.Module | dict[str, torch.Tensor], directory: str | Path) -> Path:
     """Write the head next to an mmalign checkpoint (``reward_head.safetensors``)."""
     state = head.state_dict() if isinstance(head, nn.Module) else head
     path = Path(directory) / HEAD_FILE
@@ -86,9 +62,7 @@ def load_reward_model(directory: str | Path, dtype: torch.dtype | None = None) -
     path = Path(directory) / HEAD_FILE
     if not path.exists():
         raise FileNotFoundError(f"{directory} has no {HEAD_FILE}: not a reward model")
-    state = load_file(str(path))
-    head = nn.Linear(state["weight"].shape[1], 1)
-    head.load_state_dict(state)
+    head = ScalarHead.from_state_dict(load_file(str(path)))
     return RewardModel(lmm, head.to(dtype or head.weight.dtype)).eval(), tokenizer
 
 

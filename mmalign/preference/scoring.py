@@ -1,4 +1,4 @@
-"""Sequence log-probs of responses, computed with the least work: the policy/reference module.
+"""Log-probs of responses (per token and summed), computed with the least work: the policy/reference module.
 
 :class:`PreferenceModel` is what the DeepSpeed engine wraps for DPO. One call embeds the batch
 (the encoder and projector run once over all its images/video frames), runs the LLM on the
@@ -13,7 +13,10 @@ the same call (no gradient):
   encoding the media again.
 
 The reference-free ``none`` mode is used with precomputed reference log-probs
-(:mod:`mmalign.preference.ref_cache`).
+(:mod:`mmalign.preference.ref_cache`). Batches are groups of K responses
+(:mod:`mmalign.preference.batch`); every result comes per scored token ``(N,)`` and summed per
+response ``(G, K)``. :func:`group_logps` scores a batch with any LMM (e.g. an RL policy or
+reference) without this module.
 """
 
 from __future__ import annotations
@@ -76,6 +79,29 @@ def sequence_sums(token_logps: torch.Tensor, batch: PreferenceBatch) -> torch.Te
     return sums.view(batch.num_pairs, batch.num_responses)
 
 
+def group_logps(
+    lmm: LMM,
+    batch: PreferenceBatch,
+    embeds: torch.Tensor | None = None,
+    response_logits_only: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs of every scored token ``(N,)`` and their sums per response ``(G, K)`` (float32).
+
+    Args:
+        lmm: the model (its gradient flows unless called under ``torch.no_grad``).
+        batch: groups in either layout (:func:`~mmalign.preference.batch.collate_shared`).
+        embeds: ``(B, L, D)`` input embeddings already computed (media features in place); by
+            default ``lmm.embed`` runs once on the batch.
+
+    Returns:
+        ``(token_logps, sums)``; ``batch.split_by_sequence(token_logps)`` gives per-response pieces.
+    """
+    if embeds is None:
+        embeds = lmm.embed(batch.input_ids, batch.images, batch.videos)
+    tokens = score_tokens(lmm.llm, embeds, batch, response_logits_only)
+    return tokens, sequence_sums(tokens, batch)
+
+
 class PreferenceModel(nn.Module):
     """The policy (and optionally a frozen reference) scoring preference batches.
 
@@ -129,14 +155,17 @@ class PreferenceModel(nn.Module):
         """Score ``batch``.
 
         Returns:
-            ``policy``: ``(P, K)`` summed log-probs (with grad); ``reference``: ``(P, K)`` without
-            grad when an online reference exists and ``with_reference``; ``token_logps`` ``(N,)``.
+            ``policy``: ``(P, K)`` summed log-probs (with grad); ``token_logps``: ``(N,)`` the
+            same per scored token; with an online reference and ``with_reference`` also
+            ``reference`` ``(P, K)`` and ``reference_token_logps`` ``(N,)``, without grad.
         """
         embeds = self.policy.embed(batch.input_ids, batch.images, batch.videos)
-        tokens = score_tokens(self.policy.llm, embeds, batch, self.response_logits_only)
-        out = {"policy": sequence_sums(tokens, batch), "token_logps": tokens}
+        tokens, sums = group_logps(self.policy, batch, embeds, self.response_logits_only)
+        out = {"policy": sums, "token_logps": tokens}
         if with_reference and self.reference != "none":
-            out["reference"] = self.reference_logps(batch, embeds)
+            ref_tokens = self.reference_token_logps(batch, embeds)
+            out["reference"] = sequence_sums(ref_tokens, batch)
+            out["reference_token_logps"] = ref_tokens
         return out
 
     @torch.no_grad()
@@ -144,13 +173,23 @@ class PreferenceModel(nn.Module):
         self, batch: PreferenceBatch, policy_embeds: torch.Tensor | None = None
     ) -> torch.Tensor:
         """``(P, K)`` summed reference log-probs (the policy's embeddings are reused where exact)."""
+        return sequence_sums(self.reference_token_logps(batch, policy_embeds), batch)
+
+    @torch.no_grad()
+    def reference_token_logps(
+        self, batch: PreferenceBatch, policy_embeds: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``(N,)`` reference log-prob of every scored token (see :meth:`reference_logps`).
+
+        Raises:
+            ValueError: the model has no online reference (``reference="none"``).
+        """
         if self.reference == "lora":
             embeds = policy_embeds.detach() if policy_embeds is not None else None
             with reference_mode(self.policy):
                 if embeds is None:
                     embeds = self.policy.embed(batch.input_ids, batch.images, batch.videos)
-                tokens = score_tokens(self.policy.llm, embeds, batch, self.response_logits_only)
-            return sequence_sums(tokens, batch)
+                return score_tokens(self.policy.llm, embeds, batch, self.response_logits_only)
         if self.reference != "frozen":
             raise ValueError("no online reference in this model")
         ref = self.ref_model
@@ -163,5 +202,4 @@ class PreferenceModel(nn.Module):
             embeds = torch.where(media.unsqueeze(-1), policy_embeds.detach().to(text.dtype), text)
         else:
             embeds = ref.embed(batch.input_ids, batch.images, batch.videos)
-        tokens = score_tokens(ref.llm, embeds, batch, self.response_logits_only)
-        return sequence_sums(tokens, batch)
+        return score_tokens(ref.llm, embeds, batch, self.response_logits_only)
