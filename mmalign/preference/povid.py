@@ -84,4 +84,4 @@ def noise_answers(
 def noise_seed(seed: int, step: int, micro: int, rank: int) -> int:
     """The seed of y_noise's distortion at one micro-batch of one rank: the same in every process
     (Python's ``hash`` of a tuple is not, and a resumed run must redraw the same noise)."""
-    return stable_seed("povid-noise", seed, step, micro, rank)
+    return stable_seed(seed, step, micro, rank)
