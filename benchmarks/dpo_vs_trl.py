@@ -227,11 +227,12 @@ def run_mmalign(s: dict, folder: Path, beta: float, lr: float, variant: str) -> 
     import copy
 
     from mmalign.data.processor import MultimodalProcessor
-    from mmalign.losses.dpo import dpo_loss
     from mmalign.models.llava_hf import import_llava_hf
     from mmalign.preference.batch import collate_plain, collate_shared, encode_pair
+    from mmalign.preference.config import DPOConfig
     from mmalign.preference.formats import PreferencePair
     from mmalign.preference.scoring import PreferenceModel
+    from mmalign.preference.step import preference_step
 
     opt = ABLATION[variant]
     base = rss_kib()
@@ -268,13 +269,11 @@ def run_mmalign(s: dict, folder: Path, beta: float, lr: float, variant: str) -> 
     optimizer = torch.optim.AdamW(
         [p for p in policy.parameters() if p.requires_grad], lr=lr, weight_decay=0.0
     )
+    step_cfg = DPOConfig(beta=beta, reference="precomputed" if ref is None else "frozen")
     model.train()
     times, losses = [], []
     for b, batch in enumerate(batches):
-        out = model(batch)
-        r = out["reference"] if ref_logps is None else ref_logps[b]
-        pol = out["policy"]
-        loss = dpo_loss(pol[:, 0], pol[:, 1], r[:, 0], r[:, 1], beta=beta).loss
+        loss, _ = preference_step(model, batch, None if ref_logps is None else ref_logps[b], step_cfg)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,185 @@
+"""One run lifecycle shared by the trainers: processes, data order, optimizer + schedule, resume,
+logging, periodic checkpoints, pruning and the final export.
+
+A trainer builds its model and data, then::
+
+    run = TrainingRun(cfg, "dpo")                         # processes (Strategy.setup_distributed)
+    ...load the model, check the data...
+    run.plan(len(pairs))                                  # ExampleOrder + total steps
+    optimizer, scheduler = run.optimizer(param_groups)    # AdamW + warmup/cosine
+    engine = run.strategy.prepare(model, optimizer, scheduler, checkpointing=..., blank_media=...)
+    if run.begin() is None:                               # resume (config-change check), logger
+        return 2
+    run.train(lambda indices: step(indices))              # the loop: backward/step, log, save
+    run.finish(policy, cfg.model)                         # final checkpoint, prune, export
+
+``step(indices)`` is the method's own part: this rank's example indices of one micro-batch →
+``(loss, metrics)``; a ``tokens`` entry in the metrics is reported as ``tok/s``. The run config
+must have the fields of :class:`~mmalign.training.sft_config.RunConfig`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmalign.config import ConfigError
+from mmalign.data.datasets import ExampleOrder
+from mmalign.models.lmm import LMM
+from mmalign.training.checkpoint import begin_run, export_final, prune_checkpoints, step_tag
+from mmalign.training.logging import MetricsLogger
+from mmalign.training.parts import lr_lambda
+from mmalign.training.strategy import Strategy
+
+StepFn = Callable[[list[int]], tuple[torch.Tensor, dict[str, float]]]
+
+
+class TrainingRun:
+    """The lifecycle of one training run around a method's step.
+
+    Args:
+        cfg: the run config (``strategy``, ``seed``, ``out``, ``max_steps``, ``epochs``,
+            ``optim``, ``save_every``, ``keep_last``, ``log_every``, ``resume``, ``lora``, ...).
+        name: the trainer's name in log lines (``sft``, ``dpo``, ``reward``).
+
+    Attributes:
+        strategy: the :class:`Strategy`, its processes started.
+        order: the deterministic data order (after :meth:`plan`).
+        total_steps / start_step: the run's length and where it starts (after :meth:`begin`).
+        step / micro: the optimizer step and micro-batch the loop is at.
+        log: the metrics logger (after :meth:`begin`).
+    """
+
+    def __init__(self, cfg: Any, name: str) -> None:
+        self.cfg = cfg
+        self.name = name
+        self.out = Path(cfg.out)
+        self.ckpt_dir = self.out / "checkpoints"
+        self.strategy = Strategy(cfg.strategy, seed=cfg.seed)
+        self.strategy.setup_distributed()
+        self.order: ExampleOrder | None = None
+        self.total_steps = 0
+        self.start_step = 0
+        self.n_examples = 0
+        self.step = self.micro = 0  # where the loop is (a step function may seed by it)
+        self.log: MetricsLogger | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.strategy.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.strategy.dtype
+
+    def plan(self, n_examples: int, lengths: list[int] | None = None, group: int = 0) -> ExampleOrder:
+        """The data order over ``n_examples`` (a function of seed and step, so resume replays it;
+        ``lengths``/``group``: length grouping) and the number of optimizer steps."""
+        c = self.cfg.strategy
+        self.n_examples = n_examples
+        self.order = ExampleOrder(
+            n_examples, self.cfg.seed, c.micro_batch_size, c.grad_accum, self.strategy.world_size,
+            lengths=lengths, group=group,
+        )  # fmt: skip
+        self.total_steps = self.cfg.max_steps or max(
+            1, int(self.cfg.epochs * n_examples / self.order.global_batch)
+        )
+        return self.order
+
+    def optimizer(self, param_groups: list[dict[str, Any]]) -> tuple[Any, Any]:
+        """AdamW over ``param_groups`` and its warmup + decay schedule over the planned steps."""
+        o = self.cfg.optim
+        optimizer = self.strategy.make_optimizer(param_groups, o.betas, o.eps)
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o, self.total_steps))
+
+    @property
+    def run_shape(self) -> dict[str, int]:
+        """What a checkpoint's data position means; resuming needs the same."""
+        assert self.order is not None, "plan() first"
+        return {
+            "global_batch": self.order.global_batch,
+            "world_size": self.strategy.world_size,
+            "n_examples": self.n_examples,
+        }
+
+    def begin(self, notes: list[str] = ()) -> int | None:  # type: ignore[assignment]
+        """Resume if asked (refused with the keys named when the config changed), write
+        ``config.yaml``, open the logger; returns the start step, or None after printing why a
+        resume was refused (the trainer exits 2)."""
+        try:
+            self.start_step = begin_run(self.strategy, self.cfg, self.out, self.run_shape)
+        except ConfigError as exc:  # resuming with a changed config: the message names the keys
+            print(f"error: {exc}", file=sys.stderr)
+            return None
+        # (drops metric records after start_step: a resumed run redoes them)
+        self.log = MetricsLogger(self.out, self.total_steps, self.start_step, enabled=self.strategy.is_main)
+        for note in notes:
+            self.write(note)
+        self.write(self.strategy.describe())
+        self.write(
+            f"{self.n_examples} examples, {self.total_steps} steps of {self.order.global_batch} "
+            f"(world {self.strategy.world_size}), start at step {self.start_step}"
+        )
+        return self.start_step
+
+    def write(self, text: str) -> None:
+        assert self.log is not None
+        self.log.write(f"[{self.name}] {text}")
+
+    def save(self, step: int) -> None:
+        """A resumable checkpoint of every trainable engine at ``step``; older ones pruned."""
+        self.strategy.save_checkpoint(self.ckpt_dir, step_tag(step), {"step": step, **self.run_shape})
+        if self.strategy.is_main:
+            prune_checkpoints(self.ckpt_dir, self.cfg.keep_last)
+
+    def train(self, step_fn: StepFn, engine: Any = None) -> None:
+        """The loop from :attr:`start_step`: per optimizer step, ``grad_accum`` micro-batches of
+        ``step_fn`` → backward → step; metrics averaged over micro-batches and ranks every
+        ``log_every`` steps; a checkpoint every ``save_every`` steps."""
+        s, cfg, accum = self.strategy, self.cfg, self.cfg.strategy.grad_accum
+        (engine or s.engine).train()
+        tokens, t_last = 0, time.time()
+        for step in range(self.start_step, self.total_steps):
+            sums: dict[str, float] = {}
+            step_lr, t_step = s.current_lrs(engine)[0], time.time()
+            for micro in range(accum):
+                self.step, self.micro = step, micro
+                loss, metrics = step_fn(self.order.micro_batch(step, micro, s.rank))
+                s.backward(loss, engine)
+                s.step(engine)
+                tokens += int(metrics.pop("tokens", 0))
+                for k, v in {"loss": loss.item(), **metrics}.items():
+                    sums[k] = sums.get(k, 0.0) + v / accum
+            done = step + 1
+            if done % cfg.log_every == 0 or done == self.total_steps:
+                record = {k: s.all_reduce_mean(v) for k, v in sums.items()}
+                elapsed = time.time() - t_last
+                record.update(lr=step_lr, grad_norm=s.grad_norm(engine), step_s=time.time() - t_step)
+                if tokens:
+                    record["tok/s"] = s.all_reduce_sum(tokens) / max(elapsed, 1e-9)
+                record["epoch"] = self.order.epoch_of(done)
+                self.log.log(done, record)
+                tokens, t_last = 0, time.time()
+            if cfg.save_every and done % cfg.save_every == 0 and done < self.total_steps:
+                self.save(done)
+
+    def finish(self, model: LMM, grow_llm_layers: int = 0) -> dict[str, str]:
+        """Final checkpoint (for resume/continuation) and the consolidated export of ``model`` (the
+        trained LMM: ``final/``, ``final_adapter/`` for LoRA, ``final_llava_hf/`` on request)."""
+        self.save(self.total_steps)
+        model.always_run_media = False
+        c = self.cfg
+        written = export_final(
+            self.strategy, model, c.model, c.lora, self.out, c.export_lora, c.export_llava_hf, grow_llm_layers
+        )
+        return written
+
+    def close(self, written: dict[str, str]) -> None:
+        self.write(f"done: {json.dumps(written)}")
+        self.log.close()
