@@ -41,6 +41,13 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {value!r}")
         return from_dict(tp, value, prefix=f"{key}.")
+    if origin is typing.Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed or (
+            isinstance(value, bool) and not any(isinstance(a, bool) for a in allowed)
+        ):
+            raise ConfigError(f"{key}: must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+        return value
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:

@@ -26,3 +26,31 @@ def test_unknown_keys_and_bad_values_are_named():
         parse_overrides(["steps"])
     with pytest.raises(FileNotFoundError):
         load_config(TinyPresetConfig, "/nonexistent.yaml")
+
+
+def test_literal_fields_are_checked_by_the_loader():
+    from mmalign.preference.config import DPOConfig
+    from mmalign.training.sft_config import SFTConfig
+
+    with pytest.raises(
+        ConfigError, match=r"reference: must be one of 'precomputed', 'frozen', 'lora', got 'lroa'"
+    ):
+        load_config(DPOConfig, None, ["reference=lroa"])
+    with pytest.raises(ConfigError, match=r"strategy\.precision: must be one of 'fp32', 'bf16', 'fp16'"):
+        load_config(SFTConfig, None, ["strategy.precision=bf32"])
+    with pytest.raises(ConfigError, match=r"export_lora: .* got True"):
+        load_config(SFTConfig, None, ["export_lora=true"])
+    assert load_config(DPOConfig, None, ["povid.noise_source=generate"]).povid.noise_source == "generate"
+
+
+def test_lora_reference_with_a_training_projector_warns():
+    from mmalign.preference.config import DPOConfig
+
+    lora = ["reference=lora", "lora.enabled=true"]
+    with pytest.warns(UserWarning, match="reference drifts"):
+        load_config(DPOConfig, None, [*lora, "parts.train_projector=true"])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_config(DPOConfig, None, [*lora, "parts.train_projector=false", "parts.train_vision=false"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -152,7 +153,8 @@ class DPOConfig(TrainRunConfig):
         average_log_prob: length-averaged log-probs (IPO's paper and TRL's IPO use them).
         sft_weight: γ of the SFT term γ·NLL(y_w) per token.
         reference: ``precomputed`` (one pass before training, cached on disk), ``frozen`` (a
-            frozen copy held in the engine) or ``lora`` (the adapter disabled; needs ``lora``).
+            frozen copy held in the engine) or ``lora`` (the adapter disabled; needs ``lora``;
+            with a training projector or encoder it drifts with them — warned, as POVID's code).
         ref_cache: cache folder for ``precomputed`` (default ``<out>/ref_cache``).
         pairs_per_row: pairs packed into one shared-prefix row.
         povid: POVID's two-term objective (needs an online reference when ``noise_weight > 0``).
@@ -178,6 +180,19 @@ class DPOConfig(TrainRunConfig):
             raise ValueError(f"reference must be precomputed, frozen or lora, got {self.reference!r}")
         if self.reference == "lora" and not self.lora.enabled:
             raise ValueError("reference=lora needs lora.enabled (the reference is the adapter-disabled base)")
+        if self.reference == "lora" and (self.parts.train_projector or self.parts.train_vision):
+            # Decided: warn, not refuse. The adapter-disabled reference shares the encoder and
+            # projector with the policy, so when they train the reference drifts with them (it
+            # is no longer the start model). POVID's code does exactly this (LoRA + projector lr
+            # 2e-5, reference = adapter disabled), and configs/dpo/llava15_7b_povid.yaml follows it.
+            warnings.warn(
+                "reference=lora with parts.train_projector/train_vision: the reference is the "
+                "adapter-disabled policy, whose encoder/projector train too, so the reference drifts "
+                "from the start model (as in POVID's code). For a fixed reference use reference: "
+                "frozen or precomputed, or freeze the projector.",
+                UserWarning,
+                stacklevel=2,
+            )
         if self.povid.noise_weight > 0 and self.reference == "precomputed":
             raise ValueError(
                 "POVID's noise term scores the policy's own answers: use reference frozen or lora"
