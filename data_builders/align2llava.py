@@ -38,7 +38,7 @@ from mmalign.builders.povid_rules import CooccurrenceStats
 from mmalign.builders.runner import format_summary, run_builder
 from mmalign.builders.scene import scene_from_record
 from mmalign.shapeworld import Scene, WorldConfig
-from mmalign.shapeworld.generate import atomic_write
+from mmalign.utils import atomic_write
 
 
 def _pairs(args: argparse.Namespace) -> int:

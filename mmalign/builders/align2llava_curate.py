@@ -33,8 +33,8 @@ from mmalign.builders.runner import Built, Item, default_id
 from mmalign.data.formats import Example, RecordError
 from mmalign.data.processor import MultimodalProcessor
 from mmalign.preference.reward_model import RewardModel
-from mmalign.shapeworld.generate import atomic_write
 from mmalign.training.generation import generate_responses
+from mmalign.utils import atomic_write
 
 RewriteBackend = Literal["none", "inner", "llm"]
 

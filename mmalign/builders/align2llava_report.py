@@ -36,8 +36,8 @@ from mmalign.eval.shapeworld import CAPTION_PROMPT, _ask
 from mmalign.models.checkpoint import load_model
 from mmalign.preference.reward_model import load_reward_model
 from mmalign.shapeworld import Scene, WorldConfig, chair, qa_correct
-from mmalign.shapeworld.generate import atomic_write
 from mmalign.training.generation import generate_responses
+from mmalign.utils import atomic_write
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE_TASKS = (

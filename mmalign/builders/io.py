@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mmalign.data.formats import RecordError, iter_json_records
-from mmalign.shapeworld.generate import atomic_write
+from mmalign.utils import atomic_write
 
 PROGRESS = ".progress.jsonl"
 PARAMS = "params.json"

@@ -37,8 +37,7 @@ from mmalign.builders.scene import SceneDesc, scene_from_record
 from mmalign.data.formats import RecordError
 from mmalign.data.media import WHITE, load_image, to_rgb
 from mmalign.preference.distortion import diffusion_noise
-from mmalign.shapeworld.generate import atomic_write
-from mmalign.shapeworld.vocab import stable_seed
+from mmalign.utils import atomic_write, stable_seed
 
 Distort = Literal["none", "disk", "fly"]
 

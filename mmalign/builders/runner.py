@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from mmalign.builders.io import CommittedOutput, iter_inputs, write_summary
 from mmalign.data.check import MediaChecker, check_record
 from mmalign.data.formats import RecordError
-from mmalign.shapeworld.vocab import stable_seed
+from mmalign.utils import stable_seed
 
 
 @dataclass

@@ -28,12 +28,13 @@ from typing import Any
 
 from mmalign.data.formats import RecordError
 from mmalign.data.processor import MultimodalProcessor
+from mmalign.eval.answers import answer_yes_no
 from mmalign.eval.common import GenerationOptions, answer, mean, question, read_records
 from mmalign.llm.client import ChatClient
 from mmalign.models.lmm import LMM
 from mmalign.shapeworld.captions import plural
 from mmalign.shapeworld.judges import qa_correct
-from mmalign.shapeworld.parsing import answer_yes_no, colors_in, parse_mentions, parse_number, tokenize
+from mmalign.shapeworld.parsing import colors_in, parse_mentions, parse_number, tokenize
 from mmalign.shapeworld.world import BACKGROUNDS, SHAPES, Scene
 
 TYPES = ("attribute", "adversarial", "comparison", "counting", "relation", "environment", "holistic", "other")

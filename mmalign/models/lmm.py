@@ -23,8 +23,7 @@ from mmalign.models.decoding import GenerationConfig, decode
 from mmalign.models.temporal import TemporalMixer
 from mmalign.models.video import VideoEncoder
 from mmalign.models.vision import VisionConfig
-
-IGNORE_INDEX = -100
+from mmalign.utils import IGNORE_INDEX as IGNORE_INDEX  # re-exported; defined in mmalign.utils
 
 
 @dataclass

@@ -51,23 +51,11 @@ from mmalign.shapeworld.render import render_scene
 from mmalign.shapeworld.video import render_video, sample_video, write_mp4
 from mmalign.shapeworld.video_text import video_caption, video_prompt, video_qa
 from mmalign.shapeworld.world import Scene, WorldConfig, sample_scene
+from mmalign.utils import atomic_write as atomic_write  # re-exported: it lives in mmalign.utils
 
 FORMAT_VERSION = 1
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 MARKER = ".complete"
-
-
-def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary sibling and ``os.replace`` (never a partial file)."""
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def _jsonl(records: Iterable[dict]) -> bytes:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from types import MappingProxyType
+
+from mmalign.utils import IGNORE_INDEX as IGNORE_INDEX  # re-exported: it lives in mmalign.utils
+from mmalign.utils import stable_seed as stable_seed  # re-exported
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "diamond", "hexagon", "cross", "heart")
 """Closed shape vocabulary; class index = position in this tuple."""
@@ -32,13 +34,6 @@ BACKGROUNDS: Mapping[str, tuple[int, int, int]] = MappingProxyType(
 )
 """Dark backgrounds, far from every object colour."""
 
-IGNORE_INDEX = -100
 """Target value for shape/colour/size of an empty cell (``torch.nn.CrossEntropyLoss`` default)."""
 
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below", "next to")
-
-
-def stable_seed(*parts: object) -> int:
-    """A 64-bit seed from any printable parts, identical across processes (unlike ``hash``)."""
-    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little")
