@@ -54,3 +54,20 @@ def test_lora_reference_with_a_training_projector_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_config(DPOConfig, None, [*lora, "parts.train_projector=false", "parts.train_vision=false"])
+
+
+def test_trainers_share_one_run_config():
+    import dataclasses
+
+    from mmalign.preference.config import DPOConfig, RewardConfig, TrainRunConfig
+    from mmalign.training.run_config import RunConfig
+    from mmalign.training.sft_config import SFTConfig
+
+    shared = {f.name for f in dataclasses.fields(RunConfig)}
+    assert TrainRunConfig is RunConfig  # the old import path
+    for cls in (SFTConfig, DPOConfig, RewardConfig):
+        assert issubclass(cls, RunConfig)
+        own = {f.name for f in dataclasses.fields(cls)} - shared
+        assert "data" in own and not own & {"optim", "strategy", "resume", "seed"}
+    with pytest.raises(ConfigError, match="data_checks: must be one of"):
+        load_config(RewardConfig, None, ["data_checks=lenient"])

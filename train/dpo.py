@@ -42,14 +42,13 @@ from mmalign.data.processor import MultimodalProcessor
 from mmalign.models.checkpoint import load_model
 from mmalign.preference.batch import collate_shared, encode_pair
 from mmalign.preference.config import DPOConfig, load_sources
-from mmalign.preference.povid import noise_answers
+from mmalign.preference.povid import noise_answers, noise_seed
 from mmalign.preference.ref_cache import ReferenceCache, model_fingerprint, pair_key, precompute
 from mmalign.preference.scoring import PreferenceModel
 from mmalign.preference.step import preference_step, uses_povid
 from mmalign.training.dry_run import dry_run
 from mmalign.training.parts import apply_lora, configure_parts
 from mmalign.training.run import TrainingRun
-from mmalign.utils import stable_seed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     def step(indices: list[int]):
         enc = [encode_pair(processor, pairs[i], cfg.max_length) for i in indices]
         if uses_povid(cfg):
-            noise_gen.manual_seed(stable_seed(cfg.seed, run.step, run.micro, run.strategy.rank))
+            noise_gen.manual_seed(noise_seed(cfg.seed, run.step, run.micro, run.strategy.rank))
             p = cfg.povid
             texts = noise_answers(
                 policy, processor, enc, p.noise_source, p.noise_t, noise_gen, p.max_new_tokens,

@@ -6,11 +6,9 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mmalign.data.templates import template_setting
 from mmalign.losses.dpo import LOSS_TYPES
 from mmalign.preference.formats import FORMATS, PreferencePair, load_preferences
-from mmalign.training.parts import LoraConfig, OptimConfig, PartsConfig
-from mmalign.training.strategy import StrategyConfig
+from mmalign.training.run_config import RunConfig
 
 
 @dataclass
@@ -77,76 +75,17 @@ class PovidConfig:
             raise ValueError(f"noise_source must be argmax or generate, got {self.noise_source!r}")
 
 
+TrainRunConfig = RunConfig  # the old name of the shared run config
+
+
 @dataclass
-class TrainRunConfig:
-    """Fields shared by preference trainers.
+class DPOConfig(RunConfig):
+    """DPO family / POVID training: the shared :class:`~mmalign.training.run_config.RunConfig`
+    plus preference data and the method's fields.
 
     Attributes:
-        model: checkpoint to start from — an mmalign directory or a llava-hf folder.
-        out: run folder (checkpoints/, final/, metrics.jsonl, tb/, config.yaml).
         data: preference sources (mixed).
-        parts: which parts train, at which learning rate.
-        lora: LoRA on the LLM.
-        optim: AdamW and its schedule.
-        strategy: DeepSpeed options (ZeRO stage, precision, batch sizes).
-        template: chat template overriding the checkpoint's: a built-in name (vicuna_v1, llama3,
-            chatml, plain), a Jinja file or Jinja source; recorded in the exported checkpoint.
-        max_steps: optimizer steps; if 0, ``epochs`` decides.
-        epochs: passes over the data when ``max_steps`` is 0.
         max_length: tokens per prompt + response (responses are cut at the end).
-        data_checks: load-time record checks (:mod:`mmalign.data.check`): ``skip`` — invalid
-            records are an error, pairs ``max_length`` leaves identical or without answer tokens
-            are skipped and reported; ``strict`` — both are errors; ``skip_invalid`` — both are
-            skipped and reported.
-        save_every: DeepSpeed checkpoint every N steps (0 = only at the end).
-        keep_last: checkpoints kept on disk.
-        resume: ``auto`` (latest checkpoint in ``out`` if any), ``none``, or a checkpoint folder.
-        resume_changed_config: resume even though the config differs from the checkpoint's (the
-            new values apply; ``config_history.yaml`` records the change). Without it such a
-            resume is refused, naming the keys.
-        log_every: steps between metric records.
-        export_lora: for LoRA runs, what the final export holds: the PEFT ``adapter``, the
-            ``merged`` weights, or ``both``.
-        export_llava_hf: also write ``final_llava_hf/`` when the parts allow it.
-        seed: data order and initialisation seed.
-    """
-
-    model: str = "checkpoints/tiny-shapeworld"
-    out: str = "runs/dpo"
-    data: list[PreferenceSource] = field(default_factory=list)
-    parts: PartsConfig = field(default_factory=PartsConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    strategy: StrategyConfig = field(default_factory=StrategyConfig)
-    template: str | None = None
-    max_steps: int = 0
-    epochs: float = 1.0
-    max_length: int = 1024
-    data_checks: Literal["strict", "skip", "skip_invalid"] = "skip"
-    save_every: int = 0
-    keep_last: int = 2
-    resume: str = "auto"
-    resume_changed_config: bool = False
-    log_every: int = 10
-    export_lora: Literal["adapter", "merged", "both"] = "both"
-    export_llava_hf: bool = False
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.max_steps < 0 or self.epochs <= 0:
-            raise ValueError("max_steps must be ≥ 0 and epochs > 0")
-        if self.keep_last < 1:
-            raise ValueError("keep_last must be ≥ 1")
-        if self.data_checks not in ("strict", "skip", "skip_invalid"):
-            raise ValueError(f"data_checks must be strict, skip or skip_invalid, got {self.data_checks!r}")
-        template_setting(self.template)  # an unknown name or a missing file fails here
-
-
-@dataclass
-class DPOConfig(TrainRunConfig):
-    """DPO family / POVID training.
-
-    Attributes:
         beta: KL strength β.
         loss_type: ``sigmoid`` (DPO, cDPO with ``label_smoothing``), ``ipo`` or ``hinge``.
         label_smoothing: cDPO ε.
@@ -160,6 +99,10 @@ class DPOConfig(TrainRunConfig):
         povid: POVID's two-term objective (needs an online reference when ``noise_weight > 0``).
     """
 
+    model: str = "checkpoints/tiny-shapeworld"
+    out: str = "runs/dpo"
+    max_length: int = 1024
+    data: list[PreferenceSource] = field(default_factory=list)
     beta: float = 0.1
     loss_type: str = "sigmoid"
     label_smoothing: float = 0.0
@@ -202,17 +145,22 @@ class DPOConfig(TrainRunConfig):
 
 
 @dataclass
-class RewardConfig(TrainRunConfig):
+class RewardConfig(RunConfig):
     """Bradley–Terry reward model.
 
     Attributes:
+        data: preference sources (mixed).
+        max_length: tokens per prompt + response (responses are cut at the end).
         margin: a constant margin in ``−log σ(r_w − r_l − m)`` (records' ``margin`` field wins).
         reward_prompt: a template file in ``configs/prompts/`` appended as a user turn after the
             response (factual augmentation); ``None`` reads the reward at the response's end.
         eval_fraction: share of pairs held out for accuracy at the end (0 = none).
     """
 
+    model: str = "checkpoints/tiny-shapeworld"
     out: str = "runs/reward"
+    max_length: int = 1024
+    data: list[PreferenceSource] = field(default_factory=list)
     margin: float = 0.0
     reward_prompt: str | None = None
     eval_fraction: float = 0.0

@@ -15,7 +15,7 @@ A trainer builds its model and data, then::
 
 ``step(indices)`` is the method's own part: this rank's example indices of one micro-batch →
 ``(loss, metrics)``; a ``tokens`` entry in the metrics is reported as ``tok/s``. The run config
-must have the fields of :class:`~mmalign.training.sft_config.RunConfig`.
+is a :class:`~mmalign.training.run_config.RunConfig` (SFT, DPO and reward configs extend it).
 """
 
 from __future__ import annotations
