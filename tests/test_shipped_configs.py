@@ -49,6 +49,10 @@ def shipped() -> list[tuple[str, Path]]:
     return found
 
 
+# Shipped DeepSpeed JSONs no YAML names (zero2.json and zero3.json run above): with a config that fits.
+DEEPSPEED_JSONS = [("zero3_offload.json", CONFIGS / "dpo" / "llava15_7b_povid.yaml")]
+
+
 def run_script(script: str, config: dict, work: Path, name: str, timeout: int = 240) -> str:
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -130,3 +134,14 @@ def test_shipped_config_runs_one_step(world, script: str, path: Path, tmp_path) 
     assert all(v == v for v in records[-1].values() if isinstance(v, float)), records[-1]  # no NaN
     lora = config.get("lora", {}).get("enabled", False)
     assert (out / ("final_adapter" if lora else "final")).is_dir(), sorted(p.name for p in out.iterdir())
+
+
+@pytest.mark.parametrize(("json_name", "path"), DEEPSPEED_JSONS, ids=lambda v: getattr(v, "name", v))
+def test_shipped_deepspeed_json_runs_one_step(world, json_name: str, path: Path, tmp_path) -> None:
+    """ZeRO-3 with optimizer and parameter offload (DeepSpeedCPUAdam) under the POVID/LoRA recipe."""
+    config = yaml.safe_load(path.read_text())
+    config["strategy"] = dict(config["strategy"], deepspeed_config=f"configs/deepspeed/{json_name}")
+    out = tmp_path / "run"
+    log = run_script("dpo.py", smoke("dpo.py", config, world, out, world["base"]), tmp_path, json_name)
+    assert "offload optimizer→cpu param→cpu" in log and "DeepSpeedCPUAdam" in log, log[-2000:]
+    assert (out / "final_adapter").is_dir()
