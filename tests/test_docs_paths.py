@@ -44,7 +44,7 @@ CODE_DIRS = ("mmalign", "train", "eval", "data_builders", "scripts", "benchmarks
 # (so ``mmalign/data/x`` is not read as ``data/x``) nor by a dot (``foo.runs/``).
 REL_RE = re.compile(r"(?<![\w./{-])(?:runs|" + "|".join(REPO_ROOTS) + r")/[\w.*/{}<>-]*")
 ABS_RE = re.compile(r"(?<![\w.:/{-])/[A-Za-z][\w.-]*/[\w.*/{}<>-]*")
-OUT_RE = re.compile(r"(?:--out|--runs|\bout=|^\s*out:)\s*([\w./{}-]+)", re.M)
+OUT_RE = re.compile(r"(?:--out|--runs|\bout=|^\s*out: str = |^\s*out:)\s*\"?([\w./{}-]+)", re.M)
 SHARED = ".." + "/shared"  # spelled apart so this file does not flag itself
 SHARED_RE = re.compile(r"(?:\.\./)?\bshared/(?:ARCHITECTURE|METHODS|seeds|hooks)")
 
@@ -186,7 +186,7 @@ def test_every_named_path_exists_or_is_made(generated_world):
 
 def test_readme_record_examples_load_with_their_readers():
     """Each example record of the README's "Bring your own model" section is read as its format says."""
-    from mmalign.data.formats import llava_record_to_example
+    from mmalign.data.formats import record_to_example
     from mmalign.preference.formats import record_to_pair
 
     readme = (ROOT / "README.md").read_text()
@@ -195,7 +195,7 @@ def test_readme_record_examples_load_with_their_readers():
     for line in block.splitlines():
         if line.startswith("//"):
             m = re.search(r"format: (\w+)", line)
-            fmt = m.group(1) if m else ("llava" if "SFT" in line else fmt)
+            fmt = m.group(1) if m else ("llava" if "SFT — LLaVA" in line else fmt)
             continue
         buf += line
         try:
@@ -203,12 +203,13 @@ def test_readme_record_examples_load_with_their_readers():
             buf = ""
         except json.JSONDecodeError:
             continue
-    assert buf == "" and [f for f, _ in records] == ["llava", "povid", "llava_rlhf", "hound", "trl"]
+    assert buf == "" and [f for f, _ in records] == ["llava", "lrv", "povid", "llava_rlhf", "hound", "trl"]
     for i, (fmt, rec) in enumerate(records):
         where = f"README.md jsonc record {i}"
-        if fmt == "llava":
-            ex = llava_record_to_example(rec, Path("/data"), where)
+        if fmt in ("llava", "lrv"):
+            ex = record_to_example(rec, Path("/data"), where, fmt)
             assert ex.images and ex.messages[-1]["role"] == "assistant"
+            assert ex.messages[0]["content"].startswith("<image>")
         else:
             pair = record_to_pair(rec, Path("/data"), where, fmt)
             assert pair.chosen and pair.rejected and pair.chosen != pair.rejected
