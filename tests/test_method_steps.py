@@ -117,3 +117,33 @@ def test_sft_step_is_the_models_loss_and_counts_tokens(tiny_model, tokenizer):
         )
         assert float(loss) == pytest.approx(float(direct["loss"]), abs=1e-6)
         assert metrics == {"tokens": float(batch["attention_mask"].sum())}
+
+
+def test_reward_accuracy_counts_each_pair_once_and_ranks_run_alike(tiny_model, batch_parts):
+    from types import SimpleNamespace
+
+    from mmalign.preference.step import reward_accuracy
+
+    processor, _ = batch_parts
+    pairs = [
+        PreferencePair(f"q{i}", [{"role": "user", "content": "Is there a star?"}], "Yes.", "No.")
+        for i in range(3)
+    ]
+    calls = []
+
+    def model(batch):  # chosen wins for pairs q0 and q2
+        calls.append(batch.num_pairs)
+        return torch.tensor([[1.0, 0.0]] * batch.num_pairs)
+
+    def strategy(rank, world, others=0.0):
+        return SimpleNamespace(
+            rank=rank, world_size=world, device=torch.device("cpu"), dtype=torch.float32,
+            all_reduce_sum=lambda v: v + others,
+        )  # fmt: skip
+
+    encode = lambda p: encode_pair(processor, p)  # noqa: E731
+    assert reward_accuracy(strategy(0, 1), model, encode, pairs, processor.pad_token_id, 2) == 1.0
+    calls.clear()
+    # rank 1 of 2 holds one pair (q1) but runs as many forwards as rank 0 (two at micro-batch 1)
+    acc = reward_accuracy(strategy(1, 2, others=2.0), model, encode, pairs, processor.pad_token_id, 1)
+    assert len(calls) == 2 and acc == pytest.approx(1.0)

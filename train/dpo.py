@@ -31,8 +31,6 @@ unless ``average_log_prob: true`` (the IPO paper and TRL average them).
 from __future__ import annotations
 
 import sys
-import time
-from pathlib import Path
 
 import torch
 
@@ -43,9 +41,8 @@ from mmalign.models.checkpoint import load_model
 from mmalign.preference.batch import collate_shared, encode_pair
 from mmalign.preference.config import DPOConfig, load_sources
 from mmalign.preference.povid import noise_answers, noise_seed
-from mmalign.preference.ref_cache import ReferenceCache, model_fingerprint, pair_key, precompute
 from mmalign.preference.scoring import PreferenceModel
-from mmalign.preference.step import preference_step, uses_povid
+from mmalign.preference.step import precomputed_reference, preference_step, uses_povid
 from mmalign.training.dry_run import dry_run
 from mmalign.training.parts import apply_lora, configure_parts
 from mmalign.training.run import TrainingRun
@@ -87,34 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     cache, keys, notes = None, [], []
     if cfg.reference == "precomputed":
-        fingerprint = model_fingerprint(cfg.model) if Path(cfg.model).is_dir() else cfg.model
-        keys = [
-            pair_key(
-                encode_pair(processor, p, cfg.max_length, load_media=False),
-                p,
-                fingerprint,
-                cfg.strategy.precision,
-            )
-            for p in pairs
-        ]
-        cache = ReferenceCache(cfg.ref_cache or run.out / "ref_cache")
-        run.strategy.barrier()
-
-        def score(indices: list[int]) -> torch.Tensor:
-            enc = [encode_pair(processor, pairs[i], cfg.max_length) for i in indices]
-            with torch.no_grad():
-                return engine(collate_shared(enc, processor.pad_token_id).to(dev, dtype), False)["policy"]
-
-        engine.eval()
-        t0, s = time.time(), run.strategy
-        n = precompute(
-            cache, keys, score, cfg.strategy.micro_batch_size, s.rank, s.world_size, f"rank{s.rank}-{int(t0)}"
+        cache, keys, note = precomputed_reference(
+            run.strategy, engine, processor, pairs, cfg, cfg.ref_cache or run.out / "ref_cache"
         )
-        s.barrier()
-        cache.reload()
-        notes.append(
-            f"reference log-probs: {int(s.all_reduce_sum(n))} computed in {time.time() - t0:.1f}s, {len(cache)} cached"
-        )
+        notes.append(note)
     notes.append(f"reference {cfg.reference}; loss {cfg.loss_type} β={cfg.beta}")
     if run.begin(notes) is None:
         return 2

@@ -33,7 +33,7 @@ from mmalign.models.checkpoint import load_model
 from mmalign.preference.batch import collate_shared, encode_pair
 from mmalign.preference.config import RewardConfig, load_sources
 from mmalign.preference.reward_model import RewardModel, reward_suffix, save_head
-from mmalign.preference.step import reward_step
+from mmalign.preference.step import reward_accuracy, reward_step
 from mmalign.training.dry_run import dry_run
 from mmalign.training.parts import apply_lora, configure_parts
 from mmalign.training.run import TrainingRun
@@ -94,16 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     # 5. Held-out accuracy (every rank runs the same number of forwards), checkpoint, export.
     if eval_pairs:
         engine.eval()
-        s = run.strategy
-        mine = eval_pairs[s.rank :: s.world_size]
-        per_rank = -(-len(eval_pairs) // s.world_size)
-        correct, mb = 0.0, cfg.strategy.micro_batch_size
-        for start in range(0, per_rank, mb):
-            chunk = mine[start : start + mb] or eval_pairs[:1]
-            with torch.no_grad():
-                r = engine(collate_shared([encode(p) for p in chunk], processor.pad_token_id).to(dev, dtype))
-            correct += float((r[:, 0] > r[:, 1]).float().sum()) if mine[start : start + mb] else 0.0
-        run.log.log(run.total_steps, {"eval/accuracy": s.all_reduce_sum(correct) / len(eval_pairs)})
+        accuracy = reward_accuracy(
+            run.strategy, engine, encode, eval_pairs, processor.pad_token_id, cfg.strategy.micro_batch_size
+        )
+        run.log.log(run.total_steps, {"eval/accuracy": accuracy})
     written = run.finish(lmm)
     head = run.strategy.trainable_state_dict(model.head)
     if run.strategy.is_main:

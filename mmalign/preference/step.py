@@ -12,14 +12,19 @@ a tensor: a batch that does not carry the three responses POVID needs is an erro
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from mmalign.losses.dpo import dpo_loss, povid_loss, preference_metrics, sft_term
 from mmalign.losses.reward import bradley_terry_loss, reward_metrics
-from mmalign.preference.batch import PreferenceBatch
+from mmalign.preference.batch import PreferenceBatch, collate_shared, encode_pair
 from mmalign.preference.config import DPOConfig
+from mmalign.preference.formats import PreferencePair
+from mmalign.preference.ref_cache import ReferenceCache, model_fingerprint, pair_key, precompute
 
 
 def uses_povid(cfg: DPOConfig) -> bool:
@@ -121,3 +126,81 @@ def reward_step(
     rewards = model(batch)
     loss = bradley_terry_loss(rewards[:, 0], rewards[:, 1], margin).mean()
     return loss, reward_metrics(rewards[:, 0], rewards[:, 1])
+
+
+def precomputed_reference(
+    strategy: Any,
+    model: Callable[..., dict[str, torch.Tensor]],
+    processor: Any,
+    pairs: Sequence[PreferencePair],
+    cfg: DPOConfig,
+    cache_dir: str | Path,
+) -> tuple[ReferenceCache, list[str], str]:
+    """Reference log-probs of every pair with the start weights, computed once (each rank its
+    share, cached on disk by content hash) before training and before any resume.
+
+    Args:
+        strategy: the run's :class:`~mmalign.training.strategy.Strategy` (rank, barriers).
+        model: the prepared :class:`~mmalign.preference.scoring.PreferenceModel` engine; it is
+            left in eval mode (the training loop puts it back in train mode).
+        processor: the run's ``MultimodalProcessor``.
+        cfg: ``model`` (fingerprinted), ``max_length``, precision and micro-batch size.
+        cache_dir: the cache folder (shared by runs over the same model and data).
+
+    Returns:
+        The cache, each pair's key (index-aligned with ``pairs``), and a log line.
+    """
+    fingerprint = model_fingerprint(cfg.model) if Path(cfg.model).is_dir() else cfg.model
+    keys = [
+        pair_key(
+            encode_pair(processor, p, cfg.max_length, load_media=False),
+            p,
+            fingerprint,
+            cfg.strategy.precision,
+        )
+        for p in pairs
+    ]
+    cache = ReferenceCache(cache_dir)
+    strategy.barrier()
+    dev, dtype = strategy.device, strategy.dtype
+
+    def score(indices: list[int]) -> torch.Tensor:
+        enc = [encode_pair(processor, pairs[i], cfg.max_length) for i in indices]
+        with torch.no_grad():
+            return model(collate_shared(enc, processor.pad_token_id).to(dev, dtype), False)["policy"]
+
+    model.eval()
+    t0, rank = time.time(), strategy.rank
+    n = precompute(
+        cache, keys, score, cfg.strategy.micro_batch_size, rank, strategy.world_size, f"rank{rank}-{int(t0)}"
+    )
+    strategy.barrier()
+    cache.reload()
+    note = f"reference log-probs: {int(strategy.all_reduce_sum(n))} computed in {time.time() - t0:.1f}s, {len(cache)} cached"
+    return cache, keys, note
+
+
+def reward_accuracy(
+    strategy: Any,
+    model: Callable[[PreferenceBatch], torch.Tensor],
+    encode: Callable[[PreferencePair], Any],
+    pairs: Sequence[PreferencePair],
+    pad_token_id: int,
+    micro_batch_size: int,
+) -> float:
+    """Share of ``pairs`` whose chosen response the reward model scores higher, over all ranks.
+
+    Each rank scores its share; every rank runs the same number of forwards (a rank with none
+    left scores a placeholder and counts nothing), so ZeRO-3 never waits on a rank that stopped.
+    ``encode`` turns a pair into what :func:`~mmalign.preference.batch.collate_shared` takes.
+    """
+    mine = list(pairs[strategy.rank :: strategy.world_size])
+    per_rank = -(-len(pairs) // strategy.world_size)
+    correct = 0.0
+    for start in range(0, per_rank, micro_batch_size):
+        chunk = mine[start : start + micro_batch_size]
+        batch = collate_shared([encode(p) for p in chunk or pairs[:1]], pad_token_id)
+        with torch.no_grad():
+            r = model(batch.to(strategy.device, strategy.dtype))
+        correct += float((r[:, 0] > r[:, 1]).float().sum()) if chunk else 0.0
+    return strategy.all_reduce_sum(correct) / len(pairs)

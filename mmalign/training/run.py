@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,7 +108,7 @@ class TrainingRun:
             "n_examples": self.n_examples,
         }
 
-    def begin(self, notes: list[str] = ()) -> int | None:  # type: ignore[assignment]
+    def begin(self, notes: Sequence[str] = ()) -> int | None:
         """Resume if asked (refused with the keys named when the config changed), write
         ``config.yaml``, open the logger; returns the start step, or None after printing why a
         resume was refused (the trainer exits 2)."""
