@@ -134,6 +134,8 @@ def test_shipped_config_runs_one_step(world, script: str, path: Path, tmp_path) 
     assert all(v == v for v in records[-1].values() if isinstance(v, float)), records[-1]  # no NaN
     lora = config.get("lora", {}).get("enabled", False)
     assert (out / ("final_adapter" if lora else "final")).is_dir(), sorted(p.name for p in out.iterdir())
+    checkpointing = bool(config.get("strategy", {}).get("gradient_checkpointing"))
+    assert ("gradient checkpointing in 1 module(s)" in log) == checkpointing, log[-2000:]
 
 
 @pytest.mark.parametrize(("json_name", "path"), DEEPSPEED_JSONS, ids=lambda v: getattr(v, "name", v))

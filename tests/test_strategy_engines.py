@@ -53,6 +53,7 @@ def test_model_rules_are_explicit(result):
 
 
 def test_several_engines_and_one_checkpoint(result):
+    assert "gradient checkpointing in 2 module(s)" in result["describe"]  # policy and value LLMs
     assert result["describe"].endswith("engines policy, value, reference (frozen)")
     assert result["ref_unchanged"]
     assert result["value_restored"]

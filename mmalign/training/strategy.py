@@ -69,6 +69,7 @@ class Strategy:
         self.engines: dict[str, Any] = {}
         self.frozen: dict[str, Any] = {}
         self._ds_config: dict[str, Any] | None = None
+        self._checkpointed: list[nn.Module] = []
         self.run_config: dict[str, Any] | None = None
 
     @property
@@ -201,6 +202,7 @@ class Strategy:
                 )
             for module in checkpointing:
                 module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                self._checkpointed.append(module)
         for module in blank_media:
             module.always_run_media = True
 
@@ -267,7 +269,9 @@ class Strategy:
             held, _, _, _ = _import_deepspeed().initialize(model=model, config=config)
             held.eval()
         else:
-            held = model.to(self.device) if self.cfg.precision == "fp32" else model.to(self.device, self.dtype)
+            held = (
+                model.to(self.device) if self.cfg.precision == "fp32" else model.to(self.device, self.dtype)
+            )
         self.frozen[name] = held
         return held
 
@@ -276,7 +280,8 @@ class Strategy:
 
     def describe(self) -> str:
         """One line on what runs: ZeRO stage, precision, world, optimizer class, offload, the
-        dtype the trainable weights really have, and the other engines by name."""
+        dtype the trainable weights really have, the modules really checkpointing, and the other
+        engines by name."""
         zero = self.ds_config().get("zero_optimization", {})
         inner = getattr(self.engine.optimizer, "optimizer", self.engine.optimizer)
         off = [
@@ -286,11 +291,13 @@ class Strategy:
             {str(p.dtype).removeprefix("torch.") for p in self.engine.module.parameters() if p.requires_grad}
         )
         others = [*list(self.engines)[1:], *(f"{n} (frozen)" for n in self.frozen)]
+        checkpointed = sum(bool(getattr(m, "is_gradient_checkpointing", False)) for m in self._checkpointed)
         return (
             f"ZeRO-{self.zero_stage}, {self.cfg.precision}, world {self.world_size}, "
             f"optimizer {type(inner).__name__}"
             + (f", offload {' '.join(off)}" if off else "")
             + f"; trainable weights {'/'.join(dtypes)}"
+            + (f"; gradient checkpointing in {checkpointed} module(s)" if checkpointed else "")
             + (f"; engines {', '.join([next(iter(self.engines)), *others])}" if others else "")
         )
 
