@@ -46,11 +46,11 @@ from PIL import Image, UnidentifiedImageError
 
 from mmalign.data.formats import Example, RecordError, record_to_example
 from mmalign.data.templates import Message
+from mmalign.utils import IGNORE_INDEX
 
 Policy = Literal["strict", "skip", "skip_invalid"]
 POLICIES: tuple[str, ...] = ("strict", "skip", "skip_invalid")
 UNFIT = frozenset({"too_long", "no_targets", "identical_after_truncation"})
-IGNORE_INDEX = -100
 # Leading bytes of video containers decord (ffmpeg) reads: mp4/mov (ftyp at 4), mkv/webm, avi, flv, mpeg-ts/ps.
 _VIDEO_MAGIC = (
     (4, b"ftyp"),

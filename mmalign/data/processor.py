@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from mmalign.data.formats import Example, RecordError
 from mmalign.data.media import load_image, load_video_frames, process_image, process_video
 from mmalign.data.templates import Message, assistant_spans, load_template, render, validate_messages
-from mmalign.models.lmm import IGNORE_INDEX, LMMConfig
+from mmalign.utils import IGNORE_INDEX
+
+if TYPE_CHECKING:  # a type hint only: data does not import models (models import data)
+    from mmalign.models.lmm import LMMConfig
 
 END_OF_TURN_MARKERS = ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>")
 

@@ -100,7 +100,8 @@ def adamw_warmup_cosine(
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * s / steps)))
+        opt,
+        lambda s: min(1.0, (s + 1) / max(1, warmup)) * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * s / steps))),
     )
 
     def update(loss: torch.Tensor) -> None:
