@@ -38,3 +38,24 @@ def test_no_extra_eos_when_the_template_ends_its_turns(tiny_model, tokenizer):
         ids, targets = _targets(proc, CONVERSATION)
         stops = set(proc.stop_token_ids)
         assert sum(t in stops for t in targets) == 1, template  # exactly one stop: the template's own
+
+
+def test_prompts_with_earlier_answers_stay_prefixes_of_their_conversations(tiny_model, tokenizer):
+    """A multi-turn DPO prompt and a reward-prompt suffix under such a template: the prompt's
+    earlier answer ends with the same EOS the conversation trains, so shared prefixes hold."""
+    from mmalign.preference.batch import encode_group
+
+    proc = MultimodalProcessor.for_model(tiny_model, tokenizer, template=NO_STOP)
+    multi = [
+        {"role": "user", "content": "Is there a star?"},
+        {"role": "assistant", "content": "Yes."},
+        {"role": "user", "content": "What colour is the circle?"},
+    ]
+    prompt = proc.tokenize_prompt(multi, 0, 0, "p")
+    conv, _ = proc.tokenize_conversation([*multi, {"role": "assistant", "content": "Red."}], 0, 0, "c")
+    assert conv[: len(prompt)] == prompt and prompt.count(tokenizer.eos_token_id) == 1
+    pair = encode_group(proc, "x", multi, ["Red.", "Blue."], load_media=False)
+    assert pair.prompt_ids == prompt and [r[-1] for r in pair.responses] == [tokenizer.eos_token_id] * 2
+    suffix = [{"role": "user", "content": "Is it correct?"}]
+    judged = encode_group(proc, "y", multi[:1], ["Yes.", "No."], suffix=suffix, load_media=False)
+    assert all(tokenizer.eos_token_id in r for r in judged.responses)  # answer, EOS, then the suffix

@@ -149,20 +149,31 @@ class MultimodalProcessor:
         """
         validate_messages(messages, sample_id)
         text, spans = assistant_spans(self.tokenizer, self.template, messages)
+        ids, labels = self._tokenize_turns(text, spans, targets=True)
+        ids, labels = self._expand(ids, labels, n_images, n_videos, sample_id)
+        return self._truncate(ids, labels, max_length, sample_id)
+
+    def _tokenize_turns(
+        self, text: str, spans: list[tuple[int, int]], targets: bool
+    ) -> tuple[list[int], list[int]]:
+        """Tokenise ``text``; the tokens inside assistant ``spans`` are targets (when ``targets``),
+        and an assistant turn the template ends with no stop marker gets the EOS appended (a
+        target too) — the same in a training conversation and in a prompt that holds earlier
+        answers, so a prompt is always a prefix of its conversation."""
         ids, offsets = self._tokenize(text)
         labels = [IGNORE_INDEX] * len(ids)
         turn_ends: list[int] = []  # index after the last token of each assistant turn
         for s, e in spans:
             inside = [i for i, (start, end) in enumerate(offsets) if end > start and s <= start and end <= e]
-            for i in inside:
-                labels[i] = ids[i]
+            if targets:
+                for i in inside:
+                    labels[i] = ids[i]
             if inside and self.eos_token_id is not None and not self._ends_turn(text[s:e]):
                 turn_ends.append(inside[-1] + 1)
         for at in reversed(turn_ends):  # the template ends no turn: teach the model to stop (EOS)
             ids.insert(at, self.eos_token_id)
-            labels.insert(at, self.eos_token_id)
-        ids, labels = self._expand(ids, labels, n_images, n_videos, sample_id)
-        return self._truncate(ids, labels, max_length, sample_id)
+            labels.insert(at, self.eos_token_id if targets else IGNORE_INDEX)
+        return ids, labels
 
     def _truncate(
         self, ids: list[int], labels: list[int], max_length: int | None, sample_id: str
@@ -180,10 +191,21 @@ class MultimodalProcessor:
     def tokenize_prompt(
         self, messages: list[Message], n_images: int, n_videos: int, sample_id: str
     ) -> list[int]:
-        """Token ids of a prompt ending with the assistant's generation prefix."""
+        """Token ids of a prompt ending with the assistant's generation prefix.
+
+        Earlier assistant turns get the same stop token :meth:`tokenize_conversation` gives them.
+        """
         text = render(self.tokenizer, self.template, messages, add_generation_prompt=True)
-        ids, _ = self._tokenize(text)
-        ids, _ = self._expand(ids, [IGNORE_INDEX] * len(ids), n_images, n_videos, sample_id)
+        spans: list[tuple[int, int]] = []
+        if any(m["role"] == "assistant" for m in messages):
+            full, spans = assistant_spans(self.tokenizer, self.template, messages)
+            if not text.startswith(full):
+                raise ValueError(
+                    f"sample {sample_id}: the template's generation prompt does not extend the "
+                    "conversation it follows; choose a built-in template (vicuna_v1, llama3, chatml)"
+                )
+        ids, labels = self._tokenize_turns(text, spans, targets=False)
+        ids, _ = self._expand(ids, labels, n_images, n_videos, sample_id)
         return ids
 
     # ----------------------------------------------------------------------------- media
