@@ -4,6 +4,7 @@ records for SFT; `python -m mmalign.data check`; builders write only records the
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -52,6 +53,14 @@ def media(tmp_path) -> Path:
     Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "a.png")
     (tmp_path / "fake.png").write_text("not an image")
     (tmp_path / "fake.mp4").write_text("<html>not a video</html>")
+    Image.new("1", (12_000, 1), 1).save(tmp_path / "strip.png")  # the loader's padded-size bound
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buf, "WEBP")
+    (tmp_path / "webp.mp4").write_bytes(buf.getvalue())  # RIFF, but not AVI
+    (tmp_path / "g188.mp4").write_bytes(b"x" * 188 + b"G" + b"x" * 400)  # one 0x47 is no MPEG-TS
+    from tests.test_media import _png_header
+
+    (tmp_path / "bomb.png").write_bytes(_png_header(100_000, 100_000))  # Pillow's own bomb error
     return tmp_path
 
 
@@ -93,6 +102,10 @@ BAD = {
     "media_unreadable": {"image": "fake.png", "conversations": conv("<image>\nQ?", "Red.")},
     "video_unreadable": {"video": "fake.mp4", "conversations": conv("<video>\nQ?", "Red.")},
     "video_in_answer": {"conversations": conv("Q?", "A <video> of a star.")},
+    "image_too_large": {"image": "strip.png", "conversations": conv("<image>\nQ?", "Red.")},
+    "video_riff_not_avi": {"video": "webp.mp4", "conversations": conv("<video>\nQ?", "Red.")},
+    "video_one_sync_byte": {"video": "g188.mp4", "conversations": conv("<video>\nQ?", "Red.")},
+    "image_bomb": {"image": "bomb.png", "conversations": conv("<image>\nQ?", "Red.")},
 }
 REASON = {
     "missing_answer": "empty_answer",
@@ -101,6 +114,10 @@ REASON = {
     "media_count_none": "media_count",
     "video_unreadable": "media_unreadable",
     "video_in_answer": "placeholder_in_answer",
+    "image_too_large": "media_unreadable",
+    "video_riff_not_avi": "media_unreadable",
+    "video_one_sync_byte": "media_unreadable",
+    "image_bomb": "media_unreadable",
 }
 
 

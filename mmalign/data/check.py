@@ -45,28 +45,28 @@ from typing import Any, Literal
 from PIL import Image, UnidentifiedImageError
 
 from mmalign.data.formats import Example, RecordError, record_to_example
+from mmalign.data.media import MAX_IMAGE_PIXELS, MediaError, check_image_size
 from mmalign.data.templates import Message
 from mmalign.utils import IGNORE_INDEX
 
 Policy = Literal["strict", "skip", "skip_invalid"]
 POLICIES: tuple[str, ...] = ("strict", "skip", "skip_invalid")
 UNFIT = frozenset({"too_long", "no_targets", "identical_after_truncation"})
-# Leading bytes of video containers decord (ffmpeg) reads: mp4/mov (ftyp at 4), mkv/webm, avi, flv, mpeg-ts/ps.
-_VIDEO_MAGIC = (
-    (4, b"ftyp"),
-    (4, b"moov"),
-    (4, b"mdat"),
-    (4, b"free"),
-    (4, b"wide"),
-    (0, b"\x1a\x45\xdf\xa3"),
+# Leading bytes of video containers decord (ffmpeg) reads: mp4/mov (an atom name at 4), mkv/webm,
+# AVI (RIFF…AVI ), flv, mpeg-ps, ogg, and mpeg-ts (the 0x47 sync byte at the start of 3 packets).
+_VIDEO_MAGIC: tuple[tuple[tuple[int, bytes], ...], ...] = (
+    ((4, b"ftyp"),),
+    ((4, b"moov"),),
+    ((4, b"mdat"),),
+    ((4, b"free"),),
+    ((4, b"wide"),),
+    ((0, b"\x1a\x45\xdf\xa3"),),
+    ((0, b"RIFF"), (8, b"AVI ")),
+    ((0, b"FLV"),),
+    ((0, b"\x00\x00\x01\xba"),),
+    ((0, b"OggS"),),
+    ((0, b"\x47"), (188, b"\x47"), (376, b"\x47")),
 )
-_VIDEO_MAGIC += (
-    (0, b"RIFF"),
-    (0, b"FLV"),
-    (0, b"\x00\x00\x01\xba"),
-    (0, b"OggS"),
-    (188, b"\x47"),
-)  # TS: 2nd packet
 
 
 class DataCheckError(RecordError):
@@ -186,16 +186,18 @@ class MediaChecker:
         try:
             if kind == "image":
                 with Image.open(path) as img:
-                    if min(img.size) < 1:
-                        return "media_unreadable", f"image {path} has size {img.size}"
+                    # the loader's own size rule (padded square): refused here, not mid-run on one rank
+                    check_image_size(img.width, img.height, MAX_IMAGE_PIXELS)
                 return None
             with path.open("rb") as f:
-                head = f.read(189)
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
+                head = f.read(377)
+        except MediaError as exc:
+            return "media_unreadable", f"image {path}: {exc}"
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
             return "media_unreadable", f"{kind} {path} cannot be read: {exc}"
         if not head:
             return "media_unreadable", f"video {path} is empty"
-        if not any(head[at : at + len(magic)] == magic for at, magic in _VIDEO_MAGIC):
+        if not any(all(head[at : at + len(m)] == m for at, m in parts) for parts in _VIDEO_MAGIC):
             return (
                 "media_unreadable",
                 f"video {path} does not start like a video container (mp4, mkv, webm, avi …)",
@@ -356,7 +358,8 @@ class DataReport:
 
     @property
     def skipped(self) -> list[Issue]:
-        return [i for i in self.issues if i not in set(self.errors)]
+        errors = set(self.errors)
+        return [i for i in self.issues if i not in errors]
 
     def counts(self) -> dict[str, int]:
         """Records by reason."""
