@@ -203,5 +203,8 @@ def test_povid_noise_seed_is_the_same_in_another_process():
         for h in ("1", "2")
     }
     assert seeds == {str(noise_seed(3, 17, 1, 0))}
+    # a pinned value: hash() of a tuple of ints is process-stable too, so only this shows the
+    # seed comes from stable_seed (blake2b) and stays the same across Python versions
+    assert noise_seed(3, 17, 1, 0) == 1874944080613025614
     assert len({noise_seed(3, s, m, r) for s in range(3) for m in range(2) for r in range(2)}) == 12
     torch.Generator().manual_seed(noise_seed(3, 17, 1, 0))  # a valid torch seed

@@ -81,6 +81,31 @@ def test_preference_step_online_and_precomputed_reference_agree(tiny_model, batc
         preference_step(PreferenceModel(tiny_model, "none"), batch, None, cfg)
 
 
+def test_precomputed_reference_caches_sums_and_per_token_logps(tiny_model, tokenizer, tmp_path):
+    """What train/dpo.py's default reference writes: sums for DPO and each response's tokens."""
+    from mmalign.preference.step import precomputed_reference
+    from mmalign.training.strategy import Strategy, StrategyConfig
+
+    pairs = []
+    for i, (q, c, r) in enumerate([("Is there a star?", "Yes.", "No."), ("What colour?", "Red.", "Blue.")]):
+        Image.new("RGB", (40, 40), (60 * i, 90, 200)).save(tmp_path / f"{i}.png")
+        prompt = [{"role": "user", "content": "<image>\n" + q}]
+        pairs.append(PreferencePair(f"p{i}", prompt, c, r, images=[tmp_path / f"{i}.png"]))
+    processor = MultimodalProcessor.for_model(tiny_model, tokenizer)
+    scorer = PreferenceModel(tiny_model, "none")
+    cfg = DPOConfig(model="tiny-in-memory", max_length=256)
+    strategy = Strategy(StrategyConfig(micro_batch_size=2))  # one process, no DeepSpeed engine needed
+    cache, keys, note = precomputed_reference(strategy, scorer, processor, pairs, cfg, tmp_path / "cache")
+    assert "2 computed" in note and len(keys) == 2
+    batch = collate_shared([encode_pair(processor, p) for p in pairs], processor.pad_token_id)
+    with torch.no_grad():
+        out = scorer(batch)
+    torch.testing.assert_close(cache.get(keys), out["policy"], atol=1e-5, rtol=1e-6)
+    for got, want in zip(cache.get_tokens(keys), batch.split_by_sequence(out["token_logps"]), strict=True):
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w, atol=1e-5, rtol=0)
+
+
 def test_reward_step_zero_head_is_log2_then_learns(tiny_model, batch_parts):
     _, batch = batch_parts
     model = RewardModel(tiny_model)

@@ -104,6 +104,7 @@ def sft(cfg: Path, *overrides: str, check: bool = True) -> subprocess.CompletedP
 
 
 # ----------------------------------------------------------------------------- precision (20.2, 20.4)
+@pytest.mark.slow  # real train/sft.py processes
 def test_fp32_run_on_a_bf16_checkpoint_trains_and_saves_fp32(bf16_base):
     out = bf16_base / "fp32"
     proc = sft(run_config(bf16_base, out))
@@ -116,6 +117,7 @@ def test_fp32_run_on_a_bf16_checkpoint_trains_and_saves_fp32(bf16_base):
     assert all(not torch.equal(base[k].float(), final[k]) for k in base)  # it trained
 
 
+@pytest.mark.slow  # real train/sft.py processes
 def test_lora_on_a_bf16_checkpoint_in_an_fp32_run_trains_with_the_runs_template(bf16_base):
     out = bf16_base / "lora_fp32"
     cfg = run_config(
@@ -160,6 +162,7 @@ def test_assemble_states_its_dtype_default():
 
 
 # ----------------------------------------------------------------------------- resume (20.3)
+@pytest.mark.slow  # real train/sft.py processes
 def test_resume_refuses_a_changed_config_unless_told_and_config_yaml_says_what_ran(bf16_base):
     out = bf16_base / "resume"
     first = run_config(bf16_base, out)

@@ -21,8 +21,8 @@ from mmalign.data.processor import MultimodalProcessor
 from mmalign.models.lmm import LMM
 from mmalign.preference.batch import EncodedPair, collate_plain
 from mmalign.preference.distortion import diffusion_noise
-from mmalign.shapeworld.vocab import stable_seed
 from mmalign.training.generation import GenerationConfig, generate
+from mmalign.utils import stable_seed
 
 NoiseSource = Literal["argmax", "generate"]
 

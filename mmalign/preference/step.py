@@ -164,10 +164,13 @@ def precomputed_reference(
     strategy.barrier()
     dev, dtype = strategy.device, strategy.dtype
 
-    def score(indices: list[int]) -> torch.Tensor:
+    def score(indices: list[int]) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
         enc = [encode_pair(processor, pairs[i], cfg.max_length) for i in indices]
+        batch = collate_shared(enc, processor.pad_token_id).to(dev, dtype)
         with torch.no_grad():
-            return model(collate_shared(enc, processor.pad_token_id).to(dev, dtype), False)["policy"]
+            out = model(batch, False)
+        # sums for DPO, and each response's per-token log-probs (cached too: token-level uses)
+        return out["policy"], batch.split_by_sequence(out["token_logps"].float().cpu())
 
     model.eval()
     t0, rank = time.time(), strategy.rank

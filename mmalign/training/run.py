@@ -11,7 +11,7 @@ A trainer builds its model and data, then::
     if run.begin() is None:                               # resume (config-change check), logger
         return 2
     run.train(lambda indices: step(indices))              # the loop: backward/step, log, save
-    run.finish(policy, cfg.model)                         # final checkpoint, prune, export
+    run.close(run.finish(policy))                         # final checkpoint, prune, export; log
 
 ``step(indices)`` is the method's own part: this rank's example indices of one micro-batch →
 ``(loss, metrics)``; a ``tokens`` entry in the metrics is reported as ``tok/s``. The run config
@@ -161,8 +161,9 @@ class TrainingRun:
                 record = {k: s.all_reduce_mean(v) for k, v in sums.items()}
                 elapsed = time.time() - t_last
                 record.update(lr=step_lr, grad_norm=s.grad_norm(engine), step_s=time.time() - t_step)
-                if tokens:
-                    record["tok/s"] = s.all_reduce_sum(tokens) / max(elapsed, 1e-9)
+                total = s.all_reduce_sum(tokens)  # every rank joins the collective, whatever it counted
+                if total:
+                    record["tok/s"] = total / max(elapsed, 1e-9)
                 record["epoch"] = self.order.epoch_of(done)
                 self.log.log(done, record)
                 tokens, t_last = 0, time.time()

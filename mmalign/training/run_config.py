@@ -27,7 +27,8 @@ class RunConfig:
             chatml, plain), a Jinja file or Jinja source; recorded in the exported checkpoint.
         max_steps: optimizer steps; if 0, ``epochs`` decides.
         epochs: passes over the data when ``max_steps`` is 0.
-        max_length: tokens per example (media tokens are never truncated; longer examples error).
+        max_length: tokens per example (media tokens are never truncated; an example that cannot fit is
+            a counted skip or an error, as ``data_checks`` says).
         data_checks: what the load-time record checks do (:mod:`mmalign.data.check`): ``skip``
             — invalid records are an error, records ``max_length`` leaves nothing to train on
             (or pairs it leaves identical) are skipped and reported; ``strict`` — both are
