@@ -49,13 +49,19 @@ def test_povid_is_chosen_by_the_config_not_the_shape():
         preference_loss(pol, ref, torch.ones(1, 3), DPOConfig())
 
 
-@pytest.fixture()
-def batch_parts(tiny_model, tokenizer, tmp_path):
+def _pairs(folder) -> list[PreferencePair]:
+    """Two image pairs (the images written to ``folder``)."""
     pairs = []
     for i, (q, c, r) in enumerate([("Is there a star?", "Yes.", "No."), ("What colour?", "Red.", "Blue.")]):
-        Image.new("RGB", (40, 40), (60 * i, 90, 200)).save(tmp_path / f"{i}.png")
+        Image.new("RGB", (40, 40), (60 * i, 90, 200)).save(folder / f"{i}.png")
         prompt = [{"role": "user", "content": "<image>\n" + q}]
-        pairs.append(PreferencePair(f"p{i}", prompt, c, r, images=[tmp_path / f"{i}.png"]))
+        pairs.append(PreferencePair(f"p{i}", prompt, c, r, images=[folder / f"{i}.png"]))
+    return pairs
+
+
+@pytest.fixture()
+def batch_parts(tiny_model, tokenizer, tmp_path):
+    pairs = _pairs(tmp_path)
     processor = MultimodalProcessor.for_model(tiny_model, tokenizer)
     batch = collate_shared([encode_pair(processor, p) for p in pairs], processor.pad_token_id)
     return processor, batch
@@ -86,11 +92,7 @@ def test_precomputed_reference_caches_sums_and_per_token_logps(tiny_model, token
     from mmalign.preference.step import precomputed_reference
     from mmalign.training.strategy import Strategy, StrategyConfig
 
-    pairs = []
-    for i, (q, c, r) in enumerate([("Is there a star?", "Yes.", "No."), ("What colour?", "Red.", "Blue.")]):
-        Image.new("RGB", (40, 40), (60 * i, 90, 200)).save(tmp_path / f"{i}.png")
-        prompt = [{"role": "user", "content": "<image>\n" + q}]
-        pairs.append(PreferencePair(f"p{i}", prompt, c, r, images=[tmp_path / f"{i}.png"]))
+    pairs = _pairs(tmp_path)
     processor = MultimodalProcessor.for_model(tiny_model, tokenizer)
     scorer = PreferenceModel(tiny_model, "none")
     cfg = DPOConfig(model="tiny-in-memory", max_length=256)
