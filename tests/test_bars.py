@@ -81,21 +81,23 @@ def shipped_measurement(tmp_path_factory):
     data = tmp_path_factory.mktemp("heldout")
     world = WorldConfig.from_dict(json.loads((ROOT / "configs/shapeworld/world.json").read_text()))
     generate(
-        data, 240, 80, seed=101, cfg=world, val_frac=0.0, test_frac=0.5, prior_per_group=40, progress=False
+        data, 240, 400, seed=101, cfg=world, val_frac=0.0, test_frac=0.5, prior_per_group=40, progress=False
     )
     model, tokenizer = load_model(SHIPPED)
     model.eval()
     processor = MultimodalProcessor.for_model(model, tokenizer)
-    m = measure(model, processor, data, BarLimits(n_images=120, n_videos=40, n_prior=40, batch_size=64))
-    assert m["n"]["existence"] >= 100 and m["n"]["video_motion"] >= 20 and m["n"]["prior_violating"] == 40
+    m = measure(model, processor, data, BarLimits(n_images=120, n_videos=200, n_prior=40, batch_size=64))
+    assert m["n"]["existence"] >= 100 and m["n"]["video_motion"] >= 300 and m["n"]["prior_violating"] == 40
     return m
 
 
-# The shipped checkpoint meets every judged bar on this held-out set (120 images, 40 videos,
+# The shipped checkpoint meets every judged bar on this held-out set (120 images, 200 videos,
 # 40 + 40 probes; its model card has the full test split). Measured here: existence 0.996, count
 # 0.933, position 0.925, CHAIR-i 0.008, prior "yes" 0.925 and caption mentions 0.475 vs 0.000 on
-# controls, video existence 0.950, and video motion 0.853 (58 of 68: the thinnest margin; 0.869
-# on the 168 questions of the full test split).
+# controls, video existence 0.943, video motion 0.921 (316 of 343). The video sample was 40 clips
+# (68 motion questions, 0.853 = 58 of 68) until a CI machine answered one question differently and
+# read 0.838: at p = 0.87 a 68-question sample has a standard error of 0.04, so it could not judge
+# a 0.85 bar; 343 questions (standard error 0.015) can, and cost 5 s more.
 JUDGED = [b.key for b in BARS if b.check is not None]
 
 
