@@ -118,7 +118,11 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 def load_config(
     cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> T:
-    """Load ``cls`` from an optional YAML file, then apply ``key=value`` overrides."""
+    """Load ``cls`` from an optional YAML file, then apply ``key=value`` overrides.
+
+    A class with a ``PRESETS`` mapping (name → values) takes the named ``preset``'s values for
+    every key the file and the overrides leave unset.
+    """
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -128,7 +132,13 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
         data = loaded
-    return from_dict(cls, _merge(data, parse_overrides(overrides)))
+    data = _merge(data, parse_overrides(overrides))
+    presets = getattr(cls, "PRESETS", None)  # a config class's named defaults, under the user's values
+    if presets and data.get("preset") is not None:
+        if data["preset"] not in presets:
+            raise ConfigError(f"preset: unknown {data['preset']!r}; choose from {sorted(presets)}")
+        data = _merge(presets[data["preset"]], data)
+    return from_dict(cls, data)
 
 
 def to_dict(obj: Any) -> Any:

@@ -37,20 +37,10 @@ def _decoder_and_head(llm: nn.Module) -> tuple[nn.Module, nn.Module]:
     return llm.get_decoder(), llm.get_output_embeddings()
 
 
-def score_tokens(
-    llm: nn.Module,
-    embeds: torch.Tensor,
-    batch: PreferenceBatch,
-    response_logits_only: bool = True,
+def _scored_log_softmax(
+    llm: nn.Module, embeds: torch.Tensor, batch: PreferenceBatch, response_logits_only: bool
 ) -> torch.Tensor:
-    """Log-prob of each scored token ``(N,)`` (float32).
-
-    Args:
-        llm: a Hugging Face causal LM (``get_decoder`` / ``get_output_embeddings``).
-        embeds: ``(B, L, D)`` input embeddings.
-        response_logits_only: apply the LM head only at the N scored positions; ``False`` computes
-            full ``(B, L, V)`` logits and a full log-softmax, as peers do (for ablations).
-    """
+    """``(N, V)`` float32 log-softmax at the N scored positions."""
     if response_logits_only:
         decoder, head = _decoder_and_head(llm)
         hidden = decoder(
@@ -59,17 +49,40 @@ def score_tokens(
             position_ids=batch.position_ids,
             use_cache=False,
         ).last_hidden_state
-        logits = head(hidden[batch.pred_rows, batch.pred_cols]).float()  # (N, V)
-        logps = logits.log_softmax(-1)
-    else:
-        logits = llm(
-            inputs_embeds=embeds,
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
-            use_cache=False,
-        ).logits
-        logps = logits.float().log_softmax(-1)[batch.pred_rows, batch.pred_cols]  # full (B, L, V) first
-    return logps.gather(-1, batch.targets.unsqueeze(-1)).squeeze(-1)
+        return head(hidden[batch.pred_rows, batch.pred_cols]).float().log_softmax(-1)  # (N, V)
+    logits = llm(
+        inputs_embeds=embeds,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        use_cache=False,
+    ).logits
+    return logits.float().log_softmax(-1)[batch.pred_rows, batch.pred_cols]  # full (B, L, V) first
+
+
+def score_tokens(
+    llm: nn.Module,
+    embeds: torch.Tensor,
+    batch: PreferenceBatch,
+    response_logits_only: bool = True,
+    with_entropy: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob of each scored token ``(N,)`` (float32).
+
+    Args:
+        llm: a Hugging Face causal LM (``get_decoder`` / ``get_output_embeddings``).
+        embeds: ``(B, L, D)`` input embeddings.
+        response_logits_only: apply the LM head only at the N scored positions; ``False`` computes
+            full ``(B, L, V)`` logits and a full log-softmax, as peers do (for ablations).
+        with_entropy: also return the entropy (nats) of the model's distribution at each scored
+            position ``(N,)``, without gradient (an RL metric).
+    """
+    logps = _scored_log_softmax(llm, embeds, batch, response_logits_only)
+    chosen = logps.gather(-1, batch.targets.unsqueeze(-1)).squeeze(-1)
+    if not with_entropy:
+        return chosen
+    with torch.no_grad():
+        entropy = -(logps.exp() * logps).sum(-1)
+    return chosen, entropy
 
 
 def sequence_sums(token_logps: torch.Tensor, batch: PreferenceBatch) -> torch.Tensor:
@@ -151,17 +164,23 @@ class PreferenceModel(nn.Module):
             self.ref_model.eval()
         return self
 
-    def forward(self, batch: PreferenceBatch, with_reference: bool = True) -> dict[str, torch.Tensor]:
+    def forward(
+        self, batch: PreferenceBatch, with_reference: bool = True, with_entropy: bool = False
+    ) -> dict[str, torch.Tensor]:
         """Score ``batch``.
 
         Returns:
             ``policy``: ``(P, K)`` summed log-probs (with grad); ``token_logps``: ``(N,)`` the
             same per scored token; with an online reference and ``with_reference`` also
-            ``reference`` ``(P, K)`` and ``reference_token_logps`` ``(N,)``, without grad.
+            ``reference`` ``(P, K)`` and ``reference_token_logps`` ``(N,)``, without grad; with
+            ``with_entropy`` also ``entropy`` ``(N,)`` (nats, no grad).
         """
         embeds = self.policy.embed(batch.input_ids, batch.images, batch.videos)
-        tokens, sums = group_logps(self.policy, batch, embeds, self.response_logits_only)
-        out = {"policy": sums, "token_logps": tokens}
+        scored = score_tokens(self.policy.llm, embeds, batch, self.response_logits_only, with_entropy)
+        tokens, entropy = scored if with_entropy else (scored, None)
+        out = {"policy": sequence_sums(tokens, batch), "token_logps": tokens}
+        if entropy is not None:
+            out["entropy"] = entropy
         if with_reference and self.reference != "none":
             ref_tokens = self.reference_token_logps(batch, embeds)
             out["reference"] = sequence_sums(ref_tokens, batch)

@@ -69,6 +69,7 @@ class TrainingRun:
         self.n_examples = 0
         self.step = self.micro = 0  # where the loop is (a step function may seed by it)
         self.log: MetricsLogger | None = None
+        self.state: dict[str, Any] = {}  # a method's own resumable state (e.g. a KL controller)
 
     @property
     def device(self) -> torch.device:
@@ -78,25 +79,41 @@ class TrainingRun:
     def dtype(self) -> torch.dtype:
         return self.strategy.dtype
 
-    def plan(self, n_examples: int, lengths: list[int] | None = None, group: int = 0) -> ExampleOrder:
+    def plan(
+        self,
+        n_examples: int,
+        lengths: list[int] | None = None,
+        group: int = 0,
+        per_rank: int | None = None,
+        steps: int = 0,
+    ) -> ExampleOrder:
         """The data order over ``n_examples`` (a function of seed and step, so resume replays it;
-        ``lengths``/``group``: length grouping) and the number of optimizer steps."""
+        ``lengths``/``group``: length grouping) and the number of steps.
+
+        By default a step is an optimizer step of ``micro_batch_size × grad_accum`` examples per
+        rank, and ``max_steps`` (else ``epochs``) sets their number. ``per_rank`` makes a step
+        take that many examples per rank in one piece (RL: one iteration's prompts), and
+        ``steps`` (else ``epochs``) sets their number.
+        """
         c = self.cfg.strategy
         self.n_examples = n_examples
+        micro, accum = (per_rank, 1) if per_rank else (c.micro_batch_size, c.grad_accum)
         self.order = ExampleOrder(
-            n_examples, self.cfg.seed, c.micro_batch_size, c.grad_accum, self.strategy.world_size,
-            lengths=lengths, group=group,
-        )  # fmt: skip
-        self.total_steps = self.cfg.max_steps or max(
-            1, int(self.cfg.epochs * n_examples / self.order.global_batch)
+            n_examples, self.cfg.seed, micro, accum, self.strategy.world_size, lengths=lengths, group=group
         )
+        fixed = steps if per_rank else self.cfg.max_steps
+        self.total_steps = fixed or max(1, int(self.cfg.epochs * n_examples / self.order.global_batch))
         return self.order
 
-    def optimizer(self, param_groups: list[dict[str, Any]]) -> tuple[Any, Any]:
-        """AdamW over ``param_groups`` and its warmup + decay schedule over the planned steps."""
+    def optimizer(
+        self, param_groups: list[dict[str, Any]], schedule_steps: int | None = None
+    ) -> tuple[Any, Any]:
+        """AdamW over ``param_groups`` and its warmup + decay schedule over ``schedule_steps``
+        optimizer steps (default: the planned steps; RL makes several per iteration)."""
         o = self.cfg.optim
         optimizer = self.strategy.make_optimizer(param_groups, o.betas, o.eps)
-        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o, self.total_steps))
+        steps = schedule_steps or self.total_steps
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o, steps))
 
     @property
     def run_shape(self) -> dict[str, int]:
@@ -118,6 +135,8 @@ class TrainingRun:
             print(f"error: {exc}", file=sys.stderr)
             return None
         # (drops metric records after start_step: a resumed run redoes them)
+        if self.start_step and self.strategy.loaded_state is not None:
+            self.state = dict(self.strategy.loaded_state.get("run_state") or {})
         self.log = MetricsLogger(self.out, self.total_steps, self.start_step, enabled=self.strategy.is_main)
         for note in notes:
             self.write(note)
@@ -134,7 +153,8 @@ class TrainingRun:
 
     def save(self, step: int) -> None:
         """A resumable checkpoint of every trainable engine at ``step``; older ones pruned."""
-        self.strategy.save_checkpoint(self.ckpt_dir, step_tag(step), {"step": step, **self.run_shape})
+        client = {"step": step, **self.run_shape, "run_state": dict(self.state)}
+        self.strategy.save_checkpoint(self.ckpt_dir, step_tag(step), client)
         if self.strategy.is_main:
             prune_checkpoints(self.ckpt_dir, self.cfg.keep_last)
 
@@ -167,6 +187,27 @@ class TrainingRun:
                 record["epoch"] = self.order.epoch_of(done)
                 self.log.log(done, record)
                 tokens, t_last = 0, time.time()
+            if cfg.save_every and done % cfg.save_every == 0 and done < self.total_steps:
+                self.save(done)
+
+    def iterate(self, iteration_fn: Callable[[int, list[int]], dict[str, float]]) -> None:
+        """The loop of methods whose unit is a whole iteration (RL: a rollout, then several
+        optimizer steps the method makes itself), from :attr:`start_step` to :attr:`total_steps`.
+
+        ``iteration_fn(iteration, indices)`` gets this rank's example indices of the iteration
+        (``order.micro_batch(iteration, 0, rank)``) and returns its metrics, already averaged over
+        the ranks; they are logged every ``log_every`` iterations, and a checkpoint (with
+        :attr:`state`) is saved every ``save_every`` iterations.
+        """
+        assert self.order is not None and self.log is not None, "plan() and begin() first"
+        cfg, rank = self.cfg, self.strategy.rank
+        for iteration in range(self.start_step, self.total_steps):
+            self.step, self.micro = iteration, 0
+            record = iteration_fn(iteration, self.order.micro_batch(iteration, 0, rank))
+            done = iteration + 1
+            if done % cfg.log_every == 0 or done == self.total_steps:
+                record["epoch"] = self.order.epoch_of(done)
+                self.log.log(done, record)
             if cfg.save_every and done % cfg.save_every == 0 and done < self.total_steps:
                 self.save(done)
 

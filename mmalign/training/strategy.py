@@ -61,6 +61,7 @@ class Strategy:
             :attr:`engine` (the policy), whose checkpoint layout is the single-engine one.
         frozen: the inference engines (or plain modules below ZeRO-3) by name.
         run_config: the run's resolved config (plain data), written into every checkpoint when set.
+        loaded_state: the client state of the checkpoint :meth:`load_checkpoint` last restored.
     """
 
     def __init__(self, cfg: StrategyConfig, seed: int = 0) -> None:
@@ -71,6 +72,7 @@ class Strategy:
         self._ds_config: dict[str, Any] | None = None
         self._checkpointed: list[nn.Module] = []
         self.run_config: dict[str, Any] | None = None
+        self.loaded_state: dict[str, Any] | None = None  # client state of the checkpoint last loaded
 
     @property
     def engine(self) -> Any:
@@ -400,7 +402,8 @@ class Strategy:
         rng_file = directory / tag / f"rng_rank{self.rank}.pt"
         if rng_file.exists():
             set_rng_state(torch.load(rng_file, weights_only=False))
-        return dict(client_state or {}, tag=tag)
+        self.loaded_state = dict(client_state or {}, tag=tag)
+        return self.loaded_state
 
     def optimizer_hyperparameters(self) -> dict[str, list[dict[str, Any]]]:
         """Per trainable engine, per param group: base learning rate (``initial_lr``), weight
