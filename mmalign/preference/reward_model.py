@@ -66,27 +66,68 @@ def load_reward_model(directory: str | Path, dtype: torch.dtype | None = None) -
     return RewardModel(lmm, head.to(dtype or head.weight.dtype)).eval(), tokenizer
 
 
-def reward_suffix(template: str, pair: PreferencePair, seed: int = 0) -> list[Message]:
-    """The reward prompt as a user turn, ``{captions}`` / ``{answer}`` filled from the record.
+def fill_reward_prompt(
+    template: str,
+    record_id: str,
+    captions: list[str] | None,
+    answer: str | None,
+    rng: random.Random,
+) -> str:
+    """Fill a reward prompt template's ``{captions}`` and ``{answer}`` placeholders.
 
-    Captions are shuffled per example (seeded by ``seed`` and the pair id), one per line.
+    The one place the reward prompt is built, so that reward-model training
+    (:func:`reward_suffix`) and PPO (:func:`mmalign.rl.rewards.reward_prompt`) score the same
+    text. Captions are shuffled with ``rng`` and listed one per line, as LLaVA-RLHF shuffles them
+    per example (``RLHF/models/ppo_trainer.py``, ``rollout``: ``random.shuffle(caption_list)``).
+    Departure: their prompt prefixes each caption with ``"  - "`` inside a fixed sentence
+    (``FACTUAL_PROMPT`` of ``RLHF/data_utils/constants.py``); here the template decides the wording.
+    Fields the template does not name are ignored.
+
+    Args:
+        template: a ``str.format`` template (``configs/prompts/fact_rlhf_reward*.txt``).
+        record_id: the record's id, for error messages.
+        captions: the ground-truth captions (needed when the template has ``{captions}``).
+        answer: the true answer (needed when the template has ``{answer}``).
+        rng: the shuffle's random source (the caller seeds it per example / per rollout).
+
+    Returns:
+        The filled prompt text.
 
     Raises:
         ValueError: the template needs captions or an answer that the record lacks (names the id).
     """
     fields: dict[str, str] = {}
     if "{captions}" in template:
-        captions = pair.meta.get("captions")
         if not isinstance(captions, list) or not captions or not all(isinstance(c, str) for c in captions):
             raise ValueError(
-                f"pair {pair.id}: the reward prompt needs a non-empty 'captions' list of strings"
+                f"record {record_id}: the reward prompt needs a non-empty 'captions' list of strings"
             )
         shuffled = list(captions)
-        random.Random(f"{seed}:{pair.id}").shuffle(shuffled)
+        rng.shuffle(shuffled)
         fields["captions"] = "\n".join(shuffled)
     if "{answer}" in template:
-        answer = pair.meta.get("answer", pair.meta.get("gt_answer"))
         if not isinstance(answer, str) or not answer:
-            raise ValueError(f"pair {pair.id}: the reward prompt needs an 'answer' (or 'gt_answer') string")
+            raise ValueError(
+                f"record {record_id}: the reward prompt needs an 'answer' (or 'gt_answer') string"
+            )
         fields["answer"] = answer
-    return [{"role": "user", "content": template.format(**fields)}]
+    return template.format(**fields)
+
+
+def reward_suffix(template: str, pair: PreferencePair, seed: int = 0) -> list[Message]:
+    """The reward prompt as a user turn, ``{captions}`` / ``{answer}`` filled from the record.
+
+    Captions are shuffled per example (seeded by ``seed`` and the pair id), one per line; see
+    :func:`fill_reward_prompt`.
+
+    Raises:
+        ValueError: the template needs captions or an answer that the record lacks (names the id).
+    """
+    content = fill_reward_prompt(
+        template,
+        pair.id,
+        pair.meta.get("captions"),
+        pair.meta.get("answer", pair.meta.get("gt_answer")),
+        random.Random(f"{seed}:{pair.id}"),
+    )
+    return [{"role": "user", "content": content}]
