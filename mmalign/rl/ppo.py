@@ -1,0 +1,109 @@
+"""The PPO update of one rollout: epochs × minibatches of clipped policy and value steps.
+
+Proximal Policy Optimization (Schulman et al., https://arxiv.org/abs/1707.06347) as LLaVA-RLHF
+(https://arxiv.org/abs/2309.14525) applies it to an LMM: per epoch the rollout's prompts are
+shuffled (seeded by seed, iteration, epoch and rank, so a resumed run replays them), cut into
+micro-batches of ``strategy.micro_batch_size`` prompts (each with its K responses in one
+shared-prefix row); each micro-batch runs the policy forward → clipped policy loss → backward, and
+the value forward → clipped value loss × ``vf_coef`` → backward; the engines step at their
+accumulation boundaries (``strategy.grad_accum`` micro-batches). Policy and value are separate
+engines with separate AdamW optimizers: ``vf_coef`` scales the value gradient before its own
+clipping (one joint optimizer, as the authors' code has, would clip both together).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from mmalign.losses.ppo import masked_mean, policy_loss, value_loss
+from mmalign.preference.batch import collate_groups
+from mmalign.rl.advantages import explained_variance
+from mmalign.rl.config import PPOConfig
+from mmalign.rl.rollout import Rollout, pad_by_sequence
+from mmalign.training.strategy import Strategy
+from mmalign.utils import stable_seed
+
+
+def _rows(rollout: Rollout, groups: list[int]) -> torch.Tensor:
+    k = rollout.num_samples
+    return torch.tensor([g * k + j for g in groups for j in range(k)], dtype=torch.long)
+
+
+def ppo_update(
+    strategy: Strategy,
+    policy_engine: Any,
+    value_engine: Any,
+    rollout: Rollout,
+    cfg: PPOConfig,
+    iteration: int,
+    pad_id: int,
+) -> dict[str, float]:
+    """Train policy and value on one rollout; returns this rank's mean metrics.
+
+    Every rank must hold the same number of prompts (equal micro-batch counts under ZeRO-3).
+
+    Returns:
+        ``loss/policy``, ``loss/value``, ``policy/clip_fraction``, ``policy/approx_kl``,
+        ``policy/ratio_mean``, ``policy/ratio_first`` (mean |ratio − 1| on the first micro-batch:
+        0 up to rounding, as the rollout scored with the same weights), ``policy/entropy``,
+        ``value/clip_fraction``, ``value/explained_variance`` and ``train/tok_s``.
+    """
+    device, dtype = strategy.device, strategy.dtype
+    n_groups, micro = len(rollout.groups), cfg.strategy.micro_batch_size
+    sums: dict[str, float] = {}
+    count, tokens, first_ratio = 0, 0, None
+    t0 = time.time()
+    for epoch in range(cfg.ppo_epochs):
+        gen = torch.Generator().manual_seed(stable_seed(cfg.seed, "ppo", iteration, epoch, strategy.rank))
+        order = torch.randperm(n_groups, generator=gen).tolist()
+        for start in range(0, n_groups, micro):
+            groups = order[start : start + micro]
+            batch = collate_groups([rollout.groups[g] for g in groups], pad_id).to(device, dtype)
+            rows = _rows(rollout, groups)
+            mask = rollout.mask[rows].to(device)
+            width = mask.shape[1]
+            out = policy_engine(batch, with_reference=False, with_entropy=True)
+            logprobs = pad_by_sequence(out["token_logps"], batch, width)
+            old = rollout.old_logprobs[rows].to(device)
+            adv = rollout.advantages[rows].to(device)
+            pg, pg_stats = policy_loss(logprobs, old, adv, mask, cfg.clip_range, cfg.loss_aggregation)
+            strategy.backward(pg, policy_engine)
+            strategy.step(policy_engine)
+
+            values = pad_by_sequence(value_engine(batch), batch, width)
+            returns = rollout.returns[rows].to(device)
+            old_values = rollout.values[rows].to(device)
+            vf, vf_stats = value_loss(
+                values, old_values, returns, mask, cfg.value_clip_range, cfg.loss_aggregation
+            )
+            strategy.backward(cfg.vf_coef * vf, value_engine)
+            strategy.step(value_engine)
+
+            with torch.no_grad():
+                ratio_dev = masked_mean((logprobs.detach() - old).exp().sub(1).abs(), mask)
+                entropy = float(out["entropy"].float().mean()) if out["entropy"].numel() else 0.0
+            if first_ratio is None:
+                first_ratio = float(ratio_dev)
+            record = {
+                "loss/policy": float(pg.detach()),
+                "loss/value": float(vf.detach()),
+                "policy/clip_fraction": float(pg_stats["clip_fraction"]),
+                "policy/approx_kl": float(pg_stats["approx_kl"]),
+                "policy/ratio_mean": float(pg_stats["ratio_mean"]),
+                "policy/entropy": entropy,
+                "value/clip_fraction": float(vf_stats["value_clip_fraction"]),
+            }
+            for key, value in record.items():
+                sums[key] = sums.get(key, 0.0) + value
+            count += 1
+            tokens += int(batch.targets.numel())
+    elapsed = time.time() - t0
+    stats = {k: v / max(count, 1) for k, v in sums.items()}
+    stats["policy/ratio_first"] = first_ratio or 0.0
+    stats["value/explained_variance"] = explained_variance(rollout.values, rollout.returns, rollout.mask)
+    stats["train/tok_s"] = tokens / max(elapsed, 1e-9)
+    stats["train/update_s"] = elapsed
+    return stats

@@ -1,0 +1,179 @@
+"""PPO with a factually augmented reward model (Fact-RLHF, LLaVA-RLHF) under DeepSpeed (ZeRO-0…3).
+
+Launch:
+
+    # GPUs: the 7B recipe (LLaVA-RLHF's settings, local paths)
+    deepspeed --num_gpus 8 train/ppo.py --config configs/ppo/llava15_7b_fact_rlhf.yaml
+    # CPU, 2 ranks, the tiny ShapeWorld model (prompts and reward model: see the README's Fact-RLHF section)
+    DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 deepspeed --num_gpus 2 train/ppo.py --config configs/ppo/tiny_shapeworld.yaml
+
+Four roles: the **policy** (trainable, full or LoRA), the **reference** (the start policy: its
+LoRA adapter disabled, or a frozen copy sharded under ZeRO-3), the **value model** (an LMM +
+scalar head read at every response token; its trunk starts from the reward model, its head at
+zero), the **reward model** (frozen; it may have another base, tokenizer and image size — it
+reads the response as text). Each iteration: this rank's prompts (a function of seed and
+iteration, so ``resume=auto`` after a kill replays them) → a rollout (:mod:`mmalign.rl.rollout`:
+sample, score, reward, GAE) → ``ppo_epochs`` passes of clipped updates (:mod:`mmalign.rl.ppo`) →
+the KL controller → metrics (TensorBoard, ``metrics.jsonl``, PNG curves at the end).
+
+Two settings, chosen by ``preset`` (every value can still be set in the config):
+
+* ``none`` — the corrected default: the sequence reward at the response's EOS token, padding
+  masked out of GAE, the losses and whitening; token-mean losses; γ = 1, λ = 0.95.
+* ``llava_rlhf`` — the authors' code: reward + 2 × correctness − 10·len/896 × length_bonus − 8
+  without EOS, ×10, at the LAST column of the fixed 896-token buffer (not at EOS); per-token KL
+  k1 clamped at 0 with β = 0.1; GAE with γ = λ = 1 over every position, padding included; losses
+  averaged over every position; clip 0.2, value clip 0.2, vf_coef 0.1; 2 epochs; rollout 512 /
+  step 256; lr 3e-5 cosine with 5 warmup steps; prompts over 128 tokens dropped.
+
+Departures from LLaVA-RLHF's code in both settings: policy and value are separate engines with
+separate AdamW optimizers (theirs: one optimizer over both adapters), so gradients are clipped
+separately; responses are not cut at the first "?" (a quirk of their code); the log-probs of the
+rollout come from the training-layout forward (as theirs) — the sampler's own log-probs are only
+compared with them (``rollout/logprob_gap``); a shared-prefix row scores a prompt's K samples.
+Not done yet: the layout with policy and value as two adapters on one frozen base (here the
+value model is its own LMM, LoRA or full).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from mmalign.cli import parse_run_args
+from mmalign.data.processor import MultimodalProcessor
+from mmalign.eval.plots import plot_metrics
+from mmalign.models.checkpoint import load_model
+from mmalign.models.heads import ScalarHead, ScalarModel
+from mmalign.preference.reward_model import load_reward_model
+from mmalign.preference.scoring import PreferenceModel
+from mmalign.rl.advantages import make_kl_controller
+from mmalign.rl.config import PPOConfig
+from mmalign.rl.ppo import ppo_update
+from mmalign.rl.prompts import check_facts, load_prompts
+from mmalign.rl.rollout import collect_rollout
+from mmalign.training.parts import apply_lora, configure_parts
+from mmalign.training.run import TrainingRun
+
+CURVES = ("reward/total", "reward/rm", "kl/sequence", "response/length", "policy/entropy", "loss/value")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, cfg = parse_run_args(PPOConfig, "mmalign PPO (Fact-RLHF)", argv, dry_run=False)
+
+    # 1. Processes; the policy (+ frozen reference) as the first engine's model.
+    run = TrainingRun(cfg, "ppo")
+    dev, dtype, world = run.device, run.dtype, run.strategy.world_size
+    policy, tokenizer = load_model(cfg.model, dtype=dtype, template=cfg.template)
+    reference = cfg.reference_mode
+    ref_model = load_model(cfg.model, dtype=dtype)[0] if reference == "frozen" else None
+    if cfg.lora.enabled:
+        apply_lora(policy, cfg.lora)
+    policy_groups = configure_parts(policy, cfg.parts, cfg.optim)
+    media_frozen = not (cfg.parts.train_vision or cfg.parts.train_projector)
+    policy_model = PreferenceModel(policy, reference, ref_model, media_frozen=media_frozen).to(dev)
+    processor = MultimodalProcessor.for_model(policy, tokenizer)
+
+    # 2. Reward model (frozen, its own processor) and value model (trunk from the reward model).
+    reward_model, rm_tokenizer = load_reward_model(cfg.reward_model, dtype=dtype)
+    rm_processor = MultimodalProcessor.for_model(reward_model.lmm, rm_tokenizer)
+    value_lmm, value_tokenizer = load_model(cfg.value_model or cfg.reward_model, dtype=dtype)
+    if value_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise SystemExit(
+            f"error: the value model {cfg.value_model or cfg.reward_model} has another tokenizer than the "
+            f"policy {cfg.model}; it scores the policy's tokens — set value_model to a checkpoint of the "
+            "policy's family"
+        )
+    if cfg.lora.enabled:
+        apply_lora(value_lmm, cfg.lora)
+    value_optim = (
+        cfg.optim if cfg.value_lr is None else type(cfg.optim)(**{**vars(cfg.optim), "lr": cfg.value_lr})
+    )
+    value_groups = configure_parts(value_lmm, cfg.parts, value_optim)
+    head = ScalarHead.from_state_dict(reward_model.head.state_dict()) if cfg.value_head == "reward" else None
+    value_model = ScalarModel(value_lmm, head, read="tokens").to(dev)
+    value_groups.append(
+        {
+            "params": list(value_model.head.parameters()),
+            "lr": value_optim.lr,
+            "weight_decay": 0.0,
+            "name": "head",
+        }
+    )
+
+    # 3. Prompts with their facts; prompts over the length limit skipped and counted.
+    template = Path(cfg.reward_prompt).read_text().strip() if cfg.reward_prompt else None
+    prompts = load_prompts(cfg.prompts, cfg.captions, cfg.media_root)
+    prompts, missing = check_facts(
+        prompts, bool(template and "{captions}" in template), bool(template and "{answer}" in template),
+        cfg.missing_facts,
+    )  # fmt: skip
+    too_long = [
+        p.id for p in prompts
+        if len(processor.tokenize_prompt(p.prompt, len(p.images), len(p.videos), p.id)) > cfg.max_prompt_length
+    ]  # fmt: skip
+    prompts = [p for p in prompts if p.id not in set(too_long)]
+    if world > cfg.rollout_batch_size or cfg.rollout_batch_size % world:
+        raise SystemExit(
+            f"error: rollout_batch_size {cfg.rollout_batch_size} must be a multiple of world {world}"
+        )
+    run.plan(len(prompts), per_rank=cfg.rollout_batch_size // world, steps=cfg.iterations)
+    updates = cfg.updates_per_iteration(world)
+
+    # 4. Engines: policy (first: the checkpoint's main engine), value, frozen reward model.
+    optimizer, scheduler = run.optimizer(policy_groups, run.total_steps * updates)
+    policy_engine = run.strategy.prepare(
+        policy_model, optimizer, scheduler, checkpointing=[policy.llm],
+        blank_media=[policy] + ([ref_model] if ref_model is not None else []), name="policy",
+    )  # fmt: skip
+    optimizer, scheduler = run.optimizer(value_groups, run.total_steps * updates)
+    value_engine = run.strategy.prepare(
+        value_model,
+        optimizer,
+        scheduler,
+        checkpointing=[value_lmm.llm],
+        blank_media=[value_lmm],
+        name="value",
+    )
+    rm_engine = run.strategy.prepare_frozen(
+        reward_model, blank_media=[reward_model.lmm], name="reward", offload=cfg.offload_frozen
+    )
+    kl_ctl = make_kl_controller(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+    notes = [
+        f"{len(prompts)} prompts ({len(missing)} skipped without facts, {len(too_long)} over "
+        f"{cfg.max_prompt_length} tokens); reference {reference}; preset {cfg.preset}; "
+        f"{updates} optimizer steps per iteration"
+    ]
+    if run.begin(notes) is None:
+        return 2
+    if "kl" in run.state:
+        kl_ctl.load_state_dict(run.state["kl"])
+
+    # 5. The loop: rollout → PPO epochs → KL controller.
+    def iteration(it: int, indices: list[int]) -> dict[str, float]:
+        rollout = collect_rollout(
+            run.strategy, policy_engine, value_engine, rm_engine, processor, rm_processor,
+            [prompts[i] for i in indices], cfg, it, kl_ctl.value, template,
+        )  # fmt: skip
+        stats = {
+            **rollout.stats,
+            **ppo_update(run.strategy, policy_engine, value_engine, rollout, cfg, it, processor.pad_token_id),
+        }
+        record = {k: run.strategy.all_reduce_mean(v) for k, v in stats.items()}
+        kl_ctl.update(record["kl/sequence"], cfg.rollout_batch_size)
+        run.state["kl"] = kl_ctl.state_dict()
+        record["lr"] = run.strategy.current_lrs(policy_engine)[0]
+        return record
+
+    run.iterate(iteration)
+
+    # 6. Final checkpoint, the policy's export, curves.
+    written = run.finish(policy)
+    if cfg.plot and run.strategy.is_main:
+        written["curves"] = str(plot_metrics(run.out, [k for k in CURVES], run.out / "curves.png"))
+    run.close(written)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
