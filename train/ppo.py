@@ -14,7 +14,8 @@ zero), the **reward model** (frozen; it may have another base, tokenizer and ima
 reads the response as text). Each iteration: this rank's prompts (a function of seed and
 iteration, so ``resume=auto`` after a kill replays them) → a rollout (:mod:`mmalign.rl.rollout`:
 sample, score, reward, GAE) → ``ppo_epochs`` passes of clipped updates (:mod:`mmalign.rl.ppo`) →
-the KL controller → metrics (TensorBoard, ``metrics.jsonl``, PNG curves at the end).
+the KL controller → metrics (TensorBoard, ``metrics.jsonl``, PNG curves at the end) and rank 0's
+responses with their reward terms (``samples.jsonl``).
 
 Two settings, chosen by ``preset`` (every value can still be set in the config):
 
@@ -55,7 +56,10 @@ from mmalign.rl.rollout import collect_rollout
 from mmalign.training.parts import apply_lora, configure_parts
 from mmalign.training.run import TrainingRun
 
-CURVES = ("reward/total", "reward/rm", "kl/sequence", "response/length", "policy/entropy", "loss/value")
+CURVES = (
+    "reward/total", "reward/rm", "reward/correctness", "kl/sequence", "kl/coef", "response/length",
+    "policy/entropy", "policy/clip_fraction", "value/explained_variance",
+)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         kl_ctl.update(record["kl/sequence"], cfg.rollout_batch_size)
         run.state["kl"] = kl_ctl.state_dict()
         record["lr"] = run.strategy.current_lrs(policy_engine)[0]
+        run.log.log_samples(it + 1, rollout.samples(cfg.log_samples))
         return record
 
     run.iterate(iteration)
@@ -170,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     # 6. Final checkpoint, the policy's export, curves.
     written = run.finish(policy)
     if cfg.plot and run.strategy.is_main:
-        written["curves"] = str(plot_metrics(run.out, [k for k in CURVES], run.out / "curves.png"))
+        written["curves"] = str(plot_metrics(run.out, list(CURVES), run.out / "curves.png"))
     run.close(written)
     return 0
 

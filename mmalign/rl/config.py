@@ -71,6 +71,8 @@ class PPOConfig(RunConfig):
             or ``all_positions`` (every position of the padded buffer, LLaVA-RLHF's code).
         value_lr: the value model's learning rate (default: ``optim.lr``).
         plot: write PNG curves of the main metrics into ``out`` at the end.
+        log_samples: responses of rank 0 written to ``samples.jsonl`` per iteration, with their
+            reward terms (0 = none).
     """
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
@@ -149,6 +151,7 @@ class PPOConfig(RunConfig):
     loss_aggregation: Literal["token_mean", "sequence_mean", "all_positions"] = "token_mean"
     value_lr: float | None = None
     plot: bool = True
+    log_samples: int = 64
 
     def __post_init__(self) -> None:
         super().__post_init__()

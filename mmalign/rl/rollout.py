@@ -90,6 +90,22 @@ class Rollout:
     def num_samples(self) -> int:
         return len(self.texts) // max(len(self.prompts), 1)
 
+    def samples(self, limit: int) -> list[dict[str, Any]]:
+        """The first ``limit`` responses as plain records: prompt id, response text, whether it
+        ended with a stop token, its length in tokens and every reward term (``reward/<term>``,
+        for ``samples.jsonl``)."""
+        k = self.num_samples
+        return [
+            {
+                "id": self.prompts[s // k].id,
+                "response": self.texts[s],
+                "finished": bool(self.finished[s]),
+                "tokens": int(self.lengths[s]),
+                **{f"reward/{name}": round(float(v[s]), 6) + 0.0 for name, v in self.terms.items()},
+            }
+            for s in range(min(limit, len(self.texts)))
+        ]
+
 
 def pad_by_sequence(values: torch.Tensor, batch: PreferenceBatch, width: int | None = None) -> torch.Tensor:
     """Per-scored-token values ``(N,)`` of a group batch → ``(S, T)`` right-padded with 0.

@@ -38,13 +38,16 @@ class MetricsLogger:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         path = out / "metrics.jsonl"
-        if path.exists():  # a resumed run: keep what led up to start_step, drop what it will redo
-            kept = [
-                ln
-                for ln in path.read_text().splitlines()
-                if ln.strip() and json.loads(ln)["step"] <= start_step
-            ]
-            path.write_text("".join(ln + "\n" for ln in kept))
+        for name in ("metrics.jsonl", "samples.jsonl"):  # a resumed run: keep what led up to
+            older = out / name  # start_step, drop what it will redo
+            if older.exists():
+                kept = [
+                    ln
+                    for ln in older.read_text().splitlines()
+                    if ln.strip() and json.loads(ln)["step"] <= start_step
+                ]
+                older.write_text("".join(ln + "\n" for ln in kept))
+        self._samples_path = out / "samples.jsonl"
         self._file = path.open("a")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -64,10 +67,18 @@ class MetricsLogger:
             for k, v in metrics.items():
                 if isinstance(v, (int, float)):
                     self._tb.add_scalar(k, v, step)
-        shown = {k: metrics[k] for k in ("loss", "lr", "tok/s") if k in metrics}
+        shown = {k: metrics[k] for k in ("loss", "reward/total", "kl/sequence", "lr", "tok/s") if k in metrics}
         self._bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()}, refresh=False)
         self._bar.n = step
         self._bar.refresh()
+
+    def log_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
+        """Append generated samples of step ``step`` (e.g. an RL rollout's responses with their
+        rewards) to ``samples.jsonl``, one record each, ``step`` first."""
+        if not self.enabled or not samples:
+            return
+        with self._samples_path.open("a") as f:
+            f.write("".join(json.dumps({"step": step, **x}) + "\n" for x in samples))
 
     def write(self, text: str) -> None:
         if self.enabled:
