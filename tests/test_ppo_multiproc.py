@@ -170,12 +170,13 @@ def test_ppo_zero3_trains_without_hanging(base, synced_run):
     assert value_ckpt.is_dir()  # the value engine is checkpointed with the policy
 
 
-def test_ppo_gathered_generation_and_lora_reference(base, tmp_path):
-    """Weights gathered once per rollout (ranks stop at different lengths freely); LoRA policy
-    and value, the reference = the adapter disabled; the llava_rlhf preset's buffer layout."""
+def test_ppo_gathered_generation_shared_lora(base, tmp_path):
+    """Weights gathered once per rollout (ranks stop at different lengths freely); policy and value
+    as two LoRA adapters on one base in one engine, the reference = adapters disabled; the
+    llava_rlhf preset's fixed buffer (padding scored, reward at the last column)."""
     out = tmp_path / "lora"
     cfg = config(
-        base, out, iterations=2, gather_for_generation=True, preset="llava_rlhf",
+        base, out, iterations=2, gather_for_generation=True, preset="llava_rlhf", layout="shared_lora",
         rollout_batch_size=4, max_new_tokens=8, max_prompt_length=200,
         lora={"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0},
         optim={"lr": 1.0e-3, "schedule": "constant"}, strategy=dict(ZERO3),
@@ -185,7 +186,10 @@ def test_ppo_gathered_generation_and_lora_reference(base, tmp_path):
     assert [r["step"] for r in recs] == [1, 2]
     assert recs[0]["policy/ratio_first"] < 1e-4 and abs(recs[0]["kl/sequence"]) < 1e-4
     assert recs[0]["kl/coef"] == pytest.approx(0.1)
-    assert (out / "final_adapter" / "adapter_model.safetensors").exists()
+    assert recs[1]["values/mean"] != 0.0  # the value head trained (it starts at zero)
+    assert not (out / "checkpoints" / "step_000002" / "value").exists()  # one engine holds both
+    adapter = json.loads((out / "final_adapter" / "adapter_config.json").read_text())
+    assert adapter["r"] == 4 and not (out / "final_adapter" / "value").exists()  # the policy only
 
 
 def test_sigkill_then_resume_gives_identical_weights(base, synced_run, tmp_path):

@@ -32,13 +32,15 @@ separate AdamW optimizers (theirs: one optimizer over both adapters), so gradien
 separately; responses are not cut at the first "?" (a quirk of their code); the log-probs of the
 rollout come from the training-layout forward (as theirs) — the sampler's own log-probs are only
 compared with them (``rollout/logprob_gap``); a shared-prefix row scores a prompt's K samples.
-Not done yet: the layout with policy and value as two adapters on one frozen base (here the
-value model is its own LMM, LoRA or full).
+Two layouts: ``separate`` (default) — the value model is its own LMM (full or LoRA) in its own
+engine; ``shared_lora`` — policy and value are two LoRA adapters on one frozen base in one engine
+and one optimizer (:class:`mmalign.rl.actor_critic.SharedActorCritic`; the reference is the base).
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from mmalign.cli import parse_run_args
@@ -48,6 +50,7 @@ from mmalign.models.checkpoint import load_model
 from mmalign.models.heads import ScalarHead, ScalarModel
 from mmalign.preference.reward_model import load_reward_model
 from mmalign.preference.scoring import PreferenceModel
+from mmalign.rl.actor_critic import VALUE_ADAPTER, PPOEngines, SharedActorCritic
 from mmalign.rl.advantages import make_kl_controller
 from mmalign.rl.config import PPOConfig
 from mmalign.rl.ppo import ppo_update
@@ -64,8 +67,9 @@ CURVES = (
 
 def main(argv: list[str] | None = None) -> int:
     args, cfg = parse_run_args(PPOConfig, "mmalign PPO (Fact-RLHF)", argv, dry_run=False)
+    shared = cfg.layout == "shared_lora"
 
-    # 1. Processes; the policy (+ frozen reference) as the first engine's model.
+    # 1. Processes; the policy (+ a frozen reference copy when not LoRA).
     run = TrainingRun(cfg, "ppo")
     dev, dtype, world = run.device, run.dtype, run.strategy.world_size
     policy, tokenizer = load_model(cfg.model, dtype=dtype, template=cfg.template)
@@ -73,37 +77,38 @@ def main(argv: list[str] | None = None) -> int:
     ref_model = load_model(cfg.model, dtype=dtype)[0] if reference == "frozen" else None
     if cfg.lora.enabled:
         apply_lora(policy, cfg.lora)
-    policy_groups = configure_parts(policy, cfg.parts, cfg.optim)
-    media_frozen = not (cfg.parts.train_vision or cfg.parts.train_projector)
-    policy_model = PreferenceModel(policy, reference, ref_model, media_frozen=media_frozen).to(dev)
     processor = MultimodalProcessor.for_model(policy, tokenizer)
 
-    # 2. Reward model (frozen, its own processor) and value model (trunk from the reward model).
+    # 2. Reward model (frozen, its own processor); value model: its own LMM whose trunk starts
+    # from the reward model, or a second adapter on the policy's base (shared_lora).
     reward_model, rm_tokenizer = load_reward_model(cfg.reward_model, dtype=dtype)
     rm_processor = MultimodalProcessor.for_model(reward_model.lmm, rm_tokenizer)
-    value_lmm, value_tokenizer = load_model(cfg.value_model or cfg.reward_model, dtype=dtype)
-    if value_tokenizer.get_vocab() != tokenizer.get_vocab():
-        raise SystemExit(
-            f"error: the value model {cfg.value_model or cfg.reward_model} has another tokenizer than the "
-            f"policy {cfg.model}; it scores the policy's tokens — set value_model to a checkpoint of the "
-            "policy's family"
-        )
-    if cfg.lora.enabled:
-        apply_lora(value_lmm, cfg.lora)
-    value_optim = (
-        cfg.optim if cfg.value_lr is None else type(cfg.optim)(**{**vars(cfg.optim), "lr": cfg.value_lr})
-    )
-    value_groups = configure_parts(value_lmm, cfg.parts, value_optim)
     head = ScalarHead.from_state_dict(reward_model.head.state_dict()) if cfg.value_head == "reward" else None
-    value_model = ScalarModel(value_lmm, head, read="tokens").to(dev)
-    value_groups.append(
-        {
-            "params": list(value_model.head.parameters()),
-            "lr": value_optim.lr,
-            "weight_decay": 0.0,
-            "name": "head",
-        }
-    )
+    value_lr = cfg.optim.lr if cfg.value_lr is None else cfg.value_lr
+    if shared:
+        actor_critic = SharedActorCritic(policy, head, cfg.value_model).to(dev)
+        policy_groups = configure_parts(policy, cfg.parts, cfg.optim)  # both adapters train
+        policy_groups.append(
+            {"params": list(actor_critic.head.parameters()), "lr": value_lr, "weight_decay": 0.0}
+        )
+    else:
+        policy_groups = configure_parts(policy, cfg.parts, cfg.optim)
+        media_frozen = not (cfg.parts.train_vision or cfg.parts.train_projector)
+        policy_model = PreferenceModel(policy, reference, ref_model, media_frozen=media_frozen).to(dev)
+        value_lmm, value_tokenizer = load_model(cfg.value_model or cfg.reward_model, dtype=dtype)
+        if value_tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise SystemExit(
+                f"error: the value model {cfg.value_model or cfg.reward_model} has another tokenizer than "
+                f"the policy {cfg.model}; it scores the policy's tokens — set value_model to a checkpoint "
+                "of the policy's family (or use layout: shared_lora)"
+            )
+        if cfg.lora.enabled:
+            apply_lora(value_lmm, cfg.lora)
+        value_groups = configure_parts(value_lmm, cfg.parts, replace(cfg.optim, lr=value_lr))
+        value_model = ScalarModel(value_lmm, head, read="tokens").to(dev)
+        value_groups.append(
+            {"params": list(value_model.head.parameters()), "lr": value_lr, "weight_decay": 0.0}
+        )
 
     # 3. Prompts with their facts; prompts over the length limit skipped and counted.
     template = Path(cfg.reward_prompt).read_text().strip() if cfg.reward_prompt else None
@@ -112,68 +117,77 @@ def main(argv: list[str] | None = None) -> int:
         prompts, bool(template and "{captions}" in template), bool(template and "{answer}" in template),
         cfg.missing_facts,
     )  # fmt: skip
-    too_long = [
+    too_long = {
         p.id for p in prompts
         if len(processor.tokenize_prompt(p.prompt, len(p.images), len(p.videos), p.id)) > cfg.max_prompt_length
-    ]  # fmt: skip
-    prompts = [p for p in prompts if p.id not in set(too_long)]
-    if world > cfg.rollout_batch_size or cfg.rollout_batch_size % world:
+    }  # fmt: skip
+    prompts = [p for p in prompts if p.id not in too_long]
+    if cfg.rollout_batch_size % world:
         raise SystemExit(
             f"error: rollout_batch_size {cfg.rollout_batch_size} must be a multiple of world {world}"
         )
     run.plan(len(prompts), per_rank=cfg.rollout_batch_size // world, steps=cfg.iterations)
     updates = cfg.updates_per_iteration(world)
 
-    # 4. Engines: policy (first: the checkpoint's main engine), value, frozen reward model.
+    # 4. Engines: the policy's first (the checkpoint's main engine), the value's, the frozen reward model.
     optimizer, scheduler = run.optimizer(policy_groups, run.total_steps * updates)
-    policy_engine = run.strategy.prepare(
-        policy_model, optimizer, scheduler, checkpointing=[policy.llm],
-        blank_media=[policy] + ([ref_model] if ref_model is not None else []), name="policy",
-    )  # fmt: skip
-    optimizer, scheduler = run.optimizer(value_groups, run.total_steps * updates)
-    value_engine = run.strategy.prepare(
-        value_model,
-        optimizer,
-        scheduler,
-        checkpointing=[value_lmm.llm],
-        blank_media=[value_lmm],
-        name="value",
-    )
+    if shared:
+        engine = run.strategy.prepare(
+            actor_critic,
+            optimizer,
+            scheduler,
+            checkpointing=[policy.llm],
+            blank_media=[policy],
+            name="policy",
+        )
+        engines = PPOEngines(run.strategy, engine)
+    else:
+        policy_engine = run.strategy.prepare(
+            policy_model, optimizer, scheduler, checkpointing=[policy.llm],
+            blank_media=[policy] + ([ref_model] if ref_model is not None else []), name="policy",
+        )  # fmt: skip
+        optimizer, scheduler = run.optimizer(value_groups, run.total_steps * updates)
+        value_engine = run.strategy.prepare(
+            value_model,
+            optimizer,
+            scheduler,
+            checkpointing=[value_lmm.llm],
+            blank_media=[value_lmm],
+            name="value",
+        )
+        engines = PPOEngines(run.strategy, policy_engine, value_engine)
     rm_engine = run.strategy.prepare_frozen(
         reward_model, blank_media=[reward_model.lmm], name="reward", offload=cfg.offload_frozen
     )
     kl_ctl = make_kl_controller(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
     notes = [
         f"{len(prompts)} prompts ({len(missing)} skipped without facts, {len(too_long)} over "
-        f"{cfg.max_prompt_length} tokens); reference {reference}; preset {cfg.preset}; "
-        f"{updates} optimizer steps per iteration"
+        f"{cfg.max_prompt_length} tokens); layout {cfg.layout}; reference {reference}; preset "
+        f"{cfg.preset}; {updates} optimizer steps per iteration"
     ]
     if run.begin(notes) is None:
         return 2
     if "kl" in run.state:
         kl_ctl.load_state_dict(run.state["kl"])
 
-    # 5. The loop: rollout → PPO epochs → KL controller.
+    # 5. The loop: rollout → PPO epochs → KL controller; rank 0's samples to samples.jsonl.
     def iteration(it: int, indices: list[int]) -> dict[str, float]:
         rollout = collect_rollout(
-            run.strategy, policy_engine, value_engine, rm_engine, processor, rm_processor,
-            [prompts[i] for i in indices], cfg, it, kl_ctl.value, template,
+            engines, rm_engine, processor, rm_processor, [prompts[i] for i in indices], cfg, it,
+            kl_ctl.value, template,
         )  # fmt: skip
-        stats = {
-            **rollout.stats,
-            **ppo_update(run.strategy, policy_engine, value_engine, rollout, cfg, it, processor.pad_token_id),
-        }
+        stats = {**rollout.stats, **ppo_update(engines, rollout, cfg, it, processor.pad_token_id)}
         record = {k: run.strategy.all_reduce_mean(v) for k, v in stats.items()}
         kl_ctl.update(record["kl/sequence"], cfg.rollout_batch_size)
         run.state["kl"] = kl_ctl.state_dict()
-        record["lr"] = run.strategy.current_lrs(policy_engine)[0]
+        record["lr"] = run.strategy.current_lrs(engines.policy)[0]
         run.log.log_samples(it + 1, rollout.samples(cfg.log_samples))
         return record
 
     run.iterate(iteration)
 
-    # 6. Final checkpoint, the policy's export, curves.
-    written = run.finish(policy)
+    # 6. Final checkpoint, the policy's export (never the value adapter), curves.
+    written = run.finish(policy, exclude=lambda name: f".{VALUE_ADAPTER}." in name)
     if cfg.plot and run.strategy.is_main:
         written["curves"] = str(plot_metrics(run.out, list(CURVES), run.out / "curves.png"))
     run.close(written)

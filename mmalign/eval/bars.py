@@ -126,7 +126,8 @@ def measure(
     """Every bar's measured value for one model (greedy decoding), plus counts and samples.
 
     Returns:
-        ``{<bar key>: value, ..., "n": {<what>: count}, "samples": [...]}``.
+        ``{<bar key>: value, ..., "caption_words": mean words per caption (clear and prior
+        scenes), "n": {<what>: count}, "samples": [...]}``.
     """
     limits = limits or BarLimits()
     root = Path(data_dir)
@@ -178,6 +179,8 @@ def measure(
             [any(m.shape == p["partner"] for m in parse_mentions(c)) for p, _, c in rows]
         )
         out["n"][f"prior_{group}"] = len(rows)
+    every_caption = captions + described
+    out["caption_words"] = sum(len(c.split()) for c in every_caption) / max(len(every_caption), 1)
     out["prior_yes_x"] = out["prior_yes"] / max(out["prior_yes_control"], 1e-9)
     out["prior_mention_x"] = out["prior_mention"] / max(out["prior_mention_control"], 1e-9)
     out["samples"] = [

@@ -38,8 +38,13 @@ class PPOConfig(RunConfig):
         reward_prompt: template appended after the response for the reward model
             (``configs/prompts/``; ``{captions}`` / ``{answer}`` filled from the prompt's facts,
             captions shuffled on every rollout). ``None``: the reward is read at the response's end.
-        value_model: the value model's trunk (default: the reward model, as LLaVA-RLHF); it must
-            share the policy's tokenizer (it scores the policy's tokens).
+        layout: ``separate`` — the value model is its own LMM (full or LoRA) in its own engine;
+            ``shared_lora`` — policy and value are two LoRA adapters on one frozen base in one
+            engine (LLaVA-RLHF's layout; needs ``lora.enabled``; the reference is the base).
+        value_model: ``separate``: the value model's trunk (default: the reward model, as
+            LLaVA-RLHF); it must share the policy's tokenizer (it scores the policy's tokens).
+            ``shared_lora``: a peft adapter folder to start the value adapter from (e.g. a LoRA
+            reward model's ``final_adapter``); default: a new adapter.
         value_head: ``zero`` (a new zero-initialised head, LLaVA-RLHF) or ``reward`` (start from
             the reward model's head).
         reference: ``frozen`` (a frozen copy of the start policy, sharded under ZeRO-3) or ``lora``
@@ -120,6 +125,7 @@ class PPOConfig(RunConfig):
     max_prompt_length: int = 1024
     reward_model: str = "runs/reward/final"
     reward_prompt: str | None = "configs/prompts/fact_rlhf_reward.txt"
+    layout: Literal["separate", "shared_lora"] = "separate"
     value_model: str | None = None
     value_head: Literal["zero", "reward"] = "zero"
     reference: Literal["auto", "frozen", "lora"] = "auto"
@@ -163,6 +169,10 @@ class PPOConfig(RunConfig):
             raise ValueError("gamma and lam must be in [0, 1]")
         if self.clip_range <= 0 or self.vf_coef < 0 or self.kl_coef < 0:
             raise ValueError("clip_range > 0, vf_coef ≥ 0 and kl_coef ≥ 0")
+        if self.layout == "shared_lora" and (not self.lora.enabled or self.reference == "frozen"):
+            raise ValueError(
+                "layout: shared_lora needs lora.enabled and the LoRA reference (reference auto or lora)"
+            )
         if self.reference == "lora" and not self.lora.enabled:
             raise ValueError("reference: lora needs lora.enabled (the reference is the adapter disabled)")
         if self.kl_target is not None and self.kl_target <= 0:

@@ -4,26 +4,26 @@ Proximal Policy Optimization (Schulman et al., https://arxiv.org/abs/1707.06347)
 (https://arxiv.org/abs/2309.14525) applies it to an LMM: per epoch the rollout's prompts are
 shuffled (seeded by seed, iteration, epoch and rank, so a resumed run replays them), cut into
 micro-batches of ``strategy.micro_batch_size`` prompts (each with its K responses in one
-shared-prefix row); each micro-batch runs the policy forward → clipped policy loss → backward, and
-the value forward → clipped value loss × ``vf_coef`` → backward; the engines step at their
-accumulation boundaries (``strategy.grad_accum`` micro-batches). Policy and value are separate
-engines with separate AdamW optimizers: ``vf_coef`` scales the value gradient before its own
-clipping (one joint optimizer, as the authors' code has, would clip both together).
+shared-prefix row); each micro-batch runs the policy forward → clipped policy loss and the value
+forward → clipped value loss, then the backward; the engines step at their accumulation
+boundaries (``strategy.grad_accum`` micro-batches). In the shared LoRA layout one engine
+backpropagates ``policy_loss + vf_coef · value_loss`` (one AdamW, as the authors' code); with
+separate policy and value engines each has its own AdamW and ``vf_coef`` scales the value
+gradient before its own clipping.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import torch
 
 from mmalign.losses.ppo import masked_mean, policy_loss, value_loss
 from mmalign.preference.batch import collate_groups
+from mmalign.rl.actor_critic import PPOEngines
 from mmalign.rl.advantages import explained_variance
 from mmalign.rl.config import PPOConfig
 from mmalign.rl.rollout import Rollout, pad_by_sequence
-from mmalign.training.strategy import Strategy
 from mmalign.utils import stable_seed
 
 
@@ -33,9 +33,7 @@ def _rows(rollout: Rollout, groups: list[int]) -> torch.Tensor:
 
 
 def ppo_update(
-    strategy: Strategy,
-    policy_engine: Any,
-    value_engine: Any,
+    engines: PPOEngines,
     rollout: Rollout,
     cfg: PPOConfig,
     iteration: int,
@@ -51,6 +49,7 @@ def ppo_update(
         0 up to rounding, as the rollout scored with the same weights), ``policy/entropy``,
         ``value/clip_fraction``, ``value/explained_variance`` and ``train/tok_s``.
     """
+    strategy = engines.strategy
     device, dtype = strategy.device, strategy.dtype
     n_groups, micro = len(rollout.groups), cfg.strategy.micro_batch_size
     sums: dict[str, float] = {}
@@ -65,22 +64,18 @@ def ppo_update(
             rows = _rows(rollout, groups)
             mask = rollout.mask[rows].to(device)
             width = mask.shape[1]
-            out = policy_engine(batch, with_reference=False, with_entropy=True)
+            out = engines.policy_scores(batch, with_reference=False, with_entropy=True)
             logprobs = pad_by_sequence(out["token_logps"], batch, width)
             old = rollout.old_logprobs[rows].to(device)
             adv = rollout.advantages[rows].to(device)
             pg, pg_stats = policy_loss(logprobs, old, adv, mask, cfg.clip_range, cfg.loss_aggregation)
-            strategy.backward(pg, policy_engine)
-            strategy.step(policy_engine)
-
-            values = pad_by_sequence(value_engine(batch), batch, width)
+            values = pad_by_sequence(engines.values(batch), batch, width)
             returns = rollout.returns[rows].to(device)
             old_values = rollout.values[rows].to(device)
             vf, vf_stats = value_loss(
                 values, old_values, returns, mask, cfg.value_clip_range, cfg.loss_aggregation
             )
-            strategy.backward(cfg.vf_coef * vf, value_engine)
-            strategy.step(value_engine)
+            engines.update(pg, vf, cfg.vf_coef)
 
             with torch.no_grad():
                 ratio_dev = masked_mean((logprobs.detach() - old).exp().sub(1).abs(), mask)

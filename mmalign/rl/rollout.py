@@ -43,12 +43,12 @@ from mmalign.preference.batch import (
     encode_group,
     group_from_ids,
 )
+from mmalign.rl.actor_critic import PPOEngines
 from mmalign.rl.advantages import gae, token_rewards, whiten
 from mmalign.rl.config import PPOConfig
 from mmalign.rl.prompts import RLPrompt
 from mmalign.rl.rewards import reward_prompt, shape_rewards
 from mmalign.training.generation import generate
-from mmalign.training.strategy import Strategy
 from mmalign.utils import stable_seed
 
 
@@ -138,9 +138,7 @@ def encode_prompts(processor: MultimodalProcessor, prompts: Sequence[RLPrompt]) 
 
 @torch.no_grad()
 def score_groups(
-    strategy: Strategy,
-    policy_engine: Any,
-    value_engine: Any,
+    engines: PPOEngines,
     groups: list[EncodedGroup],
     micro_batch: int,
     pad_id: int,
@@ -151,11 +149,11 @@ def score_groups(
     Runs ``ceil(G / micro_batch)`` forwards of each engine (equal on every rank).
     """
     old, ref, val = [], [], []
-    device, dtype = strategy.device, strategy.dtype
+    device, dtype = engines.strategy.device, engines.strategy.dtype
     for chunk in _chunks(len(groups), micro_batch):
         batch = collate_groups([groups[i] for i in chunk], pad_id).to(device, dtype)
-        out = policy_engine(batch, with_reference=with_reference)
-        values = value_engine(batch)
+        out = engines.policy_scores(batch, with_reference=with_reference)
+        values = engines.values(batch)
         for name, store in (("token_logps", old), ("reference_token_logps", ref)):
             if name in out:
                 store += [p.float().cpu() for g in batch.split_by_sequence(out[name]) for p in g]
@@ -205,9 +203,7 @@ def _stack(pieces: list[torch.Tensor], width: int) -> torch.Tensor:
 
 
 def collect_rollout(
-    strategy: Strategy,
-    policy_engine: Any,
-    value_engine: Any,
+    engines: PPOEngines,
     reward_model: Any,
     processor: MultimodalProcessor,
     rm_processor: MultimodalProcessor,
@@ -220,10 +216,9 @@ def collect_rollout(
     """Sample, score and reward this rank's prompts (module docstring); see :class:`Rollout`.
 
     Args:
-        policy_engine: the engine of a :class:`~mmalign.preference.scoring.PreferenceModel`
-            (its ``policy`` is the LMM sampled from; its online reference scores the samples).
-        value_engine: the engine of a value :class:`~mmalign.models.heads.ScalarModel`
-            (``read="tokens"``) sharing the policy's tokenizer.
+        engines: the policy (its online reference scores the samples) and value engines
+            (:class:`~mmalign.rl.actor_critic.PPOEngines`; the value model shares the policy's
+            tokenizer).
         reward_model: a frozen :class:`~mmalign.preference.reward_model.RewardModel` (or its engine).
         rm_processor: the reward model's processor (its tokenizer, template, image size).
         iteration: seeds the sampling (with ``cfg.seed`` and the rank) and the caption shuffles.
@@ -233,15 +228,16 @@ def collect_rollout(
     Raises:
         ValueError: propagated from the reward prompt when a prompt lacks a needed fact.
     """
+    strategy = engines.strategy
     k, rank = cfg.num_samples, strategy.rank
     device, dtype = strategy.device, strategy.dtype
-    policy = policy_engine.module.policy
+    policy = engines.policy_lmm
     feats = encode_prompts(processor, prompts)
 
     # 1. Sample (the policy's weights gathered once under ZeRO-3 when they fit).
     generator = torch.Generator(device=device).manual_seed(stable_seed(cfg.seed, "rollout", iteration, rank))
     t0 = time.time()
-    with strategy.generation_weights(policy_engine, gather=cfg.gather_for_generation) as synced:
+    with strategy.generation_weights(engines.policy, gather=cfg.gather_for_generation) as synced:
         gen_cfg = GenerationConfig(
             max_new_tokens=cfg.max_new_tokens, do_sample=True, temperature=cfg.temperature,
             top_p=cfg.top_p, top_k=cfg.top_k, synced_gpus=synced,
@@ -264,13 +260,11 @@ def collect_rollout(
     ]
     width = cfg.max_new_tokens if not cfg.mask_padding else max((len(r) for r in responses), default=1)
     width = max(width, 1)
-    policy_engine.eval()
-    value_engine.eval()
+    engines.train(False)
     t0 = time.time()
     old, ref, val = score_groups(
-        strategy, policy_engine, value_engine, groups, cfg.strategy.micro_batch_size,
-        processor.pad_token_id, with_reference=True,
-    )  # fmt: skip
+        engines, groups, cfg.strategy.micro_batch_size, processor.pad_token_id, with_reference=True
+    )
     seq_lengths = [len(r) for r in responses]
     mask = sequence_mask(seq_lengths, width)
     old_lp, ref_lp, values = _stack(old, width), _stack(ref, width), _stack(val, width)
@@ -298,8 +292,7 @@ def collect_rollout(
     advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
     advantages = whiten(advantages, mask)
     t_score = time.time() - t0
-    policy_engine.train()
-    value_engine.train()
+    engines.train()
 
     raw_kl = ((old_lp - ref_lp) * mask).sum(1)  # exact sequence log-ratio of the samples
     stats = {

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -206,8 +207,12 @@ def export_final(
     export_lora: str = "both",
     llava_hf: bool = False,
     grow_llm_layers: int = 0,
+    exclude: Callable[[str], bool] | None = None,
 ) -> dict[str, str]:
     """Consolidate the trained weights and write loadable checkpoints (every rank must call).
+
+    ``exclude`` leaves trained tensors out of the export by name (e.g. a PPO value adapter that
+    shares the policy's LoRA model).
 
     Rank 0 rebuilds a plain (non-DeepSpeed) model from ``base_path`` (grown by ``grow_llm_layers``
     identity blocks, as the run grew it; in float32 for an fp32 run; with the run's chat template
@@ -217,6 +222,8 @@ def export_final(
     ``final_llava_hf/`` on request.
     """
     state = strategy.trainable_state_dict(model)
+    if state is not None and exclude is not None:
+        state = {k: v for k, v in state.items() if not exclude(k)}
     written: dict[str, str] = {}
     if strategy.is_main:
         # An fp32 run exports fp32 whatever the base's dtype; a 16-bit run keeps the base's dtype

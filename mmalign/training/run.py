@@ -211,15 +211,19 @@ class TrainingRun:
             if cfg.save_every and done % cfg.save_every == 0 and done < self.total_steps:
                 self.save(done)
 
-    def finish(self, model: LMM, grow_llm_layers: int = 0) -> dict[str, str]:
+    def finish(
+        self, model: LMM, grow_llm_layers: int = 0, exclude: Callable[[str], bool] | None = None
+    ) -> dict[str, str]:
         """Final checkpoint (for resume/continuation) and the consolidated export of ``model`` (the
-        trained LMM: ``final/``, ``final_adapter/`` for LoRA, ``final_llava_hf/`` on request)."""
+        trained LMM: ``final/``, ``final_adapter/`` for LoRA, ``final_llava_hf/`` on request;
+        ``exclude``: trained tensors left out by name)."""
         self.save(self.total_steps)
         model.always_run_media = False
         c = self.cfg
         written = export_final(
-            self.strategy, model, c.model, c.lora, self.out, c.export_lora, c.export_llava_hf, grow_llm_layers
-        )
+            self.strategy, model, c.model, c.lora, self.out, c.export_lora, c.export_llava_hf,
+            grow_llm_layers, exclude,
+        )  # fmt: skip
         return written
 
     def close(self, written: dict[str, str]) -> None:
