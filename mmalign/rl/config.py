@@ -177,9 +177,10 @@ class PPOConfig(RunConfig):
             raise ValueError("reference: lora needs lora.enabled (the reference is the adapter disabled)")
         if self.kl_target is not None and self.kl_target <= 0:
             raise ValueError("kl_target must be > 0 (or null for a fixed coefficient)")
-        if not self.mask_padding and self.reward_position != "last":
+        if (self.reward_position == "last") == self.mask_padding:
             raise ValueError(
-                "mask_padding: false scores the padded buffer; use reward_position: last with it"
+                "reward_position: last (the fixed buffer's last column) goes with mask_padding: false "
+                "(the padded buffer is scored), and eos with mask_padding: true"
             )
 
     @property
