@@ -191,3 +191,58 @@ def test_entropy_from_logits_by_hand():
         [math.log(4), -(q[0] * math.log(q[0]) + q[1] * math.log(q[1])), math.log(2)]
     )
     assert entropy_from_logits(torch.zeros(2, 3, 5)).shape == (2, 3)
+
+
+# The GRPO family's aggregations on the same batch (TOKEN_LOSSES; row 2 has no real token).
+@pytest.mark.parametrize(
+    ("aggregation", "kwargs", "expected"),
+    [
+        # per-sequence mean, then the mean over all B = 3 sequences (the empty one counts as 0, as in TRL)
+        ("grpo", {}, ((-1.2 - 0.5 + 0.8) / 3 + (1.5 - 2.0) / 2 + 0.0) / 3),
+        ("dapo", {}, sum(TOKEN_LOSSES) / 5),  # token mean over the batch
+        ("dapo", {"num_tokens": 7}, sum(TOKEN_LOSSES) / 7),  # e.g. the whole optimiser batch's tokens
+        ("dr_grpo", {"max_tokens": 4}, sum(TOKEN_LOSSES) / (3 * 4)),  # B · max_tokens, not B · T
+    ],
+)
+def test_policy_loss_grpo_family_aggregations_by_hand(aggregation, kwargs, expected):
+    loss, _ = policy_loss(*_policy_batch(), clip_range=0.2, aggregation=aggregation, **kwargs)
+    assert loss.item() == pytest.approx(expected, abs=1e-12)
+
+
+def test_grpo_family_aggregations_reject_missing_constants():
+    with pytest.raises(ValueError, match="max_tokens"):
+        policy_loss(*_policy_batch(), aggregation="dr_grpo")
+    with pytest.raises(ValueError, match="max_tokens"):
+        policy_loss(*_policy_batch(), aggregation="dr_grpo", max_tokens=0)
+    with pytest.raises(ValueError, match="num_tokens"):
+        policy_loss(*_policy_batch(), aggregation="dapo", num_tokens=0)
+
+
+def test_policy_loss_without_clipping_is_reinforce_with_ratio():
+    logprobs, old, adv, mask = _policy_batch(requires_grad=True)
+    loss, stats = policy_loss(logprobs, old, adv, mask, clip_range=None)
+    # −A·r per token: row 0: −1.5, −0.5, +0.5; row 1: +1.5, −2.0 → sum −2.0 over 5 tokens
+    assert loss.item() == pytest.approx(-2.0 / 5, abs=1e-12)
+    assert stats["clip_fraction"].item() == 0.0
+    loss.backward()
+    # d/dlogprob of −A·r is −A·r at every real token: no token loses its gradient
+    expected = [[-1.5 / 5, -0.5 / 5, 0.5 / 5], [1.5 / 5, -2.0 / 5, 0.0], [0.0, 0.0, 0.0]]
+    assert logprobs.grad.tolist() == [pytest.approx(row, abs=1e-12) for row in expected]
+    logprobs.grad = None
+    loss, _ = policy_loss(logprobs, old, adv, mask, clip_range=None, aggregation="dr_grpo", max_tokens=4)
+    loss.backward()
+    assert loss.item() == pytest.approx(-2.0 / 12, abs=1e-12)
+    expected = [[-1.5 / 12, -0.5 / 12, 0.5 / 12], [1.5 / 12, -2.0 / 12, 0.0], [0.0, 0.0, 0.0]]
+    assert logprobs.grad.tolist() == [pytest.approx(row, abs=1e-12) for row in expected]
+
+
+def test_policy_loss_clip_higher_by_hand():
+    # ε = 0.2 below, ε_high = 0.6 above: (r=1.5, A=+1) is inside [0.8, 1.6] now → −1.5 (not clipped);
+    # (0.5, +1) → −0.5; (0.5, −1) → max(0.5, 0.8) = 0.8 clipped below; (1.5, −1) → 1.5; (1, +2) → −2
+    loss, stats = policy_loss(*_policy_batch(), clip_range=0.2, clip_range_high=0.6)
+    assert loss.item() == pytest.approx((-1.5 - 0.5 + 0.8 + 1.5 - 2.0) / 5, abs=1e-12)
+    assert stats["clip_fraction"].item() == pytest.approx(1 / 5)
+    with pytest.raises(ValueError, match="clip_range_high"):
+        policy_loss(*_policy_batch(), clip_range=None, clip_range_high=0.3)
+    with pytest.raises(ValueError, match="clip_range_high"):
+        policy_loss(*_policy_batch(), clip_range_high=0.0)

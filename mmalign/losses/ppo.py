@@ -7,6 +7,11 @@ Sources:
       ``_shape_reward``), itself from AlpacaFarm.
     - KL estimators k1/k2/k3: John Schulman, "Approximating KL divergence" (2020),
       http://joschu.net/blog/kl-approx.html
+    - The critic-free family's loss aggregations: GRPO, Shao et al. 2024 (DeepSeekMath),
+      https://arxiv.org/abs/2402.03300 (section 4.1); DAPO, Yu et al. 2025, https://arxiv.org/abs/2503.14476
+      (token-level mean; asymmetric "clip-higher" ranges); Dr. GRPO, Liu et al. 2025,
+      https://arxiv.org/abs/2503.20783 (a constant normaliser); as TRL's ``GRPOTrainer`` computes them
+      (``loss_type``, ``epsilon`` / ``epsilon_high``).
 
 Conventions: every per-token tensor is a padded ``(B, T)`` float tensor next to a ``(B, T)`` mask
 (bool or float; nonzero = a real response token, read as bool — masks are not weights). Masks are
@@ -24,9 +29,9 @@ from typing import Literal
 
 import torch
 
-Aggregation = Literal["token_mean", "sequence_mean", "all_positions"]
+Aggregation = Literal["token_mean", "sequence_mean", "all_positions", "grpo", "dapo", "dr_grpo"]
 KLEstimator = Literal["k1", "k2", "mse", "k3", "abs"]
-AGGREGATIONS: tuple[str, ...] = ("token_mean", "sequence_mean", "all_positions")
+AGGREGATIONS: tuple[str, ...] = ("token_mean", "sequence_mean", "all_positions", "grpo", "dapo", "dr_grpo")
 KL_ESTIMATORS: tuple[str, ...] = ("k1", "k2", "mse", "k3", "abs")
 
 
@@ -66,7 +71,13 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
     return masked_sum(x, mask, dim) / count.clamp(min=1)
 
 
-def aggregate(per_token: torch.Tensor, mask: torch.Tensor, aggregation: Aggregation) -> torch.Tensor:
+def aggregate(
+    per_token: torch.Tensor,
+    mask: torch.Tensor,
+    aggregation: Aggregation,
+    max_tokens: int | None = None,
+    num_tokens: float | None = None,
+) -> torch.Tensor:
     """Reduce a ``(B, T)`` per-token loss to a scalar.
 
     Args:
@@ -79,12 +90,26 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, aggregation: Aggregat
             buffer — LLaVA-RLHF's ``.mean()`` over the buffer, which makes the scale depend on the
             padding length. Padding contributes 0 here; pass an all-ones mask to also include
             whatever sits in the padded positions, exactly as LLaVA-RLHF's code does.
+            The GRPO family, as TRL's ``GRPOTrainer`` names its ``loss_type``:
+            ``"grpo"``: mean within each sequence, then the mean over **all** B sequences (a sequence
+            without real tokens counts as 0 — TRL's formula; ``"sequence_mean"`` skips it instead).
+            ``"dapo"``: sum over the real tokens divided by their number — the token mean
+            (``"token_mean"``), or divided by ``num_tokens`` when given (see there).
+            ``"dr_grpo"``: sum over the real tokens divided by ``B · max_tokens``, a constant
+            normaliser independent of the response lengths (Dr. GRPO).
+        max_tokens: ``"dr_grpo"`` only (required there, ignored otherwise): the constant per-sequence
+            length, e.g. the generation's ``max_new_tokens``, ≥ 1. Not checked against ``T``.
+        num_tokens: ``"dapo"`` only (ignored otherwise): the denominator instead of this call's real
+            tokens, > 0 — e.g. the real tokens of the whole optimiser batch over all micro-batches
+            and ranks, divided by the world size, which is TRL's normaliser when ranks' gradients are
+            averaged and micro-batch losses summed. None = this call's real tokens (clamped at 1).
 
     Returns:
         A scalar of ``per_token``'s dtype; 0 when the mask is empty.
 
     Raises:
-        ValueError: unknown ``aggregation``.
+        ValueError: unknown ``aggregation``; ``"dr_grpo"`` without a positive ``max_tokens``;
+            ``"dapo"`` with a non-positive ``num_tokens``.
     """
     if aggregation == "token_mean":
         return masked_mean(per_token, mask)
@@ -94,6 +119,20 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, aggregation: Aggregat
         return masked_mean(per_seq, has_tokens)
     if aggregation == "all_positions":
         return masked_sum(per_token, mask) / max(per_token.numel(), 1)
+    if aggregation == "grpo":
+        return masked_mean(per_token, mask, dim=-1).mean() if per_token.shape[0] else per_token.sum()
+    if aggregation == "dapo":
+        if num_tokens is None:
+            return masked_mean(per_token, mask)
+        if not num_tokens > 0:
+            raise ValueError(f"aggregation 'dapo' needs num_tokens > 0 or None, got {num_tokens}")
+        return masked_sum(per_token, mask) / num_tokens
+    if aggregation == "dr_grpo":
+        if max_tokens is None or max_tokens < 1:
+            raise ValueError(
+                f"aggregation 'dr_grpo' needs max_tokens >= 1 (e.g. max_new_tokens), got {max_tokens}"
+            )
+        return masked_sum(per_token, mask) / max(per_token.shape[0] * max_tokens, 1)
     raise ValueError(f"unknown aggregation {aggregation!r}; expected one of {AGGREGATIONS}")
 
 
@@ -102,14 +141,21 @@ def policy_loss(
     old_logprobs: torch.Tensor,
     advantages: torch.Tensor,
     mask: torch.Tensor,
-    clip_range: float = 0.2,
+    clip_range: float | None = 0.2,
     aggregation: Aggregation = "token_mean",
+    max_tokens: int | None = None,
+    clip_range_high: float | None = None,
+    num_tokens: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO clipped surrogate loss (Schulman et al. 2017, eq. 7, negated to be minimised).
 
     Per token: ``ratio = exp(logprobs − old_logprobs)``,
-    ``loss_t = max(−A_t · ratio_t, −A_t · clip(ratio_t, 1 − ε, 1 + ε))``. Where the clipped term is
-    the larger (strictly), the loss is constant in ``logprobs`` and the token gets no gradient.
+    ``loss_t = max(−A_t · ratio_t, −A_t · clip(ratio_t, 1 − ε, 1 + ε_high))`` (``ε_high = ε`` unless
+    ``clip_range_high`` is given: DAPO's clip-higher). Where the clipped term is the larger
+    (strictly), the loss is constant in ``logprobs`` and the token gets no gradient.
+    ``clip_range=None``: no clipping, ``loss_t = −A_t · ratio_t`` — REINFORCE with an importance
+    ratio (ReMax and RLOO take one step per rollout, where the ratio is 1 in value and its gradient
+    is the policy gradient ``−A_t · ∇ log π``).
 
     Args:
         logprobs: ``(B, T)`` float, log-probabilities (nats) of the sampled tokens under the current
@@ -117,27 +163,41 @@ def policy_loss(
         old_logprobs: ``(B, T)`` float, the same under the policy that sampled them (detached).
         advantages: ``(B, T)`` float, usually whitened GAE advantages (detached).
         mask: ``(B, T)`` bool/float, nonzero = real response token.
-        clip_range: ε > 0.
+        clip_range: ε > 0 (the lower range, and the upper one unless ``clip_range_high``); None = no
+            clipping.
         aggregation: see :func:`aggregate`.
+        max_tokens: passed to :func:`aggregate` (``"dr_grpo"``).
+        clip_range_high: ε_high > 0, the upper range ``1 + ε_high`` (DAPO uses ε = 0.2, ε_high = 0.28);
+            None = ``clip_range``. Needs ``clip_range``.
+        num_tokens: passed to :func:`aggregate` (``"dapo"``).
 
     Returns:
         ``(loss, stats)``: the scalar loss and detached scalar statistics over real tokens:
-        ``clip_fraction`` (share of tokens where the clipped term is strictly larger, i.e. active),
+        ``clip_fraction`` (share of tokens where the clipped term is strictly larger, i.e. active; 0
+        without clipping),
         ``approx_kl`` (mean of ``0.5 · (logprobs − old_logprobs)²``, the k2 estimator of the policy's
         drift), ``ratio_mean`` and ``ratio_max`` (``ratio_max`` is 0 when the mask is empty).
 
     Raises:
-        ValueError: ``clip_range`` ≤ 0 or unknown ``aggregation``.
+        ValueError: ``clip_range`` ≤ 0, ``clip_range_high`` ≤ 0 or given without ``clip_range``, or
+            an invalid ``aggregation`` (see :func:`aggregate`).
     """
-    if clip_range <= 0:
-        raise ValueError(f"clip_range must be > 0, got {clip_range}")
+    if clip_range is not None and clip_range <= 0:
+        raise ValueError(f"clip_range must be > 0 or None, got {clip_range}")
+    if clip_range_high is not None and (clip_range is None or clip_range_high <= 0):
+        raise ValueError(f"clip_range_high must be > 0 and needs a clip_range, got {clip_range_high}")
     # Zero the padding before any arithmetic, so a nan/inf there cannot reach the loss or its gradient.
     log_ratio = _zero_masked(logprobs - old_logprobs, mask)
     advantages = _zero_masked(advantages, mask)
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1.0 - clip_range, 1.0 + clip_range)
-    loss = aggregate(torch.maximum(unclipped, clipped), mask, aggregation)
+    if clip_range is None:
+        clipped = per_token = unclipped
+    else:
+        high = clip_range if clip_range_high is None else clip_range_high
+        clipped = -advantages * ratio.clamp(1.0 - clip_range, 1.0 + high)
+        per_token = torch.maximum(unclipped, clipped)
+    loss = aggregate(per_token, mask, aggregation, max_tokens=max_tokens, num_tokens=num_tokens)
     with torch.no_grad():
         m = mask.bool()
         stats = {
