@@ -2,8 +2,8 @@
 
 The kind of fault behind issue 14's crash (``strategy.gradient_checkpointing: true`` broke DPO and
 reward-model training at ``Strategy.prepare``; only SFT tested it): a shipped config whose knobs
-no test runs. Here each YAML under ``configs/sft``, ``configs/dpo``, ``configs/reward`` and
-``configs/shapeworld`` is loaded as shipped and run by its entry script (``python train/X.py``, one
+no test runs. Here each YAML under ``configs/sft``, ``configs/dpo``, ``configs/reward``,
+``configs/ppo`` and ``configs/shapeworld`` is loaded as shipped and run by its entry script (``python train/X.py``, one
 process, world 1) with only what cannot run here swapped:
 
 * ``model`` → a tiny checkpoint this test builds with the shipped stage-0 recipe
@@ -11,7 +11,9 @@ process, world 1) with only what cannot run here swapped:
   world (``configs/shapeworld/world.json``); ``temporal.yaml`` runs on it and its output feeds
   ``sft_motion.yaml`` (which expects a temporal mixer);
 * every data source → that dataset (``path`` / ``media_root`` / ``format``; the source's own
-  ``tasks`` / ``repeat`` / ``max_records`` stay);
+  ``tasks`` / ``repeat`` / ``max_records`` stay); PPO's prompts → its LLaVA records with their
+  answers as captions, its reward model (and value trunk) → the tiny checkpoint with a zero head;
+  one iteration of 2 prompts and 6 new tokens;
 * length and sizes: 1 step, ``micro_batch_size`` 2, ``grad_accum`` ≤ 2, no periodic saves.
 
 Everything else stays as shipped: ZeRO stage, the DeepSpeed JSON, gradient checkpointing, LoRA,
@@ -22,6 +24,7 @@ Marked ``slow`` (~2–3 min on 2 cores).
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,11 +32,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mmalign.models.heads import ScalarHead
+from mmalign.preference.reward_model import save_head
 from tests.distributed import ROOT, dist_env
 
 pytestmark = pytest.mark.slow
 CONFIGS = ROOT / "configs"
-TRAINERS = {"sft": "sft.py", "dpo": "dpo.py", "reward": "reward.py"}
+TRAINERS = {"sft": "sft.py", "dpo": "dpo.py", "reward": "reward.py", "ppo": "ppo.py"}
 # configs/shapeworld/*.yaml → the script that reads it (the SFT stages otherwise)
 SHAPEWORLD_SCRIPTS = {"tiny_preset.yaml": "stage0.py", "temporal.yaml": "temporal.py"}
 
@@ -86,7 +91,13 @@ def world(tmp_path_factory) -> dict[str, Path]:
     preset.update(data=str(data), out=str(root / "base"))
     preset["stage0"].update(steps=2, batch_size=8, log_every=1)
     run_script("stage0.py", preset, root, "tiny_preset")
-    return {"root": root, "data": data, "base": root / "base"}
+    records = [r for r in json.loads((data / "llava" / "train.json").read_text()) if "image" in r][:4]
+    prompts = [dict(r, captions=[r["conversations"][1]["value"]]) for r in records]
+    (data / "ppo_prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in prompts))
+    shutil.copytree(root / "base", root / "rm")
+    hidden = json.loads((root / "base" / "llm" / "config.json").read_text())["hidden_size"]
+    save_head(ScalarHead(hidden), root / "rm")
+    return {"root": root, "data": data, "base": root / "base", "rm": root / "rm"}
 
 
 def smoke(script: str, config: dict, world: dict[str, Path], out: Path, model: Path) -> dict:
@@ -104,8 +115,17 @@ def smoke(script: str, config: dict, world: dict[str, Path], out: Path, model: P
             src["max_records"] = min(src["max_records"], 16)
         sources.append(dict(src, path=str(path), media_root=str(world["data"])))
     cfg["data"] = sources
+    if script == "ppo.py":
+        cfg.update(
+            prompts=str(world["data"] / "ppo_prompts.jsonl"), media_root=str(world["data"]), captions=None
+        )
+        cfg.update(reward_model=str(world["rm"]), value_model=None, iterations=1, rollout_batch_size=2)
+        cfg.update(max_new_tokens=6, generation_batch_size=2, plot=False)
+        cfg.pop("data", None)
     strategy = dict(cfg.get("strategy", {}))
     strategy.update(micro_batch_size=2, grad_accum=min(int(strategy.get("grad_accum", 1)), 2))
+    if script == "ppo.py":  # the step batch must divide the rollout of 2 prompts
+        strategy.update(micro_batch_size=1, grad_accum=1)
     cfg["strategy"] = strategy
     return cfg
 
@@ -135,7 +155,10 @@ def test_shipped_config_runs_one_step(world, script: str, path: Path, tmp_path) 
     lora = config.get("lora", {}).get("enabled", False)
     assert (out / ("final_adapter" if lora else "final")).is_dir(), sorted(p.name for p in out.iterdir())
     checkpointing = bool(config.get("strategy", {}).get("gradient_checkpointing"))
-    assert ("gradient checkpointing in 1 module(s)" in log) == checkpointing, log[-2000:]
+    modules = (
+        2 if script == "ppo.py" and config.get("layout", "separate") == "separate" else 1
+    )  # + the value LMM
+    assert (f"gradient checkpointing in {modules} module(s)" in log) == checkpointing, log[-2000:]
 
 
 @pytest.mark.parametrize(("json_name", "path"), DEEPSPEED_JSONS, ids=lambda v: getattr(v, "name", v))

@@ -122,6 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         if len(processor.tokenize_prompt(p.prompt, len(p.images), len(p.videos), p.id)) > cfg.max_prompt_length
     }  # fmt: skip
     prompts = [p for p in prompts if p.id not in too_long]
+    if not prompts:
+        raise SystemExit(
+            f"error: no prompt of {cfg.prompts} is left: {len(missing)} lack a fact the reward prompt "
+            f"needs, {len(too_long)} are over max_prompt_length {cfg.max_prompt_length}"
+        )
     if cfg.rollout_batch_size % world:
         raise SystemExit(
             f"error: rollout_batch_size {cfg.rollout_batch_size} must be a multiple of world {world}"
@@ -178,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         stats = {**rollout.stats, **ppo_update(engines, rollout, cfg, it, processor.pad_token_id)}
         record = {k: run.strategy.all_reduce_mean(v) for k, v in stats.items()}
+        # a metric undefined this iteration (explained variance of constant returns) is left out
+        record = {k: v for k, v in record.items() if v == v}
         kl_ctl.update(record["kl/sequence"], cfg.rollout_batch_size)
         run.state["kl"] = kl_ctl.state_dict()
         record["lr"] = run.strategy.current_lrs(engines.policy)[0]

@@ -118,12 +118,12 @@ class PPOConfig(RunConfig):
     preset: Literal["none", "llava_rlhf"] = "none"
     model: str = "checkpoints/tiny-shapeworld"
     out: str = "runs/ppo"
-    prompts: str = "runs/shapeworld/ppo_prompts/train.jsonl"
+    prompts: str = "runs/rlhf_world/ppo_prompts/train.jsonl"
     captions: str | None = None
     media_root: str | None = None
     missing_facts: Literal["error", "skip"] = "error"
     max_prompt_length: int = 1024
-    reward_model: str = "runs/reward/final"
+    reward_model: str = "runs/rlhf_rm_fact/final"
     reward_prompt: str | None = "configs/prompts/fact_rlhf_reward.txt"
     layout: Literal["separate", "shared_lora"] = "separate"
     value_model: str | None = None
