@@ -392,33 +392,40 @@ def run_mmalign(s: dict, folder: Path, lr: float, images: bool) -> dict:
         )  # fmt: skip
         if not images:
             same_ids &= processor.tokenize_prompt(prompts[-1].prompt, 0, 0, p["id"]) == p["ids"]
-    # The engines as collect_rollout / ppo_update take them: a PPOEngines (policy + value) where
-    # the library has it, else (strategy, policy engine, value engine).
-    if "engines" in inspect.signature(rollout_mod.collect_rollout).parameters:
+    # collect_rollout / ppo_update as this version of the library takes them: (strategy, policy
+    # engine, value engine, reward model, ...), (PPOEngines, reward model, ...) or (PPOEngines,
+    # RewardSources, ...).
+    roll_params = list(inspect.signature(rollout_mod.collect_rollout).parameters)
+    if roll_params[0] == "engines":
         from mmalign.rl.actor_critic import PPOEngines
 
         engines: tuple = (PPOEngines(strategy, policy_engine, value_engine),)
     else:
         engines = (strategy, policy_engine, value_engine)
+    if roll_params[1] == "rewards":
+        from mmalign.rl.reward_sources import RewardSources
+
+        sources = RewardSources(reward_model=rm_timed, rm_processor=processor, template=None, micro_batch=m)
+
+        def rollout(batch: list, it: int):  # noqa: ANN202
+            return rollout_mod.collect_rollout(*engines, sources, processor, batch, cfg, it, cfg.kl_coef)
+    else:
+
+        def rollout(batch: list, it: int):  # noqa: ANN202
+            return rollout_mod.collect_rollout(
+                *engines, rm_timed, processor, processor, batch, cfg, it, cfg.kl_coef, None
+            )
+
+    update_kw = {"kl_coef": cfg.kl_coef} if "kl_coef" in inspect.signature(ppo_update).parameters else {}
     per_iter = []
     for it in range(1 + s["timed"]):
         timers.t.clear()
         _sync()
         t0, c0 = time.perf_counter(), time.process_time()
-        ro = rollout_mod.collect_rollout(
-            *engines,
-            rm_timed,
-            processor,
-            processor,
-            prompts[it * b : (it + 1) * b],
-            cfg,
-            it,
-            cfg.kl_coef,
-            None,
-        )
+        ro = rollout(prompts[it * b : (it + 1) * b], it)
         _sync()
         t1 = time.perf_counter()
-        ppo_update(*engines, ro, cfg, it, processor.pad_token_id)
+        ppo_update(*engines, ro, cfg, it, processor.pad_token_id, **update_kw)
         _sync()
         t2 = time.perf_counter()
         per_iter.append(
