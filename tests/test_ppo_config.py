@@ -29,6 +29,10 @@ def test_invalid_settings_are_refused():
         (["layout=shared_lora", "lora.enabled=true", "reference=frozen"], "LoRA reference"),
         (["kl_target=0"], "kl_target"),
         (["num_samples=0"], "num_samples"),
+        (["reward_model=null"], "no reward"),
+        (["preset=remax", "num_samples=2"], "num_samples 1"),
+        (["preset=rloo", "num_samples=1"], "num_samples ≥ 2"),
+        (["kl_mode=loss"], "PPO puts the KL in the reward"),
     ):
         with pytest.raises((ConfigError, ValueError), match=message):
             load_config(PPOConfig, None, bad)
@@ -43,3 +47,13 @@ def test_optimizer_steps_per_iteration():
         cfg.updates_per_iteration(6)
     assert load_config(PPOConfig, None, ["lora.enabled=true"]).reference_mode == "lora"
     assert load_config(PPOConfig, None, []).reference_mode == "frozen"
+
+
+def test_critic_free_presets():
+    grpo = load_config(PPOConfig, None, ["preset=grpo"])
+    assert (grpo.estimator, grpo.num_samples, grpo.kl_mode, grpo.kl_coef, grpo.loss_aggregation) == (
+        "grpo", 8, "loss", 0.0, "grpo",
+    ) and not grpo.critic  # fmt: skip
+    remax = load_config(PPOConfig, None, ["preset=remax", "reward_model=null", "reward_functions=[{spec: a.b:c}]"])
+    assert remax.estimator == "remax" and remax.reward_functions[0].name == "c" and remax.reward_model is None
+    assert load_config(PPOConfig, None, []).critic

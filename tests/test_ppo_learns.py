@@ -1,13 +1,15 @@
-"""PPO learns: a simple exact reward rises while the KL to the reference stays bounded.
+"""PPO and the critic-free estimators learn: a simple exact reward rises while the KL to the
+reference stays bounded.
 
 The shipped tiny ShapeWorld model, sampling at temperature 1, answers "yes" to ~70 % of "Is there a
 <partner>?" (greedy: ~90 %) on scenes that show the co-occurrence trigger without the partner (its
 learnt prior). The reward here is exact
-and simple: the reward model scores 0 (a zero head), and LLaVA-RLHF's correctness term gives +0.5
-for "no" and −0.5 for "yes" on items whose truth is "no" (the ``reference`` yes/no parser, as the
-tiny model answers in lower case). PPO from the SFT model must raise it within a few iterations
-while the per-sequence KL stays small. One process, ZeRO-0 (the 2-rank ZeRO-3 path is
-tests/test_ppo_multiproc.py).
+and simple. PPO: the reward model scores 0 (a zero head), and LLaVA-RLHF's correctness term gives
++0.5 for "no" and −0.5 for "yes" on items whose truth is "no" (the ``reference`` yes/no parser, as
+the tiny model answers in lower case). ReMax, RLOO, GRPO: no reward model; the built-in exact
+ShapeWorld judge as a verifiable reward function (1 for the right yes/no, 0 otherwise). From the
+SFT model each must raise its reward within a few iterations while the per-sequence KL stays
+small. One process, ZeRO-0 (the 2-rank ZeRO-3 path is tests/test_ppo_multiproc.py).
 """
 
 from __future__ import annotations
@@ -25,8 +27,27 @@ from tests.distributed import ROOT, dist_env
 SHIPPED = ROOT / "checkpoints" / "tiny-shapeworld"
 
 
+JUDGE = [{"spec": "mmalign.rl.reward_fns:shapeworld_judge", "name": "judge"}]
+ESTIMATORS = {
+    "ppo": (
+        {"shaping": {"correctness_coef": 1.0, "yes_no_rule": "reference"}, "num_samples": 2},
+        "correctness",
+    ),
+    "remax": ({"preset": "remax", "reward_model": None, "reward_functions": JUDGE}, "fn/judge"),
+    "rloo": (
+        {"preset": "rloo", "reward_model": None, "reward_functions": JUDGE, "num_samples": 4},
+        "fn/judge",
+    ),
+    "grpo": (
+        {"preset": "grpo", "reward_model": None, "reward_functions": JUDGE, "num_samples": 4},
+        "fn/judge",
+    ),
+}
+
+
 @pytest.mark.slow
-def test_exact_reward_rises_while_kl_stays_bounded(tmp_path):
+@pytest.mark.parametrize("estimator", list(ESTIMATORS))
+def test_exact_reward_rises_while_kl_stays_bounded(tmp_path, estimator):
     from mmalign.models.heads import ScalarHead
     from mmalign.preference.reward_model import save_head
     from mmalign.shapeworld import WorldConfig, generate
@@ -41,6 +62,7 @@ def test_exact_reward_rises_while_kl_stays_bounded(tmp_path):
             "image": p["image"],
             "conversations": [{"from": "human", "value": "<image>\n" + p["question"]}],
             "answer": "no",
+            "task": "existence",
         }
         for p in probes
         if p["group"] == "violating"
@@ -63,14 +85,14 @@ def test_exact_reward_rises_while_kl_stays_bounded(tmp_path):
         "strategy": {"zero_stage": 0, "precision": "fp32", "micro_batch_size": 8, "grad_accum": 1},
         "iterations": 10,
         "rollout_batch_size": 16,
-        "num_samples": 2,
         "ppo_epochs": 2,
         "max_new_tokens": 4,
-        "shaping": {"correctness_coef": 1.0, "yes_no_rule": "reference"},
         "kl_coef": 0.05,
         "log_every": 1,
         "plot": False,
     }
+    settings, term = ESTIMATORS[estimator]
+    cfg.update(settings)
     path = tmp_path / "ppo.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     proc = subprocess.run(
@@ -79,9 +101,10 @@ def test_exact_reward_rises_while_kl_stays_bounded(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    reward = [r["reward/correctness"] for r in recs]
+    reward = [r[f"reward/{term}"] for r in recs]
     kl = [r["kl/sequence"] for r in recs]
-    assert reward[0] < 0.0, f"the SFT model should say 'yes' to the absent partner: {reward}"
+    first = 0.0 if term == "correctness" else 0.5  # correctness: ±0.5; the judge: 1 or 0
+    assert reward[0] < first, f"the SFT model should say 'yes' to the absent partner: {reward}"
     assert sum(reward[-3:]) / 3 > reward[0] + 0.4, f"the exact reward did not rise: {reward}"
     assert max(kl) < 3.0, f"KL to the reference ran away: {kl}"
     assert abs(recs[0]["kl/sequence"]) < 1e-4 and recs[0]["policy/ratio_first"] < 1e-4

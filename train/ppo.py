@@ -55,6 +55,8 @@ from mmalign.rl.advantages import make_kl_controller
 from mmalign.rl.config import PPOConfig
 from mmalign.rl.ppo import ppo_update
 from mmalign.rl.prompts import check_facts, load_prompts
+from mmalign.rl.reward_fns import load_reward_fn
+from mmalign.rl.reward_sources import RewardSources
 from mmalign.rl.rollout import collect_rollout
 from mmalign.training.parts import apply_lora, configure_parts
 from mmalign.training.run import TrainingRun
@@ -67,7 +69,7 @@ CURVES = (
 
 def main(argv: list[str] | None = None) -> int:
     args, cfg = parse_run_args(PPOConfig, "mmalign PPO (Fact-RLHF)", argv, dry_run=False)
-    shared = cfg.layout == "shared_lora"
+    shared = cfg.layout == "shared_lora"  # (for PPO; the critic-free estimators hold no value model)
 
     # 1. Processes; the policy (+ a frozen reference copy when not LoRA).
     run = TrainingRun(cfg, "ppo")
@@ -79,13 +81,20 @@ def main(argv: list[str] | None = None) -> int:
         apply_lora(policy, cfg.lora)
     processor = MultimodalProcessor.for_model(policy, tokenizer)
 
-    # 2. Reward model (frozen, its own processor); value model: its own LMM whose trunk starts
-    # from the reward model, or a second adapter on the policy's base (shared_lora).
-    reward_model, rm_tokenizer = load_reward_model(cfg.reward_model, dtype=dtype)
-    rm_processor = MultimodalProcessor.for_model(reward_model.lmm, rm_tokenizer)
-    head = ScalarHead.from_state_dict(reward_model.head.state_dict()) if cfg.value_head == "reward" else None
+    # 2. Reward sources: the reward model (frozen, its own processor) and reward functions. Value
+    # model (PPO only): its own LMM whose trunk starts from the reward model, or a second adapter
+    # on the policy's base (shared_lora).
+    reward_model = rm_processor = None
+    if cfg.reward_model is not None:
+        reward_model, rm_tokenizer = load_reward_model(cfg.reward_model, dtype=dtype)
+        rm_processor = MultimodalProcessor.for_model(reward_model.lmm, rm_tokenizer)
+    functions = [(f.name, load_reward_fn(f.spec), f.weight) for f in cfg.reward_functions]
+    head = None
+    if cfg.value_head == "reward" and reward_model is not None:
+        head = ScalarHead.from_state_dict(reward_model.head.state_dict())
     value_lr = cfg.optim.lr if cfg.value_lr is None else cfg.value_lr
-    if shared:
+    value_model = actor_critic = None
+    if shared and cfg.critic:
         actor_critic = SharedActorCritic(policy, head, cfg.value_model).to(dev)
         policy_groups = configure_parts(policy, cfg.parts, cfg.optim)  # both adapters train
         policy_groups.append(
@@ -95,12 +104,14 @@ def main(argv: list[str] | None = None) -> int:
         policy_groups = configure_parts(policy, cfg.parts, cfg.optim)
         media_frozen = not (cfg.parts.train_vision or cfg.parts.train_projector)
         policy_model = PreferenceModel(policy, reference, ref_model, media_frozen=media_frozen).to(dev)
-        value_lmm, value_tokenizer = load_model(cfg.value_model or cfg.reward_model, dtype=dtype)
+    if cfg.critic and not shared:
+        trunk = cfg.value_model or cfg.reward_model or cfg.model
+        value_lmm, value_tokenizer = load_model(trunk, dtype=dtype)
         if value_tokenizer.get_vocab() != tokenizer.get_vocab():
             raise SystemExit(
-                f"error: the value model {cfg.value_model or cfg.reward_model} has another tokenizer than "
-                f"the policy {cfg.model}; it scores the policy's tokens — set value_model to a checkpoint "
-                "of the policy's family (or use layout: shared_lora)"
+                f"error: the value model {trunk} has another tokenizer than the policy {cfg.model}; it "
+                "scores the policy's tokens — set value_model to a checkpoint of the policy's family "
+                "(or use layout: shared_lora)"
             )
         if cfg.lora.enabled:
             apply_lora(value_lmm, cfg.lora)
@@ -111,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     # 3. Prompts with their facts; prompts over the length limit skipped and counted.
-    template = Path(cfg.reward_prompt).read_text().strip() if cfg.reward_prompt else None
+    template = Path(cfg.reward_prompt).read_text().strip() if cfg.reward_prompt and cfg.reward_model else None
     prompts = load_prompts(cfg.prompts, cfg.captions, cfg.media_root)
     prompts, missing = check_facts(
         prompts, bool(template and "{captions}" in template), bool(template and "{answer}" in template),
@@ -136,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 4. Engines: the policy's first (the checkpoint's main engine), the value's, the frozen reward model.
     optimizer, scheduler = run.optimizer(policy_groups, run.total_steps * updates)
-    if shared:
+    if actor_critic is not None:
         engine = run.strategy.prepare(
             actor_critic,
             optimizer,
@@ -145,29 +156,33 @@ def main(argv: list[str] | None = None) -> int:
             blank_media=[policy],
             name="policy",
         )
-        engines = PPOEngines(run.strategy, engine)
+        engines = PPOEngines(run.strategy, engine, shared=True)
     else:
         policy_engine = run.strategy.prepare(
             policy_model, optimizer, scheduler, checkpointing=[policy.llm],
             blank_media=[policy] + ([ref_model] if ref_model is not None else []), name="policy",
         )  # fmt: skip
-        optimizer, scheduler = run.optimizer(value_groups, run.total_steps * updates)
-        value_engine = run.strategy.prepare(
-            value_model,
-            optimizer,
-            scheduler,
-            checkpointing=[value_lmm.llm],
-            blank_media=[value_lmm],
-            name="value",
-        )
+        value_engine = None
+        if value_model is not None:
+            optimizer, scheduler = run.optimizer(value_groups, run.total_steps * updates)
+            value_engine = run.strategy.prepare(
+                value_model, optimizer, scheduler, checkpointing=[value_lmm.llm], blank_media=[value_lmm],
+                name="value",
+            )  # fmt: skip
         engines = PPOEngines(run.strategy, policy_engine, value_engine)
-    rm_engine = run.strategy.prepare_frozen(
-        reward_model, blank_media=[reward_model.lmm], name="reward", offload=cfg.offload_frozen
-    )
+    rm_engine = None
+    if reward_model is not None:
+        rm_engine = run.strategy.prepare_frozen(
+            reward_model, blank_media=[reward_model.lmm], name="reward", offload=cfg.offload_frozen
+        )
+    rewards = RewardSources(
+        rm_engine, rm_processor, template, cfg.rm_weight, functions, cfg.reward_fn_errors,
+        cfg.strategy.micro_batch_size,
+    )  # fmt: skip
     kl_ctl = make_kl_controller(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
     notes = [
         f"{len(prompts)} prompts ({len(missing)} skipped without facts, {len(too_long)} over "
-        f"{cfg.max_prompt_length} tokens); layout {cfg.layout}; reference {reference}; preset "
+        f"{cfg.max_prompt_length} tokens); estimator {cfg.estimator}; layout {cfg.layout}; reference {reference}; preset "
         f"{cfg.preset}; {updates} optimizer steps per iteration"
     ]
     if run.begin(notes) is None:
@@ -178,10 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     # 5. The loop: rollout → PPO epochs → KL controller; rank 0's samples to samples.jsonl.
     def iteration(it: int, indices: list[int]) -> dict[str, float]:
         rollout = collect_rollout(
-            engines, rm_engine, processor, rm_processor, [prompts[i] for i in indices], cfg, it,
-            kl_ctl.value, template,
-        )  # fmt: skip
-        stats = {**rollout.stats, **ppo_update(engines, rollout, cfg, it, processor.pad_token_id)}
+            engines, rewards, processor, [prompts[i] for i in indices], cfg, it, kl_ctl.value
+        )
+        update = ppo_update(engines, rollout, cfg, it, processor.pad_token_id, kl_ctl.value)
+        stats = {**rollout.stats, **update}
         record = {k: run.strategy.all_reduce_mean(v) for k, v in stats.items()}
         # a metric undefined this iteration (explained variance of constant returns) is left out
         record = {k: v for k, v in record.items() if v == v}

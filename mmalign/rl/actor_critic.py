@@ -156,23 +156,26 @@ class SharedActorCritic(nn.Module):
 
 @dataclass
 class PPOEngines:
-    """The trained engines of a PPO run, called the same way in both layouts.
+    """The trained engines of an RL run, called the same way in every layout.
 
     Attributes:
         strategy: the run's strategy (backward / step).
         policy: the engine of a :class:`~mmalign.preference.scoring.PreferenceModel` (separate
-            layout) or of a :class:`SharedActorCritic` (shared layout).
-        value: the engine of a value :class:`~mmalign.models.heads.ScalarModel` (``read="tokens"``),
-            or ``None`` in the shared layout.
+            layout, or no critic) or of a :class:`SharedActorCritic` (shared layout).
+        value: the engine of a value :class:`~mmalign.models.heads.ScalarModel` (``read="tokens"``)
+            in the separate layout; ``None`` otherwise.
+        shared: the policy engine holds the value adapter and head too.
     """
 
     strategy: Strategy
     policy: Any
     value: Any = None
+    shared: bool = False
 
     @property
-    def shared(self) -> bool:
-        return self.value is None
+    def critic(self) -> bool:
+        """A value model is trained."""
+        return self.shared or self.value is not None
 
     @property
     def policy_lmm(self) -> LMM:
@@ -186,18 +189,27 @@ class PPOEngines:
         return self.policy(batch, with_reference=with_reference, with_entropy=with_entropy)
 
     def values(self, batch: PreferenceBatch) -> torch.Tensor:
-        """``(N,)`` values at the scored tokens."""
-        return self.policy(batch, role="value") if self.shared else self.value(batch)
+        """``(N,)`` values at the scored tokens (zeros without a critic)."""
+        if self.shared:
+            return self.policy(batch, role="value")
+        if self.value is not None:
+            return self.value(batch)
+        return torch.zeros(batch.targets.shape[0], device=batch.targets.device)
 
     def train(self, mode: bool = True) -> None:
         for engine in (self.policy, self.value):
             if engine is not None:
                 engine.train(mode)
 
-    def update(self, policy_loss: torch.Tensor, value_loss: torch.Tensor, vf_coef: float) -> None:
+    def update(self, policy_loss: torch.Tensor, value_loss: torch.Tensor | None, vf_coef: float) -> None:
         """Backward and (at accumulation boundaries) step: one engine on ``policy_loss + vf_coef ·
-        value_loss``, or each engine on its own loss (the value one scaled by ``vf_coef``)."""
+        value_loss``, or each engine on its own loss (the value one scaled by ``vf_coef``), or the
+        policy alone (no critic: ``value_loss`` None)."""
         s = self.strategy
+        if value_loss is None:
+            s.backward(policy_loss, self.policy)
+            s.step(self.policy)
+            return
         if self.shared:
             s.backward(policy_loss + vf_coef * value_loss, self.policy)
             s.step(self.policy)

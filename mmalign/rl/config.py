@@ -1,4 +1,4 @@
-"""The PPO run config (:class:`PPOConfig`) and its ``llava_rlhf`` preset.
+"""The RL run config (:class:`PPOConfig`: PPO and the critic-free ReMax / RLOO / GRPO) and its presets.
 
 Sizes are counted in **prompts** (each answered ``num_samples`` times): ``rollout_batch_size``
 prompts are sampled per iteration over all ranks; an optimizer step takes
@@ -13,17 +13,27 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from mmalign.rl.reward_sources import RewardFunction
 from mmalign.rl.rewards import ShapingConfig
 from mmalign.training.run_config import RunConfig
 
 
 @dataclass
 class PPOConfig(RunConfig):
-    """PPO with a (factually augmented) reward model, as LLaVA-RLHF (https://arxiv.org/abs/2309.14525).
+    """PPO with a (factually augmented) reward model, as LLaVA-RLHF (https://arxiv.org/abs/2309.14525),
+    and the critic-free estimators on the same engine.
 
     Attributes:
-        preset: ``none`` (the corrected default) or ``llava_rlhf`` (the authors' code: every
-            setting below that their code fixes; values in the config file still win).
+        preset: ``none`` (the corrected default), ``llava_rlhf`` (the authors' code: every setting
+            below that their code fixes), ``remax``, ``rloo`` or ``grpo`` (each estimator's usual
+            settings); values in the config file still win.
+        estimator: ``ppo`` (value model + GAE), ``remax`` (one sample and one greedy response per
+            prompt, advantage r(sample) − r(greedy); https://arxiv.org/abs/2310.10505), ``rloo`` (K
+            samples, leave-one-out baseline) or ``grpo`` (K samples, group-normalised); the
+            critic-free ones hold no value model.
+        scale_rewards: GRPO's normalisation: ``group`` std, ``batch`` std (all ranks) or ``none``.
+        kl_mode: the KL to the reference as a per-token penalty in the ``reward`` (PPO, ReMax's
+            code) or as a ``loss`` term β·KL (GRPO).
         prompts: prompt file (LLaVA-RLHF's PPO prompts, our LLaVA records with ``captions`` /
             ``answer``, ShapeWorld prompts): :func:`mmalign.rl.prompts.load_prompts`.
         captions: LLaVA-RLHF's ``image_to_caption.json`` (file name → captions), if the records
@@ -34,7 +44,14 @@ class PPOConfig(RunConfig):
         max_prompt_length: prompts with more tokens (media tokens included) are skipped and counted,
             never truncated (LLaVA-RLHF: 128 text tokens).
         reward_model: an mmalign reward-model folder (``reward_head.safetensors``); may have another
-            base, tokenizer and image size than the policy (it reads the response as text).
+            base, tokenizer and image size than the policy (it reads the response as text);
+            ``None``: no reward model (reward functions only).
+        rm_weight: the reward model's weight in the score.
+        reward_functions: Python rewards ``[{spec: module:function, weight, name}]``
+            (:mod:`mmalign.rl.reward_fns`; ``mmalign.rl.reward_fns:shapeworld_judge`` is the exact
+            ShapeWorld judge), added to the score with their weights.
+        reward_fn_errors: a reward function that raises or returns NaN: ``error`` names the record;
+            ``skip`` leaves that response out of the loss and counts it.
         reward_prompt: template appended after the response for the reward model
             (``configs/prompts/``; ``{captions}`` / ``{answer}`` filled from the prompt's facts,
             captions shuffled on every rollout). ``None``: the reward is read at the response's end.
@@ -70,9 +87,12 @@ class PPOConfig(RunConfig):
             does not: ``false`` scores the padded buffer, pad tokens included).
         whiten_rewards: whiten sequence rewards over the rollout (all ranks).
         gamma / lam: GAE discount and λ (LLaVA-RLHF: 1, 1).
-        clip_range / value_clip_range: PPO ratio clip and value clip (0.2, 0.2).
+        clip_range / value_clip_range: PPO ratio clip and value clip (0.2, 0.2); ``clip_range:
+            null`` is plain REINFORCE with the ratio (no clip).
         vf_coef: value-loss weight (LLaVA-RLHF: 0.1); the value engine's gradient is scaled by it.
-        loss_aggregation: ``token_mean`` (masked mean over the batch's tokens), ``sequence_mean``,
+        loss_aggregation: ``token_mean`` / ``dapo`` (masked mean over the batch's tokens),
+            ``sequence_mean`` / ``grpo`` (per sequence, then over sequences), ``dr_grpo`` (sum over
+            tokens / (sequences · max_new_tokens)),
             or ``all_positions`` (every position of the padded buffer, LLaVA-RLHF's code).
         value_lr: the value model's learning rate (default: ``optim.lr``).
         plot: write PNG curves of the main metrics into ``out`` at the end.
@@ -113,9 +133,24 @@ class PPOConfig(RunConfig):
             "optim": {"lr": 3.0e-5, "warmup_steps": 5, "schedule": "cosine"},
             "strategy": {"grad_clip": 1.0},
         },
+        "remax": {"estimator": "remax", "num_samples": 1, "ppo_epochs": 1, "kl_mode": "reward"},
+        "rloo": {"estimator": "rloo", "num_samples": 4, "ppo_epochs": 1, "kl_mode": "reward"},
+        "grpo": {
+            "estimator": "grpo",
+            "num_samples": 8,
+            "ppo_epochs": 1,
+            "kl_mode": "loss",
+            "kl_coef": 0.0,
+            "kl_estimator": "k3",
+            "loss_aggregation": "grpo",
+            "scale_rewards": "group",
+        },
     }
 
-    preset: Literal["none", "llava_rlhf"] = "none"
+    preset: Literal["none", "llava_rlhf", "remax", "rloo", "grpo"] = "none"
+    estimator: Literal["ppo", "remax", "rloo", "grpo"] = "ppo"
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    kl_mode: Literal["reward", "loss"] = "reward"
     model: str = "checkpoints/tiny-shapeworld"
     out: str = "runs/ppo"
     prompts: str = "runs/rlhf_world/ppo_prompts/train.jsonl"
@@ -123,7 +158,10 @@ class PPOConfig(RunConfig):
     media_root: str | None = None
     missing_facts: Literal["error", "skip"] = "error"
     max_prompt_length: int = 1024
-    reward_model: str = "runs/rlhf_rm_fact/final"
+    reward_model: str | None = "runs/rlhf_rm_fact/final"
+    rm_weight: float = 1.0
+    reward_functions: list[RewardFunction] = field(default_factory=list)
+    reward_fn_errors: Literal["error", "skip"] = "error"
     reward_prompt: str | None = "configs/prompts/fact_rlhf_reward.txt"
     layout: Literal["separate", "shared_lora"] = "separate"
     value_model: str | None = None
@@ -151,10 +189,12 @@ class PPOConfig(RunConfig):
     whiten_rewards: bool = False
     gamma: float = 1.0
     lam: float = 0.95
-    clip_range: float = 0.2
+    clip_range: float | None = 0.2
     value_clip_range: float | None = 0.2
     vf_coef: float = 0.1
-    loss_aggregation: Literal["token_mean", "sequence_mean", "all_positions"] = "token_mean"
+    loss_aggregation: Literal["token_mean", "sequence_mean", "all_positions", "grpo", "dapo", "dr_grpo"] = (
+        "token_mean"
+    )
     value_lr: float | None = None
     plot: bool = True
     log_samples: int = 64
@@ -167,8 +207,18 @@ class PPOConfig(RunConfig):
             raise ValueError("max_new_tokens and max_prompt_length must be ≥ 1")
         if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):
             raise ValueError("gamma and lam must be in [0, 1]")
-        if self.clip_range <= 0 or self.vf_coef < 0 or self.kl_coef < 0:
-            raise ValueError("clip_range > 0, vf_coef ≥ 0 and kl_coef ≥ 0")
+        if (self.clip_range is not None and self.clip_range <= 0) or self.vf_coef < 0 or self.kl_coef < 0:
+            raise ValueError("clip_range > 0 (or null), vf_coef ≥ 0 and kl_coef ≥ 0")
+        if self.reward_model is None and not self.reward_functions:
+            raise ValueError("no reward: set reward_model and/or reward_functions")
+        if self.estimator == "remax" and self.num_samples != 1:
+            raise ValueError(
+                "remax samples one response per prompt (and decodes one greedily): num_samples 1"
+            )
+        if self.estimator in ("rloo", "grpo") and self.num_samples < 2:
+            raise ValueError(f"{self.estimator} needs num_samples ≥ 2 (a group per prompt)")
+        if self.estimator == "ppo" and self.kl_mode == "loss":
+            raise ValueError("PPO puts the KL in the reward (kl_mode: reward)")
         if self.layout == "shared_lora" and (not self.lora.enabled or self.reference == "frozen"):
             raise ValueError(
                 "layout: shared_lora needs lora.enabled and the LoRA reference (reference auto or lora)"
@@ -182,6 +232,11 @@ class PPOConfig(RunConfig):
                 "reward_position: last (the fixed buffer's last column) goes with mask_padding: false "
                 "(the padded buffer is scored), and eos with mask_padding: true"
             )
+
+    @property
+    def critic(self) -> bool:
+        """A value model is trained (PPO)."""
+        return self.estimator == "ppo"
 
     @property
     def reference_mode(self) -> str:

@@ -1,4 +1,4 @@
-"""The PPO update of one rollout: epochs × minibatches of clipped policy and value steps.
+"""The update of one rollout: epochs × minibatches of clipped policy (and, for PPO, value) steps.
 
 Proximal Policy Optimization (Schulman et al., https://arxiv.org/abs/1707.06347) as LLaVA-RLHF
 (https://arxiv.org/abs/2309.14525) applies it to an LMM: per epoch the rollout's prompts are
@@ -9,7 +9,9 @@ forward → clipped value loss, then the backward; the engines step at their acc
 boundaries (``strategy.grad_accum`` micro-batches). In the shared LoRA layout one engine
 backpropagates ``policy_loss + vf_coef · value_loss`` (one AdamW, as the authors' code); with
 separate policy and value engines each has its own AdamW and ``vf_coef`` scales the value
-gradient before its own clipping.
+gradient before its own clipping. The critic-free estimators (ReMax, RLOO, GRPO) train the policy
+alone on their sequence advantages (``clip_range: null`` is plain REINFORCE with the ratio), with
+``β·KL(π‖π_ref)`` as a loss term when ``kl_mode: loss`` (GRPO; ``kl_estimator`` k3 by default).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import time
 
 import torch
 
-from mmalign.losses.ppo import masked_mean, policy_loss, value_loss
+from mmalign.losses.ppo import aggregate, kl_penalty, masked_mean, policy_loss, value_loss
 from mmalign.preference.batch import collate_groups
 from mmalign.rl.actor_critic import PPOEngines
 from mmalign.rl.advantages import explained_variance
@@ -38,13 +40,17 @@ def ppo_update(
     cfg: PPOConfig,
     iteration: int,
     pad_id: int,
+    kl_coef: float = 0.0,
 ) -> dict[str, float]:
-    """Train policy and value on one rollout; returns this rank's mean metrics.
+    """Train the policy (and the value model, for PPO) on one rollout; this rank's mean metrics.
 
     Every rank must hold the same number of prompts (equal micro-batch counts under ZeRO-3).
 
+    Args:
+        kl_coef: β of the KL loss term (``kl_mode: loss``).
+
     Returns:
-        ``loss/policy``, ``loss/value``, ``policy/clip_fraction``, ``policy/approx_kl``,
+        ``loss/policy``, ``loss/value`` and ``loss/kl`` (when trained), ``policy/clip_fraction``, ``policy/approx_kl``,
         ``policy/ratio_mean``, ``policy/ratio_first`` (mean |ratio − 1| on the first micro-batch:
         0 up to rounding, as the rollout scored with the same weights), ``policy/entropy``,
         ``value/clip_fraction``, ``value/explained_variance`` and ``train/tok_s``.
@@ -68,13 +74,24 @@ def ppo_update(
             logprobs = pad_by_sequence(out["token_logps"], batch, width)
             old = rollout.old_logprobs[rows].to(device)
             adv = rollout.advantages[rows].to(device)
-            pg, pg_stats = policy_loss(logprobs, old, adv, mask, cfg.clip_range, cfg.loss_aggregation)
-            values = pad_by_sequence(engines.values(batch), batch, width)
-            returns = rollout.returns[rows].to(device)
-            old_values = rollout.values[rows].to(device)
-            vf, vf_stats = value_loss(
-                values, old_values, returns, mask, cfg.value_clip_range, cfg.loss_aggregation
+            agg = cfg.loss_aggregation
+            pg, pg_stats = policy_loss(
+                logprobs, old, adv, mask, cfg.clip_range, agg, max_tokens=cfg.max_new_tokens
             )
+            record: dict[str, float] = {}
+            if cfg.kl_mode == "loss":
+                ref = rollout.ref_logprobs[rows].to(device)
+                kl = aggregate(
+                    kl_penalty(logprobs, ref, cfg.kl_estimator), mask, agg, max_tokens=cfg.max_new_tokens
+                )
+                record["loss/kl"] = float(kl.detach())
+                pg = pg + kl_coef * kl
+            vf, vf_stats = None, {}
+            if engines.critic:
+                values = pad_by_sequence(engines.values(batch), batch, width)
+                returns = rollout.returns[rows].to(device)
+                old_values = rollout.values[rows].to(device)
+                vf, vf_stats = value_loss(values, old_values, returns, mask, cfg.value_clip_range, agg)
             engines.update(pg, vf, cfg.vf_coef)
 
             with torch.no_grad():
@@ -82,15 +99,16 @@ def ppo_update(
                 entropy = float(out["entropy"].float().mean()) if out["entropy"].numel() else 0.0
             if first_ratio is None:
                 first_ratio = float(ratio_dev)
-            record = {
+            record.update({
                 "loss/policy": float(pg.detach()),
-                "loss/value": float(vf.detach()),
                 "policy/clip_fraction": float(pg_stats["clip_fraction"]),
                 "policy/approx_kl": float(pg_stats["approx_kl"]),
                 "policy/ratio_mean": float(pg_stats["ratio_mean"]),
                 "policy/entropy": entropy,
-                "value/clip_fraction": float(vf_stats["value_clip_fraction"]),
-            }
+            })  # fmt: skip
+            if vf is not None:
+                record["loss/value"] = float(vf.detach())
+                record["value/clip_fraction"] = float(vf_stats["value_clip_fraction"])
             for key, value in record.items():
                 sums[key] = sums.get(key, 0.0) + value
             count += 1
@@ -98,7 +116,8 @@ def ppo_update(
     elapsed = time.time() - t0
     stats = {k: v / max(count, 1) for k, v in sums.items()}
     stats["policy/ratio_first"] = first_ratio or 0.0
-    stats["value/explained_variance"] = explained_variance(rollout.values, rollout.returns, rollout.mask)
+    if engines.critic:
+        stats["value/explained_variance"] = explained_variance(rollout.values, rollout.returns, rollout.mask)
     stats["train/tok_s"] = tokens / max(elapsed, 1e-9)
     stats["train/update_s"] = elapsed
     return stats

@@ -1,5 +1,5 @@
-"""PPO rollouts: sample responses, score them with policy, reference, value and reward model, and
-turn the scores into per-token rewards, advantages and returns.
+"""RL rollouts: sample responses, score them with policy, reference, value, reward model and reward
+functions, and turn the scores into advantages (PPO's GAE, or a critic-free baseline).
 
 One rollout (:func:`collect_rollout`), for this rank's prompts:
 
@@ -12,12 +12,18 @@ One rollout (:func:`collect_rollout`), for this rank's prompts:
    with its K responses, so the media are encoded once per prompt for policy, reference and value:
    old log-probs (policy), reference log-probs (adapter disabled or frozen copy, same call), values.
    These come from the same forward the update runs, so the PPO ratio starts at 1.
-3. **Reward**: the reward model reads ``[conversation | response text | reward prompt]`` with its
-   own tokenizer, template and image size; the reward prompt's captions are shuffled anew on every
-   rollout; shaping terms (:func:`mmalign.rl.rewards.shape_rewards`) are added; the sequence reward
-   goes at the EOS token (or the buffer's last column) and a per-token KL penalty ``−β·KL`` on every
-   token (:func:`mmalign.rl.advantages.token_rewards`).
-4. **Advantages**: GAE, whitened over all ranks' tokens.
+3. **Reward** (:class:`~mmalign.rl.reward_sources.RewardSources`): the reward model reads
+   ``[conversation | response text | reward prompt]`` with its own tokenizer, template and image
+   size (the reward prompt's captions shuffled anew on every rollout) and/or Python reward
+   functions read the record and the text; shaping terms (:func:`mmalign.rl.rewards.shape_rewards`)
+   are added.
+4. **Advantages**: PPO — the sequence reward at the EOS token (or the buffer's last column), a
+   per-token KL penalty ``−β·KL`` on every token (:func:`mmalign.rl.advantages.token_rewards`),
+   GAE, whitened over all ranks' tokens. Critic-free (:mod:`mmalign.rl.baselines`) — the sequence
+   reward (minus β·ΣKL when ``kl_mode: reward``) against a baseline: the greedy response's reward
+   (ReMax; the greedy response is decoded in the same rollout and scored by the same sources,
+   without a KL term), the other samples' mean (RLOO), or the group's mean and std (GRPO); the
+   advantage sits on every token of the response.
 
 Every rank must hold the same number of prompts (the trainer's data order guarantees it), so the
 ranks run the same number of forwards of every engine (ZeRO-3 gathers collectively).
@@ -25,10 +31,9 @@ ranks run the same number of forwards of every engine (ZeRO-3 gathers collective
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -40,14 +45,21 @@ from mmalign.preference.batch import (
     EncodedGroup,
     PreferenceBatch,
     collate_groups,
-    encode_group,
     group_from_ids,
 )
 from mmalign.rl.actor_critic import PPOEngines
 from mmalign.rl.advantages import gae, token_rewards, whiten
+from mmalign.rl.baselines import (
+    broadcast_to_tokens,
+    equal_reward_share,
+    grpo_advantages,
+    remax_advantages,
+    rloo_advantages,
+)
 from mmalign.rl.config import PPOConfig
 from mmalign.rl.prompts import RLPrompt
-from mmalign.rl.rewards import reward_prompt, shape_rewards
+from mmalign.rl.reward_sources import RewardSources
+from mmalign.rl.rewards import shape_rewards
 from mmalign.training.generation import generate
 from mmalign.utils import stable_seed
 
@@ -65,8 +77,8 @@ class Rollout:
             its length in tokens (stop token included).
         mask / old_logprobs / ref_logprobs / values / rewards / advantages / returns: ``(S, T)``.
         scores: ``(S,)`` the shaped sequence reward (before the KL penalty).
-        terms: ``{name: (S,)}`` each reward term (``rm``, ``correctness``, ``length``, ``no_eos``,
-            ``total``).
+        terms: ``{name: (S,)}`` each reward term: ``score`` (the weighted sources), ``rm``,
+            ``fn/<name>``, ``correctness``, ``length``, ``no_eos``, ``total``.
         stats: rollout metrics of this rank (averaged over ranks by the trainer).
     """
 
@@ -161,40 +173,6 @@ def score_groups(
     return old, ref, val
 
 
-@torch.no_grad()
-def reward_scores(
-    reward_model: Any,
-    rm_processor: MultimodalProcessor,
-    prompts: Sequence[RLPrompt],
-    texts: Sequence[str],
-    num_samples: int,
-    template: str | None,
-    rollout_key: str,
-    micro_batch: int,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> torch.Tensor:
-    """``(S,)`` reward-model scores of the responses' text after each prompt, the reward prompt
-    (captions shuffled with ``random.Random(f"{rollout_key}:{prompt.id}")``) appended."""
-    groups = []
-    for g, prompt in enumerate(prompts):
-        suffix = (
-            reward_prompt(template, prompt, random.Random(f"{rollout_key}:{prompt.id}")) if template else None
-        )
-        answers = list(texts[g * num_samples : (g + 1) * num_samples])
-        groups.append(
-            encode_group(
-                rm_processor, prompt.id, prompt.prompt, answers, prompt.images, prompt.videos,
-                suffix=suffix, where=prompt.where,
-            )
-        )  # fmt: skip
-    scores = []
-    for chunk in _chunks(len(groups), micro_batch):
-        batch = collate_groups([groups[i] for i in chunk], rm_processor.pad_token_id).to(device, dtype)
-        scores.append(reward_model(batch).float().reshape(-1).cpu())
-    return torch.cat(scores) if scores else torch.zeros(0)
-
-
 def _stack(pieces: list[torch.Tensor], width: int) -> torch.Tensor:
     out = torch.zeros((len(pieces), width))
     for s, p in enumerate(pieces):
@@ -202,41 +180,52 @@ def _stack(pieces: list[torch.Tensor], width: int) -> torch.Tensor:
     return out
 
 
+def _rewarded(
+    rewards: RewardSources, prompts: list[RLPrompt], texts: list[str], lengths: torch.Tensor,
+    finished: torch.Tensor, k: int, key: str, cfg: PPOConfig, device: Any, dtype: Any,
+) -> tuple[dict[str, torch.Tensor], list[int]]:  # fmt: skip
+    """Every reward term of ``texts`` (the sources' score + shaping) and the skipped indices."""
+    score, sources, skipped = rewards.score(prompts, texts, k, key, device, dtype)
+    per_seq = [p for p in prompts for _ in range(k)]
+    terms = shape_rewards(score, texts, lengths, finished, per_seq, cfg.shaping)
+    terms["score"] = terms.pop("rm")
+    return {**sources, **terms}, skipped
+
+
 def collect_rollout(
     engines: PPOEngines,
-    reward_model: Any,
+    rewards: RewardSources,
     processor: MultimodalProcessor,
-    rm_processor: MultimodalProcessor,
     prompts: list[RLPrompt],
     cfg: PPOConfig,
     iteration: int,
     kl_coef: float,
-    reward_template: str | None,
 ) -> Rollout:
     """Sample, score and reward this rank's prompts (module docstring); see :class:`Rollout`.
 
     Args:
-        engines: the policy (its online reference scores the samples) and value engines
+        engines: the policy (its online reference scores the samples) and, for PPO, the value
             (:class:`~mmalign.rl.actor_critic.PPOEngines`; the value model shares the policy's
             tokenizer).
-        reward_model: a frozen :class:`~mmalign.preference.reward_model.RewardModel` (or its engine).
-        rm_processor: the reward model's processor (its tokenizer, template, image size).
+        rewards: the reward model and reward functions.
         iteration: seeds the sampling (with ``cfg.seed`` and the rank) and the caption shuffles.
-        kl_coef: β of the per-token KL penalty (the controller's current value).
-        reward_template: the reward prompt's text (``None``: no reward prompt).
+        kl_coef: β of the KL penalty (the controller's current value).
 
     Raises:
-        ValueError: propagated from the reward prompt when a prompt lacks a needed fact.
+        ValueError: a prompt lacks a fact its reward prompt needs, or a reward function failed
+            (``reward_fn_errors: error``), naming the record.
     """
     strategy = engines.strategy
     k, rank = cfg.num_samples, strategy.rank
     device, dtype = strategy.device, strategy.dtype
     policy = engines.policy_lmm
     feats = encode_prompts(processor, prompts)
+    key = f"{cfg.seed}:{iteration}"
 
-    # 1. Sample (the policy's weights gathered once under ZeRO-3 when they fit).
+    # 1. Sample (the policy's weights gathered once under ZeRO-3 when they fit); ReMax's greedy too.
     generator = torch.Generator(device=device).manual_seed(stable_seed(cfg.seed, "rollout", iteration, rank))
     t0 = time.time()
+    greedy = None
     with strategy.generation_weights(engines.policy, gather=cfg.gather_for_generation) as synced:
         gen_cfg = GenerationConfig(
             max_new_tokens=cfg.max_new_tokens, do_sample=True, temperature=cfg.temperature,
@@ -246,11 +235,16 @@ def collect_rollout(
             policy, processor, feats, gen_cfg, num_samples=k, return_logprobs=True,
             batch_size=cfg.generation_batch_size, generator=generator,
         )  # fmt: skip
+        if cfg.estimator == "remax":
+            greedy = generate(
+                policy, processor, feats, replace(gen_cfg, do_sample=False),
+                batch_size=cfg.generation_batch_size,
+            )  # fmt: skip
     t_sample = time.time() - t0
     lengths = torch.tensor([len(r) for r in generation.ids], dtype=torch.long)
     finished = torch.tensor(generation.finished, dtype=torch.bool)
 
-    # 2. Score in the training layout: old log-probs, reference log-probs, values.
+    # 2. Score in the training layout: old log-probs, reference log-probs, values (PPO).
     responses = [list(r) for r in generation.ids]
     if not cfg.mask_padding:  # the authors' fixed buffer: padding after EOS is scored too
         responses = [r + [processor.pad_token_id] * (cfg.max_new_tokens - len(r)) for r in responses]
@@ -265,37 +259,60 @@ def collect_rollout(
     old, ref, val = score_groups(
         engines, groups, cfg.strategy.micro_batch_size, processor.pad_token_id, with_reference=True
     )
-    seq_lengths = [len(r) for r in responses]
-    mask = sequence_mask(seq_lengths, width)
+    mask = sequence_mask([len(r) for r in responses], width)
     old_lp, ref_lp, values = _stack(old, width), _stack(ref, width), _stack(val, width)
     gap = 0.0  # the sampler's log-probs against the training-layout forward's
     for sampled, scored in zip(generation.logprobs or [], old, strict=False):
         if len(sampled):
             gap = max(gap, float((sampled - scored[: len(sampled)]).abs().max()))
 
-    # 3. Rewards: reward model on the text + shaping terms; per-token KL penalty.
-    scores = reward_scores(
-        reward_model, rm_processor, prompts, generation.texts, k, reward_template,
-        f"{cfg.seed}:{iteration}", cfg.strategy.micro_batch_size, device, dtype,
-    )  # fmt: skip
-    per_seq = [p for p in prompts for _ in range(k)]
-    terms = shape_rewards(scores, generation.texts, lengths, finished, per_seq, cfg.shaping)
+    # 3. Rewards: reward model and functions on the text + shaping terms.
+    terms, skipped = _rewarded(
+        rewards, prompts, generation.texts, lengths, finished, k, key, cfg, device, dtype
+    )
     total = terms["total"].float()
     if cfg.whiten_rewards:
         total = whiten(total.unsqueeze(1), torch.ones_like(total).unsqueeze(1)).squeeze(1)
+    if skipped:  # a reward function failed on them (reward_fn_errors: skip): no gradient
+        mask[skipped] = 0.0
     kl = kl_penalty(old_lp, ref_lp, cfg.kl_estimator, cfg.kl_clamp_min) * mask
-    # The KL penalty takes the same reward_scale as the other terms (LLaVA-RLHF scales the whole
-    # shaped per-token reward by 10 when it does not whiten).
-    rewards = token_rewards(total, kl * cfg.shaping.reward_scale, mask, kl_coef, cfg.reward_position)
+    stats: dict[str, float] = {}
 
-    # 4. Advantages (GAE), whitened over every rank's tokens.
-    advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
-    advantages = whiten(advantages, mask)
+    # 4. Advantages: GAE (PPO) or a critic-free baseline.
+    if cfg.estimator == "ppo":
+        # The KL penalty takes the same reward_scale as the other terms (LLaVA-RLHF scales the
+        # whole shaped per-token reward by 10 when it does not whiten).
+        token_r = token_rewards(total, kl * cfg.shaping.reward_scale, mask, kl_coef, cfg.reward_position)
+        advantages, returns = gae(token_r, values, mask, cfg.gamma, cfg.lam)
+        advantages = whiten(advantages, mask)
+    else:
+        sequence_reward = total.clone()
+        if cfg.kl_mode == "reward":
+            sequence_reward -= kl_coef * cfg.shaping.reward_scale * kl.sum(1)
+        if cfg.estimator == "remax":
+            g_lengths = torch.tensor([len(r) for r in greedy.ids], dtype=torch.long)
+            g_finished = torch.tensor(greedy.finished, dtype=torch.bool)
+            g_terms, _ = _rewarded(
+                rewards, prompts, greedy.texts, g_lengths, g_finished, 1, key, cfg, device, dtype
+            )
+            baseline = g_terms["total"].float()
+            adv = remax_advantages(sequence_reward, baseline)
+            stats["remax/greedy_reward"] = float(baseline.mean())
+            stats["remax/sample_minus_greedy"] = float((total - baseline).mean())
+        elif cfg.estimator == "rloo":
+            adv = rloo_advantages(sequence_reward.view(-1, k)).reshape(-1)
+        else:
+            adv = grpo_advantages(sequence_reward.view(-1, k), cfg.scale_rewards).reshape(-1)
+        if k > 1:
+            stats["groups/equal_rewards"] = equal_reward_share(sequence_reward.view(-1, k))
+        stats["baseline/mean"] = float((sequence_reward - adv).mean())
+        token_r = torch.zeros_like(mask)
+        advantages, returns = broadcast_to_tokens(adv, mask), torch.zeros_like(mask)
     t_score = time.time() - t0
     engines.train()
 
     raw_kl = ((old_lp - ref_lp) * mask).sum(1)  # exact sequence log-ratio of the samples
-    stats = {
+    stats.update({
         "rollout/tok_s": float(lengths.sum()) / max(t_sample, 1e-9),
         "rollout/sample_s": t_sample,
         "rollout/score_s": t_score,
@@ -305,11 +322,12 @@ def collect_rollout(
         "kl/sequence": float(raw_kl.mean()),
         "kl/penalty": float((kl.sum(1)).mean()),
         "kl/coef": kl_coef,
-        "reward/score": float(total.mean()),
-        "values/mean": float(masked_mean(values, mask)),
+        "reward/skipped": float(len(skipped)),
         **{f"reward/{name}": float(v.float().mean()) for name, v in terms.items()},
-    }
+    })  # fmt: skip
+    if engines.critic:
+        stats["values/mean"] = float(masked_mean(values, mask))
     return Rollout(
         prompts, groups, generation.texts, finished, lengths, mask, old_lp, ref_lp, values,
-        total, terms, rewards, advantages, returns, stats,
+        total, terms, token_r, advantages, returns, stats,
     )  # fmt: skip
