@@ -11,6 +11,9 @@ Launch (the data of the study; the train split is the one the shipped model was 
     #    and test_truth.jsonl: ("yes", "no") pairs of test existence questions, preferred by truth
     python data_builders/shapeworld_rlhf.py prefs --data runs/rlhf_world --out runs/rlhf_world \
         --model checkpoints/tiny-shapeworld --k 2
+    #    (--balanced: also train_balanced.jsonl = train.jsonl + a ("yes", "no") pair preferred by truth for
+    #    each existence question of the other scenes: the SFT model almost never errs on a present shape,
+    #    so its own pairs all prefer "no", and a reward model trained on them alone prefers "no" always)
     # 3. both reward models, then their accuracy on the test-split pairs
     DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 deepspeed --num_gpus 2 train/reward.py --config configs/reward/tiny_shapeworld_rlhf_fact.yaml
     DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 deepspeed --num_gpus 2 train/reward.py --config configs/reward/tiny_shapeworld_rlhf_plain.yaml
@@ -94,6 +97,15 @@ def cmd_prefs(args: argparse.Namespace) -> dict:
         s["seconds"] = round(time.time() - t0, 1)
         rlhf.write_jsonl(out / f"{split}.jsonl", records)
         stats[split] = s
+    if args.balanced:  # the own pairs + a (yes, no) truth pair per existence question of other scenes
+        train = rlhf.read_jsonl(out / "train.jsonl")
+        prompts = rlhf.read_jsonl(Path(args.prompts or Path(args.out) / "ppo_prompts") / "train.jsonl")
+        train += rlhf.truth_pairs([p for p in prompts if p["group"] == "other"])
+        rlhf.write_jsonl(out / "train_balanced.jsonl", train)
+        stats["train_balanced"] = {
+            "pairs": len(train),
+            "yes_preferred": sum(r.get("answer") == "yes" for r in train),
+        }
     # a probe of correctness vs answer word: every violating test scene and 5 other scenes each
     probes = rlhf.truth_pairs(rlhf.rl_prompts(args.data, "test", None, 5.0, args.seed))
     rlhf.write_jsonl(out / "test_truth.jsonl", probes)
@@ -143,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", type=int, default=2, help="samples per prompt")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--balanced", action="store_true", help="also write train_balanced.jsonl (see the docstring)"
+    )
     p.set_defaults(fn=cmd_prefs)
     p = sub.add_parser("eval", help="reward-model accuracy on preference records, by task and group")
     p.add_argument("--data", required=True, help="media root")
