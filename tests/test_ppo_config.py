@@ -26,13 +26,28 @@ def test_invalid_settings_are_refused():
         (["reward_position=last"], "mask_padding"),
         (["reference=lora"], "lora.enabled"),
         (["layout=shared_lora"], "lora.enabled"),
-        (["layout=shared_lora", "lora.enabled=true", "reference=frozen"], "LoRA reference"),
+        (["layout=shared_lora", "lora.enabled=true", "lora.dropout=0", "reference=frozen"], "LoRA reference"),
         (["kl_target=0"], "kl_target"),
         (["num_samples=0"], "num_samples"),
         (["reward_model=null"], "no reward"),
         (["preset=remax", "num_samples=2"], "num_samples 1"),
         (["preset=rloo", "num_samples=1"], "num_samples ≥ 2"),
         (["kl_mode=loss"], "PPO puts the KL in the reward"),
+        (["lora.enabled=true"], "lora.dropout must be 0"),
+        (["temperature=0.7"], "temperature must be 1"),
+        (["max_steps=5"], "set iterations"),
+        (["preset=remax", "whiten_rewards=true"], "whiten_rewards"),
+        (["loss_aggregation=dr_grpo"], "critic-free"),
+        (["preset=grpo", "kl_clamp_min=0"], "kl_clamp_min"),
+        (
+            [
+                "layout=shared_lora",
+                "lora.enabled=true",
+                "lora.dropout=0",
+                "strategy.gradient_checkpointing=true",
+            ],
+            "layout separate",
+        ),
     ):
         with pytest.raises((ConfigError, ValueError), match=message):
             load_config(PPOConfig, None, bad)
@@ -45,7 +60,7 @@ def test_optimizer_steps_per_iteration():
     assert cfg.step_batch(2) == 16 and cfg.updates_per_iteration(2) == 8
     with pytest.raises(ValueError, match="not a multiple of the step batch 48"):
         cfg.updates_per_iteration(6)
-    assert load_config(PPOConfig, None, ["lora.enabled=true"]).reference_mode == "lora"
+    assert load_config(PPOConfig, None, ["lora.enabled=true", "lora.dropout=0"]).reference_mode == "lora"
     assert load_config(PPOConfig, None, []).reference_mode == "frozen"
 
 
@@ -54,6 +69,8 @@ def test_critic_free_presets():
     assert (grpo.estimator, grpo.num_samples, grpo.kl_mode, grpo.kl_coef, grpo.loss_aggregation) == (
         "grpo", 8, "loss", 0.0, "grpo",
     ) and not grpo.critic  # fmt: skip
-    remax = load_config(PPOConfig, None, ["preset=remax", "reward_model=null", "reward_functions=[{spec: a.b:c}]"])
+    remax = load_config(
+        PPOConfig, None, ["preset=remax", "reward_model=null", "reward_functions=[{spec: a.b:c}]"]
+    )
     assert remax.estimator == "remax" and remax.reward_functions[0].name == "c" and remax.reward_model is None
     assert load_config(PPOConfig, None, []).critic

@@ -122,6 +122,7 @@ def smoke(script: str, config: dict, world: dict[str, Path], out: Path, model: P
         cfg.update(reward_model=str(world["rm"]), value_model=None, iterations=1, rollout_batch_size=2)
         cfg.update(max_new_tokens=6, generation_batch_size=2, plot=False)
         cfg.pop("data", None)
+        cfg.pop("max_steps", None)  # RL counts iterations
     strategy = dict(cfg.get("strategy", {}))
     strategy.update(micro_batch_size=2, grad_accum=min(int(strategy.get("grad_accum", 1)), 2))
     if script == "ppo.py":  # the step batch must divide the rollout of 2 prompts

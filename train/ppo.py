@@ -50,7 +50,7 @@ from mmalign.models.checkpoint import load_model
 from mmalign.models.heads import ScalarHead, ScalarModel
 from mmalign.preference.reward_model import load_reward_model
 from mmalign.preference.scoring import PreferenceModel
-from mmalign.rl.actor_critic import VALUE_ADAPTER, PPOEngines, SharedActorCritic
+from mmalign.rl.actor_critic import PPOEngines, SharedActorCritic, is_value_adapter
 from mmalign.rl.advantages import make_kl_controller
 from mmalign.rl.config import PPOConfig
 from mmalign.rl.ppo import ppo_update
@@ -97,6 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     if shared and cfg.critic:
         actor_critic = SharedActorCritic(policy, head, cfg.value_model).to(dev)
         policy_groups = configure_parts(policy, cfg.parts, cfg.optim)  # both adapters train
+        value_params = {id(p) for n, p in policy.named_parameters() if is_value_adapter(n)}
+        for group in list(policy_groups):  # the value adapter trains at value_lr, in groups of its own
+            mine = [p for p in group["params"] if id(p) in value_params]
+            if mine:
+                group["params"] = [p for p in group["params"] if id(p) not in value_params]
+                policy_groups.append({**group, "params": mine, "lr": value_lr, "name": "value_adapter"})
+        policy_groups = [g for g in policy_groups if g["params"]]
         policy_groups.append(
             {"params": list(actor_critic.head.parameters()), "lr": value_lr, "weight_decay": 0.0}
         )
@@ -200,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         record = {k: run.strategy.all_reduce_mean(v) for k, v in stats.items()}
         # a metric undefined this iteration (explained variance of constant returns) is left out
         record = {k: v for k, v in record.items() if v == v}
-        kl_ctl.update(record["kl/sequence"], cfg.rollout_batch_size)
+        kl_ctl.update(record["kl/sequence"], cfg.rollout_batch_size * cfg.num_samples)
         run.state["kl"] = kl_ctl.state_dict()
         record["lr"] = run.strategy.current_lrs(engines.policy)[0]
         run.log.log_samples(it + 1, rollout.samples(cfg.log_samples))
@@ -209,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     run.iterate(iteration)
 
     # 6. Final checkpoint, the policy's export (never the value adapter), curves.
-    written = run.finish(policy, exclude=lambda name: f".{VALUE_ADAPTER}." in name)
+    written = run.finish(policy, exclude=is_value_adapter if actor_critic is not None else None)
     if cfg.plot and run.strategy.is_main:
         written["curves"] = str(plot_metrics(run.out, list(CURVES), run.out / "curves.png"))
     run.close(written)

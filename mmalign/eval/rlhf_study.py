@@ -104,7 +104,7 @@ def judged_curve(run: str | Path, prompts: str | Path, data: str | Path) -> list
             {
                 "step": step,
                 "n": len(items),
-                "rm": _mean([s.get("reward/rm", 0.0) for s, _, _ in items]),
+                "rm": _mean([s.get("reward/rm", float("nan")) for s, _, _ in items]),
                 "existence_acc": _mean([float(v["correct"]) for v in exist]),
                 "false_yes_violating": _mean([float(v["false_yes"]) for v in violating]),
                 "hallucinated_per_caption": _mean([float(v["hallucinated"]) for v in caps]),

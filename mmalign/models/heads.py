@@ -103,7 +103,7 @@ class ScalarModel(nn.Module):
         zero_init: initialisation of a new head.
 
     Raises:
-        ValueError: an unknown ``read``.
+        ValueError: an unknown ``read``; a head whose width is not the LMM's hidden size.
     """
 
     def __init__(
@@ -113,9 +113,13 @@ class ScalarModel(nn.Module):
         if read not in ("last", "tokens"):
             raise ValueError(f"read must be 'last' or 'tokens', got {read!r}")
         self.lmm = lmm
+        ref = lmm.llm.get_input_embeddings().weight
         if head is None:
-            ref = lmm.llm.get_input_embeddings().weight
             head = ScalarHead(ref.shape[1], zero_init=zero_init, device=ref.device)
+        elif head.weight.shape[1] != ref.shape[1]:  # e.g. a 13B reward model's head on a 7B trunk
+            raise ValueError(
+                f"the head reads {head.weight.shape[1]} features, the LMM's hidden size is {ref.shape[1]}"
+            )
         self.head = head
         self.read = read
 

@@ -38,6 +38,14 @@ POLICY_ADAPTER = "default"
 VALUE_ADAPTER = "value"
 
 
+def is_value_adapter(name: str) -> bool:
+    """A parameter of the value adapter (peft names them ``…lora_A.value.weight`` etc.)."""
+    return any(
+        f"{part}.{VALUE_ADAPTER}." in name
+        for part in ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector")
+    )
+
+
 class SharedActorCritic(nn.Module):
     """A LoRA LMM whose ``default`` adapter is the policy and ``value`` adapter (+ head) the critic.
 
@@ -71,9 +79,13 @@ class SharedActorCritic(nn.Module):
         with self._restore_flags(peft_model):
             peft_model.set_adapter(POLICY_ADAPTER)
         self.lmm = lmm
+        ref = lmm.llm.get_input_embeddings().weight
         if head is None:
-            ref = lmm.llm.get_input_embeddings().weight
             head = ScalarHead(ref.shape[1], zero_init=True, device=ref.device)
+        elif head.weight.shape[1] != ref.shape[1]:
+            raise ValueError(
+                f"the value head reads {head.weight.shape[1]} features, the LMM has {ref.shape[1]}"
+            )
         self.head = head
         self.response_logits_only = response_logits_only
 

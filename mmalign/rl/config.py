@@ -72,7 +72,9 @@ class PPOConfig(RunConfig):
         rollout_batch_size: prompts per iteration, all ranks (LLaVA-RLHF: 512).
         num_samples: responses per prompt (PPO: 1).
         ppo_epochs: passes over each rollout (LLaVA-RLHF: 2).
-        max_new_tokens / temperature / top_p / top_k: rollout sampling (LLaVA-RLHF: 896, 1.0, 1.0, 0).
+        max_new_tokens / temperature / top_p / top_k: rollout sampling (LLaVA-RLHF: 896, 1.0, 1.0, 0);
+            temperature must be 1 (the ratio and KL use the model's own distribution; top-p / top-k
+            filter the sampling only, as in TRL).
         gather_for_generation: under ZeRO-3, gather the policy once per rollout and decode without
             per-token all-gathers (the policy must fit on one device); otherwise ``synced_gpus``.
         generation_batch_size: prompts per decoding batch.
@@ -85,7 +87,8 @@ class PPOConfig(RunConfig):
             ``last`` (the last column of the fixed ``max_new_tokens`` buffer, LLaVA-RLHF's code).
         mask_padding: leave padding after EOS out of GAE, losses and whitening (the authors' code
             does not: ``false`` scores the padded buffer, pad tokens included).
-        whiten_rewards: whiten sequence rewards over the rollout (all ranks).
+        whiten_rewards: whiten the sequence rewards over the rollout (all ranks; the mean kept, as
+            AlpacaFarm / LLaVA-RLHF), instead of scaling the KL penalty by ``shaping.reward_scale``.
         gamma / lam: GAE discount and λ (LLaVA-RLHF: 1, 1).
         clip_range / value_clip_range: PPO ratio clip and value clip (0.2, 0.2); ``clip_range:
             null`` is plain REINFORCE with the ratio (no clip).
@@ -219,6 +222,33 @@ class PPOConfig(RunConfig):
             raise ValueError(f"{self.estimator} needs num_samples ≥ 2 (a group per prompt)")
         if self.estimator == "ppo" and self.kl_mode == "loss":
             raise ValueError("PPO puts the KL in the reward (kl_mode: reward)")
+        if self.estimator == "ppo" and self.loss_aggregation == "dr_grpo":
+            raise ValueError("loss_aggregation dr_grpo is for the critic-free estimators")
+        if self.estimator == "remax" and self.whiten_rewards:
+            raise ValueError(
+                "remax compares the sample's reward with the greedy one's: whiten_rewards must be off"
+            )
+        if self.value_clip_range is not None and self.value_clip_range <= 0:
+            raise ValueError("value_clip_range must be > 0 (or null)")
+        if self.kl_mode == "loss" and self.kl_clamp_min is not None:
+            raise ValueError("kl_clamp_min clamps the per-token KL penalty in the reward, not the KL loss")
+        if self.temperature != 1.0:
+            raise ValueError(
+                "temperature must be 1: the ratio and the KL are computed on the model's own distribution "
+                "(log-softmax of the unscaled logits), which is what is sampled only at temperature 1"
+            )
+        if self.lora.enabled and self.lora.dropout != 0.0:
+            raise ValueError(
+                "lora.dropout must be 0 for RL: the rollout scores without dropout and the update with it, "
+                "so the ratio would not start at 1 (LLaVA-RLHF's PPO adapters use no dropout)"
+            )
+        if self.layout == "shared_lora" and self.strategy.gradient_checkpointing:
+            raise ValueError(
+                "layout shared_lora with gradient checkpointing would recompute the value adapter's "
+                "activations with the policy adapter active (wrong value gradients): use layout separate"
+            )
+        if self.max_steps:
+            raise ValueError("RL runs count iterations (rollout + updates): set iterations, not max_steps")
         if self.layout == "shared_lora" and (not self.lora.enabled or self.reference == "frozen"):
             raise ValueError(
                 "layout: shared_lora needs lora.enabled and the LoRA reference (reference auto or lora)"

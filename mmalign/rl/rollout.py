@@ -266,48 +266,64 @@ def collect_rollout(
         if len(sampled):
             gap = max(gap, float((sampled - scored[: len(sampled)]).abs().max()))
 
-    # 3. Rewards: reward model and functions on the text + shaping terms.
+    # 3. Rewards: reward model and functions on the text + shaping terms. Collectives (whitening,
+    # GRPO's batch std) run on the strategy's device (NCCL takes no CPU tensors).
     terms, skipped = _rewarded(
         rewards, prompts, generation.texts, lengths, finished, k, key, cfg, device, dtype
     )
     total = terms["total"].float()
-    if cfg.whiten_rewards:
-        total = whiten(total.unsqueeze(1), torch.ones_like(total).unsqueeze(1)).squeeze(1)
-    if skipped:  # a reward function failed on them (reward_fn_errors: skip): no gradient
-        mask[skipped] = 0.0
     kl = kl_penalty(old_lp, ref_lp, cfg.kl_estimator, cfg.kl_clamp_min) * mask
+    # KL in the reward takes the reward's scale (LLaVA-RLHF multiplies the whole shaped per-token
+    # reward by 10 when it does not whiten); whitening (AlpacaFarm's whiten_rewards, the mean kept)
+    # replaces the scale.
+    kl_scale = 1.0 if cfg.whiten_rewards else cfg.shaping.reward_scale
+    if cfg.whiten_rewards:
+        ones = torch.ones_like(total).unsqueeze(1)
+        total = whiten(total.unsqueeze(1).to(device), ones.to(device), shift_mean=False).squeeze(1).cpu()
     stats: dict[str, float] = {}
 
     # 4. Advantages: GAE (PPO) or a critic-free baseline.
     if cfg.estimator == "ppo":
-        # The KL penalty takes the same reward_scale as the other terms (LLaVA-RLHF scales the
-        # whole shaped per-token reward by 10 when it does not whiten).
-        token_r = token_rewards(total, kl * cfg.shaping.reward_scale, mask, kl_coef, cfg.reward_position)
+        token_r = token_rewards(total, kl * kl_scale, mask, kl_coef, cfg.reward_position)
         advantages, returns = gae(token_r, values, mask, cfg.gamma, cfg.lam)
-        advantages = whiten(advantages, mask)
+        advantages = whiten(advantages.to(device), mask.to(device)).cpu()
     else:
         sequence_reward = total.clone()
         if cfg.kl_mode == "reward":
-            sequence_reward -= kl_coef * cfg.shaping.reward_scale * kl.sum(1)
+            sequence_reward -= kl_coef * kl_scale * kl.sum(1)
         if cfg.estimator == "remax":
             g_lengths = torch.tensor([len(r) for r in greedy.ids], dtype=torch.long)
             g_finished = torch.tensor(greedy.finished, dtype=torch.bool)
-            g_terms, _ = _rewarded(
+            g_terms, g_skipped = _rewarded(
                 rewards, prompts, greedy.texts, g_lengths, g_finished, 1, key, cfg, device, dtype
             )
+            skipped = sorted(set(skipped) | set(g_skipped))  # no baseline: that sample is not trained
             baseline = g_terms["total"].float()
             adv = remax_advantages(sequence_reward, baseline)
             stats["remax/greedy_reward"] = float(baseline.mean())
             stats["remax/sample_minus_greedy"] = float((total - baseline).mean())
-        elif cfg.estimator == "rloo":
-            adv = rloo_advantages(sequence_reward.view(-1, k)).reshape(-1)
+            stats["baseline/mean"] = float(baseline.mean())
         else:
-            adv = grpo_advantages(sequence_reward.view(-1, k), cfg.scale_rewards).reshape(-1)
-        if k > 1:
-            stats["groups/equal_rewards"] = equal_reward_share(sequence_reward.view(-1, k))
-        stats["baseline/mean"] = float((sequence_reward - adv).mean())
+            grouped = sequence_reward.view(-1, k).clone()
+            if skipped:  # a failed response neither shifts its group's mean nor trains
+                failed = torch.zeros(grouped.numel(), dtype=torch.bool)
+                failed[skipped] = True
+                failed = failed.view(-1, k)
+                ok = (~failed).float()
+                fill = (grouped * ok).sum(1, keepdim=True) / ok.sum(1, keepdim=True).clamp(min=1)
+                grouped = torch.where(failed, fill.expand_as(grouped), grouped)
+            if cfg.estimator == "rloo":
+                adv = rloo_advantages(grouped).reshape(-1)
+                stats["baseline/mean"] = float((grouped.reshape(-1) - adv).mean())
+            else:
+                adv = grpo_advantages(grouped.to(device), cfg.scale_rewards).reshape(-1).cpu()
+                stats["groups/reward_std"] = float(grouped.std(1).mean()) if k > 1 else 0.0
+            stats["groups/equal_rewards"] = equal_reward_share(grouped)
         token_r = torch.zeros_like(mask)
         advantages, returns = broadcast_to_tokens(adv, mask), torch.zeros_like(mask)
+    if skipped:  # a reward function failed on them (reward_fn_errors: skip): no gradient
+        mask[skipped] = 0.0
+        advantages[skipped] = 0.0
     t_score = time.time() - t0
     engines.train()
 
