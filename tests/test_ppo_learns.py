@@ -108,3 +108,52 @@ def test_exact_reward_rises_while_kl_stays_bounded(tmp_path, estimator):
     assert sum(reward[-3:]) / 3 > reward[0] + 0.4, f"the exact reward did not rise: {reward}"
     assert max(kl) < 3.0, f"KL to the reference ran away: {kl}"
     assert abs(recs[0]["kl/sequence"]) < 1e-4 and recs[0]["policy/ratio_first"] < 1e-4
+
+
+FLAKY_FN = """
+def flaky(records, responses):
+    return [float("nan") if r["id"].endswith(("1", "3")) else 1.0 for r in records]
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("estimator", ["ppo", "grpo"])
+def test_failing_reward_function_is_skipped_or_named(tmp_path, estimator):
+    """A reward function returning NaN for some records: ``skip`` counts them and trains on the rest
+    (a PPO row left without tokens once crashed one rank); ``error`` names the record."""
+    from mmalign.shapeworld import WorldConfig, generate
+
+    world = WorldConfig.from_dict(json.loads((ROOT / "configs/shapeworld/world.json").read_text()))
+    data = tmp_path / "data"
+    generate(data, 8, 0, seed=78, cfg=world, val_frac=0.0, test_frac=0.5, prior_per_group=8, progress=False)
+    probes = [json.loads(x) for x in (data / "prior" / "test.jsonl").read_text().splitlines()]
+    prompts = [
+        {"id": p["scene_id"], "image": p["image"], "answer": "no", "task": "existence",
+         "conversations": [{"from": "human", "value": "<image>\n" + p["question"]}]}
+        for p in probes if p["group"] == "violating"
+    ]  # fmt: skip
+    (data / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    (tmp_path / "flaky.py").write_text(FLAKY_FN)
+    cfg = {
+        "model": str(SHIPPED), "prompts": str(data / "prompts.jsonl"), "media_root": str(data),
+        "reward_model": None, "reward_functions": [{"spec": f"{tmp_path / 'flaky.py'}:flaky"}],
+        "parts": {"train_vision": False, "train_projector": False, "train_llm": True},
+        "strategy": {"zero_stage": 0, "micro_batch_size": 4, "grad_accum": 1}, "iterations": 2,
+        "rollout_batch_size": 8, "num_samples": 2, "max_new_tokens": 4, "log_every": 1, "plot": False,
+        "estimator": estimator, "kl_mode": "loss" if estimator == "grpo" else "reward",
+    }  # fmt: skip
+    for mode in ("skip", "error"):
+        path = tmp_path / f"{mode}.yaml"
+        path.write_text(yaml.safe_dump({**cfg, "out": str(tmp_path / mode), "reward_fn_errors": mode}))
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "train" / "ppo.py"), "--config", str(path)],
+            cwd=ROOT, env=dist_env(), capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        if mode == "skip":
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            recs = [json.loads(x) for x in (tmp_path / mode / "metrics.jsonl").read_text().splitlines()]
+            assert all(r["reward/skipped"] > 0 for r in recs) and len(recs) == 2
+        else:
+            assert proc.returncode != 0 and "flaky" in proc.stderr and "prior_" in proc.stderr, proc.stderr[
+                -3000:
+            ]
