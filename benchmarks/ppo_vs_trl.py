@@ -202,7 +202,6 @@ class Timers:
 # ----------------------------------------------------------------------------- TRL worker
 def run_trl(s: dict, folder: Path, lr: float) -> dict:
     import datasets
-    import numpy as np
     import trl
     from transformers import (
         AutoModelForCausalLM,
@@ -291,7 +290,6 @@ def run_trl(s: dict, folder: Path, lr: float) -> dict:
     )  # fmt: skip
     setup_gib = current_gib(base)
     trainer.train()
-    del np
     return _summary(s, per_iter[1:], memory_report(base), setup_gib, f"TRL PPOTrainer {trl.__version__}")
 
 
@@ -314,6 +312,8 @@ def _summary(s: dict, timed: list[dict], peak: float, setup: float, name: str) -
         "peak_gib": peak,
         "setup_gib": setup,
         "response_tokens": it["response_tokens"],
+        "scored_tokens": it.get("scored_tokens"),
+        "policy_loss": it.get("policy_loss"),
     }
 
 
@@ -425,12 +425,13 @@ def run_mmalign(s: dict, folder: Path, lr: float, images: bool) -> dict:
         ro = rollout(prompts[it * b : (it + 1) * b], it)
         _sync()
         t1 = time.perf_counter()
-        ppo_update(*engines, ro, cfg, it, processor.pad_token_id, **update_kw)
+        upd = ppo_update(*engines, ro, cfg, it, processor.pad_token_id, **update_kw)
         _sync()
         t2 = time.perf_counter()
         per_iter.append(
             {**timers.t, "start": t0, "cpu_start": c0, "update_start": t1, "end": t2,
-             "cpu_end": time.process_time(), "response_tokens": float(ro.lengths.float().mean())}
+             "cpu_end": time.process_time(), "response_tokens": float(ro.lengths.float().mean()),
+             "scored_tokens": float(ro.mask.sum()), "policy_loss": upd.get("loss/policy")}
         )  # fmt: skip
     name = "mmalign " + ("multimodal (1 image/prompt)" if images else "text-only")
     out = _summary(s, per_iter[1:], memory_report(base), setup_gib, name)
