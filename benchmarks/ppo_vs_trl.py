@@ -567,6 +567,10 @@ def main() -> None:
             f"{r['rollout_s'] / r['iteration_s']:>7.0%} {r['sample_s']:>9.2f}{r['score_s']:>8.2f}"
             f"{r['reward_s']:>9.2f}{r['update_s']:>9.2f}"
         )
+    print("mmalign's scored response tokens / policy loss in the kept iteration: " + "; ".join(
+        f"{r['name']} {r['scored_tokens']:g} / {r['policy_loss']:.4f}"
+        for r in results.values() if r.get("scored_tokens")
+    ))  # fmt: skip
     print("setup: memory once the models (and optimizers, without state) are built, before the first "
           "iteration")  # fmt: skip
     print("every timed iteration (s): " + "; ".join(
