@@ -58,7 +58,6 @@ fastest (for a machine shared with other work).
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import random
@@ -327,9 +326,11 @@ def run_mmalign(s: dict, folder: Path, lr: float, images: bool) -> dict:
     from mmalign.preference.reward_model import RewardModel
     from mmalign.preference.scoring import PreferenceModel
     from mmalign.rl import rollout as rollout_mod
+    from mmalign.rl.actor_critic import PPOEngines
     from mmalign.rl.config import PPOConfig
     from mmalign.rl.ppo import ppo_update
     from mmalign.rl.prompts import RLPrompt
+    from mmalign.rl.reward_sources import RewardSources
     from mmalign.training.parts import OptimConfig, configure_parts
     from mmalign.training.strategy import Strategy, StrategyConfig
 
@@ -392,31 +393,12 @@ def run_mmalign(s: dict, folder: Path, lr: float, images: bool) -> dict:
         )  # fmt: skip
         if not images:
             same_ids &= processor.tokenize_prompt(prompts[-1].prompt, 0, 0, p["id"]) == p["ids"]
-    # collect_rollout / ppo_update as this version of the library takes them: (strategy, policy
-    # engine, value engine, reward model, ...), (PPOEngines, reward model, ...) or (PPOEngines,
-    # RewardSources, ...).
-    roll_params = list(inspect.signature(rollout_mod.collect_rollout).parameters)
-    if roll_params[0] == "engines":
-        from mmalign.rl.actor_critic import PPOEngines
+    engines = PPOEngines(strategy, policy_engine, value_engine)
+    sources = RewardSources(reward_model=rm_timed, rm_processor=processor, template=None, micro_batch=m)
 
-        engines: tuple = (PPOEngines(strategy, policy_engine, value_engine),)
-    else:
-        engines = (strategy, policy_engine, value_engine)
-    if roll_params[1] == "rewards":
-        from mmalign.rl.reward_sources import RewardSources
+    def rollout(batch: list, it: int):  # noqa: ANN202
+        return rollout_mod.collect_rollout(engines, sources, processor, batch, cfg, it, cfg.kl_coef)
 
-        sources = RewardSources(reward_model=rm_timed, rm_processor=processor, template=None, micro_batch=m)
-
-        def rollout(batch: list, it: int):  # noqa: ANN202
-            return rollout_mod.collect_rollout(*engines, sources, processor, batch, cfg, it, cfg.kl_coef)
-    else:
-
-        def rollout(batch: list, it: int):  # noqa: ANN202
-            return rollout_mod.collect_rollout(
-                *engines, rm_timed, processor, processor, batch, cfg, it, cfg.kl_coef, None
-            )
-
-    update_kw = {"kl_coef": cfg.kl_coef} if "kl_coef" in inspect.signature(ppo_update).parameters else {}
     per_iter = []
     for it in range(1 + s["timed"]):
         timers.t.clear()
@@ -425,7 +407,7 @@ def run_mmalign(s: dict, folder: Path, lr: float, images: bool) -> dict:
         ro = rollout(prompts[it * b : (it + 1) * b], it)
         _sync()
         t1 = time.perf_counter()
-        upd = ppo_update(*engines, ro, cfg, it, processor.pad_token_id, **update_kw)
+        upd = ppo_update(engines, ro, cfg, it, processor.pad_token_id, cfg.kl_coef)
         _sync()
         t2 = time.perf_counter()
         per_iter.append(
