@@ -10,7 +10,8 @@ targets judged, and the reward model's score beside the exact judge over trainin
 Held-out: the dataset's test split (clear scenes) and its ``prior/test.jsonl`` probes (violating
 and control scenes), greedy decoding, exact judges (:mod:`mmalign.eval.bars`). Writes
 ``<out>/table.md``, ``<out>/results.json`` and ``<out>/reward_vs_judge.png`` (from each run's
-``samples.jsonl``). The first model is the SFT model, the second the control; targets are judged
+``samples.jsonl``); each model's measurement is kept in ``<out>/measured/<name>.json`` and reused
+by a rerun with the same checkpoint, data and limits. The first model is the SFT model, the second the control; targets are judged
 for every later model.
 """
 
@@ -50,13 +51,28 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     limits = BarLimits(args.n_images, 0, args.n_prior, args.batch_size)
     measured, rows = {}, {}
+    cache = out / "measured"  # one JSON per model: a rerun with more models measures only the new ones
+    cache.mkdir(exist_ok=True)
     for name, folder in models:
-        start = time.time()
-        model, tokenizer = load_model(str(folder))
-        model.eval()
-        measured[name] = measure(model, MultimodalProcessor.for_model(model, tokenizer), args.data, limits)
+        key = {
+            "checkpoint": str(Path(folder).resolve()),
+            "data": str(Path(args.data).resolve()),
+            "limits": vars(limits),
+        }
+        stored = cache / f"{name}.json"
+        if stored.exists() and json.loads(stored.read_text()).get("key") == key:
+            measured[name] = json.loads(stored.read_text())["measured"]
+            print(f"{name}: reused {stored}", file=sys.stderr)
+        else:
+            start = time.time()
+            model, tokenizer = load_model(str(folder))
+            model.eval()
+            measured[name] = measure(
+                model, MultimodalProcessor.for_model(model, tokenizer), args.data, limits
+            )
+            stored.write_text(json.dumps({"key": key, "measured": measured[name]}, default=str))
+            print(f"{name}: measured in {time.time() - start:.0f} s", file=sys.stderr)
         rows[name] = study_row(measured[name])
-        print(f"{name}: measured in {time.time() - start:.0f} s", file=sys.stderr)
     table = format_study(rows)
     sft, control = models[0][0], models[1][0]
     verdicts = {name: targets(rows, sft, control, name) for name, _ in models[2:]}

@@ -67,7 +67,9 @@ class MetricsLogger:
             for k, v in metrics.items():
                 if isinstance(v, (int, float)):
                     self._tb.add_scalar(k, v, step)
-        shown = {k: metrics[k] for k in ("loss", "reward/total", "kl/sequence", "lr", "tok/s") if k in metrics}
+        shown = {
+            k: metrics[k] for k in ("loss", "reward/total", "kl/sequence", "lr", "tok/s") if k in metrics
+        }
         self._bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()}, refresh=False)
         self._bar.n = step
         self._bar.refresh()
