@@ -34,7 +34,7 @@ def test_invalid_settings_are_refused():
         (["preset=rloo", "num_samples=1"], "num_samples ≥ 2"),
         (["kl_mode=loss"], "PPO puts the KL in the reward"),
         (["lora.enabled=true"], "lora.dropout must be 0"),
-        (["temperature=0.7"], "temperature must be 1"),
+        (["temperature=0"], "temperature must be > 0"),
         (["max_steps=5"], "set iterations"),
         (["preset=remax", "whiten_rewards=true"], "whiten_rewards"),
         (["loss_aggregation=dr_grpo"], "critic-free"),

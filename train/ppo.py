@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     run.plan(len(prompts), per_rank=cfg.rollout_batch_size // world, steps=cfg.iterations)
     updates = cfg.updates_per_iteration(world)
 
+    (actor_critic or policy_model).temperature = cfg.temperature  # samples scored as sampled
+
     # 4. Engines: the policy's first (the checkpoint's main engine), the value's, the frozen reward model.
     optimizer, scheduler = run.optimizer(policy_groups, run.total_steps * updates)
     if actor_critic is not None:

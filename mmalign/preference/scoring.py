@@ -38,9 +38,13 @@ def _decoder_and_head(llm: nn.Module) -> tuple[nn.Module, nn.Module]:
 
 
 def _scored_log_softmax(
-    llm: nn.Module, embeds: torch.Tensor, batch: PreferenceBatch, response_logits_only: bool
+    llm: nn.Module,
+    embeds: torch.Tensor,
+    batch: PreferenceBatch,
+    response_logits_only: bool,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
-    """``(N, V)`` float32 log-softmax at the N scored positions."""
+    """``(N, V)`` float32 log-softmax of ``logits / temperature`` at the N scored positions."""
     if response_logits_only:
         decoder, head = _decoder_and_head(llm)
         hidden = decoder(
@@ -49,14 +53,16 @@ def _scored_log_softmax(
             position_ids=batch.position_ids,
             use_cache=False,
         ).last_hidden_state
-        return head(hidden[batch.pred_rows, batch.pred_cols]).float().log_softmax(-1)  # (N, V)
+        logits = head(hidden[batch.pred_rows, batch.pred_cols]).float()  # (N, V)
+        return (logits / temperature if temperature != 1.0 else logits).log_softmax(-1)
     logits = llm(
         inputs_embeds=embeds,
         attention_mask=batch.attention_mask,
         position_ids=batch.position_ids,
         use_cache=False,
     ).logits
-    return logits.float().log_softmax(-1)[batch.pred_rows, batch.pred_cols]  # full (B, L, V) first
+    logits = logits.float() / temperature if temperature != 1.0 else logits.float()
+    return logits.log_softmax(-1)[batch.pred_rows, batch.pred_cols]  # full (B, L, V) first
 
 
 def score_tokens(
@@ -65,6 +71,7 @@ def score_tokens(
     batch: PreferenceBatch,
     response_logits_only: bool = True,
     with_entropy: bool = False,
+    temperature: float = 1.0,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Log-prob of each scored token ``(N,)`` (float32).
 
@@ -75,8 +82,10 @@ def score_tokens(
             full ``(B, L, V)`` logits and a full log-softmax, as peers do (for ablations).
         with_entropy: also return the entropy (nats) of the model's distribution at each scored
             position ``(N,)``, without gradient (an RL metric).
+        temperature: score ``softmax(logits / T)`` — the distribution an RL rollout sampled from
+            at temperature T (as TRL and LLaVA-RLHF score their samples).
     """
-    logps = _scored_log_softmax(llm, embeds, batch, response_logits_only)
+    logps = _scored_log_softmax(llm, embeds, batch, response_logits_only, temperature)
     chosen = logps.gather(-1, batch.targets.unsqueeze(-1)).squeeze(-1)
     if not with_entropy:
         return chosen
@@ -147,6 +156,7 @@ class PreferenceModel(nn.Module):
         self.reference = reference
         self.media_frozen = media_frozen
         self.response_logits_only = response_logits_only
+        self.temperature = 1.0  # RL scores its samples at the sampling temperature (set by the trainer)
 
     @property
     def always_run_media(self) -> bool:
@@ -176,7 +186,9 @@ class PreferenceModel(nn.Module):
             ``with_entropy`` also ``entropy`` ``(N,)`` (nats, no grad).
         """
         embeds = self.policy.embed(batch.input_ids, batch.images, batch.videos)
-        scored = score_tokens(self.policy.llm, embeds, batch, self.response_logits_only, with_entropy)
+        scored = score_tokens(
+            self.policy.llm, embeds, batch, self.response_logits_only, with_entropy, self.temperature
+        )
         tokens, entropy = scored if with_entropy else (scored, None)
         out = {"policy": sequence_sums(tokens, batch), "token_logps": tokens}
         if entropy is not None:
@@ -208,7 +220,9 @@ class PreferenceModel(nn.Module):
             with reference_mode(self.policy):
                 if embeds is None:
                     embeds = self.policy.embed(batch.input_ids, batch.images, batch.videos)
-                return score_tokens(self.policy.llm, embeds, batch, self.response_logits_only)
+                return score_tokens(
+                    self.policy.llm, embeds, batch, self.response_logits_only, temperature=self.temperature
+                )
         if self.reference != "frozen":
             raise ValueError("no online reference in this model")
         ref = self.ref_model
@@ -221,4 +235,4 @@ class PreferenceModel(nn.Module):
             embeds = torch.where(media.unsqueeze(-1), policy_embeds.detach().to(text.dtype), text)
         else:
             embeds = ref.embed(batch.input_ids, batch.images, batch.videos)
-        return score_tokens(ref.llm, embeds, batch, self.response_logits_only)
+        return score_tokens(ref.llm, embeds, batch, self.response_logits_only, temperature=self.temperature)

@@ -88,6 +88,7 @@ class SharedActorCritic(nn.Module):
             )
         self.head = head
         self.response_logits_only = response_logits_only
+        self.temperature = 1.0  # the sampling temperature the policy's samples are scored at
 
     @property
     def policy(self) -> LMM:
@@ -151,7 +152,9 @@ class SharedActorCritic(nn.Module):
         if role != "policy":
             raise ValueError(f"role must be 'policy' or 'value', got {role!r}")
         embeds = self.lmm.embed(batch.input_ids, batch.images, batch.videos)
-        scored = score_tokens(self.lmm.llm, embeds, batch, self.response_logits_only, with_entropy)
+        scored = score_tokens(
+            self.lmm.llm, embeds, batch, self.response_logits_only, with_entropy, self.temperature
+        )
         tokens, entropy = scored if with_entropy else (scored, None)
         out = {"policy": sequence_sums(tokens, batch), "token_logps": tokens}
         if entropy is not None:
@@ -160,7 +163,13 @@ class SharedActorCritic(nn.Module):
             # peft re-activates the adapters on leaving disable_adapter through set_adapter, which
             # freezes the inactive (value) adapter: the flags are put back here too.
             with torch.no_grad(), self._restore_flags(self.lmm.llm), reference_mode(self.lmm):
-                ref = score_tokens(self.lmm.llm, embeds.detach(), batch, self.response_logits_only)
+                ref = score_tokens(
+                    self.lmm.llm,
+                    embeds.detach(),
+                    batch,
+                    self.response_logits_only,
+                    temperature=self.temperature,
+                )
             out["reference"] = sequence_sums(ref, batch)
             out["reference_token_logps"] = ref
         return out

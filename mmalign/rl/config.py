@@ -73,8 +73,9 @@ class PPOConfig(RunConfig):
         num_samples: responses per prompt (PPO: 1).
         ppo_epochs: passes over each rollout (LLaVA-RLHF: 2).
         max_new_tokens / temperature / top_p / top_k: rollout sampling (LLaVA-RLHF: 896, 1.0, 1.0, 0);
-            temperature must be 1 (the ratio and KL use the model's own distribution; top-p / top-k
-            filter the sampling only, as in TRL).
+            policy and reference score the samples at ``softmax(logits / temperature)`` (the ratio and
+            the KL refer to the distribution sampled; top-p / top-k filter the sampling only, as in
+            TRL).
         gather_for_generation: under ZeRO-3, gather the policy once per rollout and decode without
             per-token all-gathers (the policy must fit on one device); otherwise ``synced_gpus``.
         generation_batch_size: prompts per decoding batch.
@@ -232,11 +233,8 @@ class PPOConfig(RunConfig):
             raise ValueError("value_clip_range must be > 0 (or null)")
         if self.kl_mode == "loss" and self.kl_clamp_min is not None:
             raise ValueError("kl_clamp_min clamps the per-token KL penalty in the reward, not the KL loss")
-        if self.temperature != 1.0:
-            raise ValueError(
-                "temperature must be 1: the ratio and the KL are computed on the model's own distribution "
-                "(log-softmax of the unscaled logits), which is what is sampled only at temperature 1"
-            )
+        if self.temperature <= 0:
+            raise ValueError("temperature must be > 0 (RL samples)")
         if self.lora.enabled and self.lora.dropout != 0.0:
             raise ValueError(
                 "lora.dropout must be 0 for RL: the rollout scores without dropout and the update with it, "

@@ -261,8 +261,8 @@ def collect_rollout(
     )
     mask = sequence_mask([len(r) for r in responses], width)
     old_lp, ref_lp, values = _stack(old, width), _stack(ref, width), _stack(val, width)
-    gap = 0.0  # the sampler's log-probs against the training-layout forward's
-    for sampled, scored in zip(generation.logprobs or [], old, strict=False):
+    gap = 0.0  # the sampler's (temperature-1) log-probs against the training-layout forward's
+    for sampled, scored in zip(generation.logprobs if cfg.temperature == 1.0 else [], old, strict=False):
         if len(sampled):
             gap = max(gap, float((sampled - scored[: len(sampled)]).abs().max()))
 
