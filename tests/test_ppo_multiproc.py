@@ -43,6 +43,7 @@ def _kind(rec: dict) -> str:
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
     """A tiny base checkpoint, a reward model on it (a random head), and mixed-media prompts."""
+    from mmalign.data.processor import MultimodalProcessor
     from mmalign.data.tokenizer import train_bpe_tokenizer
     from mmalign.models.builders import tiny_lmm, tiny_vision
     from mmalign.models.checkpoint import save_lmm
@@ -77,10 +78,18 @@ def base(tmp_path_factory) -> Path:
     model = tiny_lmm(
         tok, vision, llm_hidden_size=48, llm_layers=2, llm_heads=4, llm_intermediate_size=96, seed=1
     )
+    # Make the stop token likely (its logit follows one hidden unit), so sampled responses end at
+    # different lengths and the ranks stop decoding at different steps — a random tiny model would
+    # otherwise always run to max_new_tokens.
+    stop = MultimodalProcessor.for_model(model, tok).stop_token_ids[0]
+    with torch.no_grad():
+        model.llm.model.norm.weight[0] = 5.0  # at the base: lengths 2–10 of 10, ~half stopped
+        model.llm.lm_head.weight[:, 0] = 0.0
+        model.llm.lm_head.weight[stop, 0] = 1.0
     save_lmm(model, tok, root / "base")
     save_lmm(model, tok, root / "rm")
-    head = ScalarHead(48, zero_init=False)
     torch.manual_seed(0)
+    head = ScalarHead(48, zero_init=False)
     torch.nn.init.normal_(head.weight, std=0.5)
     save_head(head, root / "rm")
     return root
@@ -160,6 +169,13 @@ def test_ppo_zero3_trains_without_hanging(base, synced_run):
     ):  # fmt: skip
         assert all(key in r for r in recs), key
     assert recs[-1]["kl/sequence"] != 0.0  # the policy moved away from the reference
+    samples = [json.loads(x) for x in (synced_run / "samples.jsonl").read_text().splitlines()]
+    samples = [x for x in samples if x["step"] == 1]  # sampled from the base model
+    lengths = {x["tokens"] for x in samples}
+    assert len(lengths) >= 2 and any(x["finished"] for x in samples), (
+        lengths
+    )  # responses stop at different steps
+    assert recs[0]["response/no_eos"] < 1.0
     assert recs[1]["kl/coef"] != recs[0]["kl/coef"]  # the adaptive controller acted
     before, after = state(base / "base"), state(synced_run / "final")
     llm = [k for k in before if k.startswith("llm.") and "embed_tokens" not in k]
@@ -244,7 +260,8 @@ def test_critic_free_estimators_zero3(base, tmp_path, estimator):
     recs = metrics(out)
     assert [r["step"] for r in recs] == [1, 2]
     assert recs[0]["policy/ratio_first"] < 1e-4 and abs(recs[0]["kl/sequence"]) < 1e-4
-    assert "reward/rm" in recs[0] and "reward/fn/words" in recs[0] and "baseline/mean" in recs[0]
+    assert "reward/rm" in recs[0] and "reward/fn/words" in recs[0]
+    assert ("groups/reward_std" if estimator == "grpo" else "baseline/mean") in recs[0]
     assert "loss/value" not in recs[0] and not (out / "checkpoints" / "step_000002" / "value").exists()
     assert ("remax/sample_minus_greedy" in recs[0]) == (estimator == "remax")
     assert ("loss/kl" in recs[0]) == (estimator == "grpo")
