@@ -1,11 +1,21 @@
-"""PPO with a factually augmented reward model (Fact-RLHF, LLaVA-RLHF) under DeepSpeed (ZeRO-0…3).
+"""RL for LMMs under DeepSpeed (ZeRO-0…3): PPO with a factually augmented reward model (Fact-RLHF,
+LLaVA-RLHF) and, on the same engine, the critic-free ReMax, RLOO and GRPO.
 
 Launch:
 
     # GPUs: the 7B recipe (LLaVA-RLHF's settings, local paths)
     deepspeed --num_gpus 8 train/ppo.py --config configs/ppo/llava15_7b_fact_rlhf.yaml
-    # CPU, 2 ranks, the tiny ShapeWorld model (prompts and reward model: see the README's Fact-RLHF section)
+    # CPU, 2 ranks, the tiny ShapeWorld model (prompts and reward model: see the README's Fact-RLHF study)
     DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 deepspeed --num_gpus 2 train/ppo.py --config configs/ppo/tiny_shapeworld.yaml
+    # GRPO (or preset=remax / rloo) with the exact ShapeWorld judge as a verifiable reward
+    DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 deepspeed --num_gpus 2 train/ppo.py --config configs/ppo/tiny_shapeworld.yaml \
+        preset=grpo num_samples=4 out=runs/grpo_judge reward_model=null \
+        'reward_functions=[{spec: "mmalign.rl.reward_fns:shapeworld_judge"}]'
+
+``estimator`` (or the presets ``remax``, ``rloo``, ``grpo``) picks PPO (value model + GAE) or a
+critic-free baseline (:mod:`mmalign.rl.baselines`: no value model is held); rewards come from the
+reward model and/or Python reward functions (:mod:`mmalign.rl.reward_sources`), each weighted and
+logged. The rest of this docstring describes PPO.
 
 Four roles: the **policy** (trainable, full or LoRA), the **reference** (the start policy: its
 LoRA adapter disabled, or a frozen copy sharded under ZeRO-3), the **value model** (an LMM +
