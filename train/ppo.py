@@ -49,6 +49,7 @@ and one optimizer (:class:`mmalign.rl.actor_critic.SharedActorCritic`; the refer
 
 from __future__ import annotations
 
+import faulthandler
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -78,6 +79,7 @@ CURVES = (
 
 
 def main(argv: list[str] | None = None) -> int:
+    faulthandler.enable()  # a native abort on a rank prints every thread's Python stack
     args, cfg = parse_run_args(PPOConfig, "mmalign PPO (Fact-RLHF)", argv, dry_run=False)
     shared = cfg.layout == "shared_lora"  # (for PPO; the critic-free estimators hold no value model)
 
