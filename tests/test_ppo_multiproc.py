@@ -208,17 +208,12 @@ def test_ppo_gathered_generation_shared_lora(base, tmp_path):
     assert adapter["r"] == 4 and not (out / "final_adapter" / "value").exists()  # the policy only
 
 
-def test_sigkill_then_resume_gives_identical_weights(base, synced_run, tmp_path):
-    out = tmp_path / "killed"
-    cfg = config(base, out, save_every=1)
+def kill_after_first_checkpoint(cfg: Path, out: Path) -> str:
+    """Start the run, SIGKILL the launcher and both ranks once a checkpoint exists; the tag it left."""
     proc = subprocess.Popen(
-        torchrun_cmd(PPO, ["--config", str(cfg)]),
-        cwd=ROOT,
-        env=dist_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+        torchrun_cmd(PPO, ["--config", str(cfg)]), cwd=ROOT, env=dist_env(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
     latest = out / "checkpoints" / "latest"
     deadline = time.time() + 300
     while time.time() < deadline and not (latest.exists() and latest.read_text().strip() >= "step_000001"):
@@ -228,6 +223,13 @@ def test_sigkill_then_resume_gives_identical_weights(base, synced_run, tmp_path)
     proc.wait()
     killed_at = latest.read_text().strip()
     assert not (out / "final").exists() and int(killed_at.split("_")[1]) < 3, "nothing was interrupted"
+    return killed_at
+
+
+def test_sigkill_then_resume_gives_identical_weights(base, synced_run, tmp_path):
+    out = tmp_path / "killed"
+    cfg = config(base, out, save_every=1)
+    killed_at = kill_after_first_checkpoint(cfg, out)
     second = run(torchrun_cmd(PPO, ["--config", str(cfg)]), timeout=420)
     assert f"start at step {int(killed_at.split('_')[1])}" in second.stdout
     a, b = state(synced_run / "final"), state(out / "final")
@@ -276,19 +278,7 @@ def test_grpo_sigkill_then_resume_gives_identical_weights(base, tmp_path):
     run(torchrun_cmd(PPO, ["--config", str(config(base, straight, **common))]), timeout=420)
     out = tmp_path / "killed"
     cfg = config(base, out, **common)
-    proc = subprocess.Popen(
-        torchrun_cmd(PPO, ["--config", str(cfg)]), cwd=ROOT, env=dist_env(),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    latest = out / "checkpoints" / "latest"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (latest.exists() and latest.read_text().strip() >= "step_000001"):
-        assert proc.poll() is None, "the run ended before it could be killed"
-        time.sleep(0.05)
-    kill_tree(proc.pid)
-    proc.wait()
-    killed_at = latest.read_text().strip()
-    assert not (out / "final").exists() and int(killed_at.split("_")[1]) < 3, "nothing was interrupted"
+    killed_at = kill_after_first_checkpoint(cfg, out)
     run(torchrun_cmd(PPO, ["--config", str(cfg)]), timeout=420)
     a, b = state(straight / "final"), state(out / "final")
     for k in a:
