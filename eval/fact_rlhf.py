@@ -20,14 +20,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
-from mmalign.data.processor import MultimodalProcessor
-from mmalign.eval.bars import BarLimits, measure
+from mmalign.eval.bars import BarLimits
 from mmalign.eval.common import parse_model_specs
-from mmalign.eval.rlhf_study import format_study, judged_curve, plot_curves, study_row, targets
-from mmalign.models.checkpoint import load_model
+from mmalign.eval.rlhf_study import (
+    format_study,
+    judged_curve,
+    measure_models,
+    plot_curves,
+    study_row,
+    targets,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,29 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     limits = BarLimits(args.n_images, 0, args.n_prior, args.batch_size)
-    measured, rows = {}, {}
-    cache = out / "measured"  # one JSON per model: a rerun with more models measures only the new ones
-    cache.mkdir(exist_ok=True)
-    for name, folder in models:
-        key = {
-            "checkpoint": str(Path(folder).resolve()),
-            "data": str(Path(args.data).resolve()),
-            "limits": vars(limits),
-        }
-        stored = cache / f"{name}.json"
-        if stored.exists() and json.loads(stored.read_text()).get("key") == key:
-            measured[name] = json.loads(stored.read_text())["measured"]
-            print(f"{name}: reused {stored}", file=sys.stderr)
-        else:
-            start = time.time()
-            model, tokenizer = load_model(str(folder))
-            model.eval()
-            measured[name] = measure(
-                model, MultimodalProcessor.for_model(model, tokenizer), args.data, limits
-            )
-            stored.write_text(json.dumps({"key": key, "measured": measured[name]}, default=str))
-            print(f"{name}: measured in {time.time() - start:.0f} s", file=sys.stderr)
-        rows[name] = study_row(measured[name])
+    measured = measure_models(models, args.data, limits, out / "measured")
+    rows = {name: study_row(measured[name]) for name, _ in models}
     table = format_study(rows)
     sft, control = models[0][0], models[1][0]
     verdicts = {name: targets(rows, sft, control, name) for name, _ in models[2:]}

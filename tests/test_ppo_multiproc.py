@@ -21,6 +21,7 @@ import pytest
 import torch
 import yaml
 
+from mmalign.eval.rl_compare import run_cost
 from mmalign.models.checkpoint import load_lmm
 from tests.distributed import ROOT, dist_env, kill_tree, run, torchrun_cmd
 
@@ -267,6 +268,21 @@ def test_critic_free_estimators_zero3(base, tmp_path, estimator):
     assert "loss/value" not in recs[0] and not (out / "checkpoints" / "step_000002" / "value").exists()
     assert ("remax/sample_minus_greedy" in recs[0]) == (estimator == "remax")
     assert ("loss/kl" in recs[0]) == (estimator == "grpo")
+    # the cost of the run, as eval/rl_compare.py reads it: tokens of all ranks (ReMax's greedy too)
+    cfg_out = yaml.safe_load((out / "config.yaml").read_text())
+    k = cfg_out["num_samples"]
+    sampled = [r["response/length"] * cfg_out["rollout_batch_size"] * k for r in recs]
+    for r, n in zip(recs, sampled, strict=True):
+        assert r["rollout/generated_tokens"] >= n + (
+            cfg_out["rollout_batch_size"] if estimator == "remax" else 0
+        )
+        if estimator != "remax":
+            assert r["rollout/generated_tokens"] == pytest.approx(n)
+        assert r["memory/peak_gib"] > r["memory/peak_above_start_gib"] > 0 and r["cpu_s"] > 0
+    cost = run_cost(out)
+    assert cost["estimator"] == estimator and cost["reward"] == "rm+" + f"{fn}:words"
+    assert cost["responses"] == 2 * cfg_out["rollout_batch_size"] * k * (2 if estimator == "remax" else 1)
+    assert cost["generated_tokens"] == sum(r["rollout/generated_tokens"] for r in recs)
     before, after = state(base / "base"), state(out / "final")
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("llm."))
 

@@ -219,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         update = ppo_update(engines, rollout, cfg, it, processor.pad_token_id, kl_ctl.value)
         stats = {**rollout.stats, **update}
         record = {k: run.strategy.all_reduce_mean(v) for k, v in stats.items()}
+        record["rollout/generated_tokens"] *= world  # a sum over ranks, not a mean
         # a metric undefined this iteration (explained variance of constant returns) is left out
         record = {k: v for k, v in record.items() if v == v}
         kl_ctl.update(record["kl/sequence"], cfg.rollout_batch_size * cfg.num_samples)

@@ -11,6 +11,9 @@ diverging).
   scenes, hallucinated objects per caption, captions naming the absent partner.
 * :func:`targets` — the issue's targets, each judged: Fact-RLHF PPO's false "yes" ≤ 0.3× SFT's,
   caption mentions ≤ 0.5× SFT's, clear QA down ≤ 2 points, and below the control on both.
+* :func:`measure_models` — held-out measurements of several checkpoints, each kept in a cache
+  folder and reused by a rerun with the same checkpoint, data and limits (shared by
+  ``eval/fact_rlhf.py`` and ``eval/rl_compare.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mmalign.eval.bars import BarLimits
 from mmalign.shapeworld import Scene
 
 CLEAR = ("existence", "color", "count", "position")
@@ -62,6 +66,48 @@ def targets(rows: Mapping[str, Mapping[str, float]], sft: str, control: str, met
         'false "yes" below the control': m["prior_yes"] < c["prior_yes"],
         "partner mentions below the control": m["prior_mention"] < c["prior_mention"],
     }
+
+
+def measure_models(
+    models: Sequence[tuple[str, str]], data: str | Path, limits: BarLimits, cache: str | Path
+) -> dict[str, dict[str, Any]]:
+    """:func:`mmalign.eval.bars.measure` of each ``(name, checkpoint)`` on the dataset's held-out
+    split (greedy decoding, exact judges).
+
+    Each result is stored as ``<cache>/<name>.json`` with the checkpoint's resolved path, the
+    dataset and the limits; a later call with the same key reads it instead of measuring again.
+
+    Raises:
+        FileNotFoundError / ValueError: from loading a checkpoint or the dataset.
+    """
+    import sys
+    import time
+
+    from mmalign.data.processor import MultimodalProcessor
+    from mmalign.eval.bars import measure
+    from mmalign.models.checkpoint import load_model
+
+    cache = Path(cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    measured: dict[str, dict[str, Any]] = {}
+    for name, folder in models:
+        key = {
+            "checkpoint": str(Path(folder).resolve()),
+            "data": str(Path(data).resolve()),
+            "limits": vars(limits),
+        }
+        stored = cache / f"{name}.json"
+        if stored.exists() and json.loads(stored.read_text()).get("key") == key:
+            measured[name] = json.loads(stored.read_text())["measured"]
+            print(f"{name}: reused {stored}", file=sys.stderr)
+            continue
+        start = time.time()
+        model, tokenizer = load_model(str(folder))
+        model.eval()
+        measured[name] = measure(model, MultimodalProcessor.for_model(model, tokenizer), str(data), limits)
+        stored.write_text(json.dumps({"key": key, "measured": measured[name]}, default=str))
+        print(f"{name}: measured in {time.time() - start:.0f} s", file=sys.stderr)
+    return measured
 
 
 def _jsonl(path: Path) -> list[dict]:

@@ -334,6 +334,8 @@ def collect_rollout(
         "rollout/score_s": t_score,
         "rollout/logprob_gap": gap,
         "response/length": float(lengths.float().mean()),
+        # tokens this rank decoded (ReMax's greedy responses included); train/ppo.py sums the ranks
+        "rollout/generated_tokens": float(lengths.sum()) + (sum(len(r) for r in greedy.ids) if greedy else 0),
         "response/no_eos": float((~finished).float().mean()),
         "kl/sequence": float(raw_kl.mean()),
         "kl/penalty": float((kl.sum(1)).mean()),

@@ -3,11 +3,34 @@
 from __future__ import annotations
 
 import json
+import resource
 import time
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
+
+
+def process_usage(device_type: str = "cpu") -> dict[str, float]:
+    """This process's peak memory and CPU time so far, for comparing methods' cost.
+
+    Args:
+        device_type: ``cuda`` reads the accelerator's peak allocation
+            (``torch.cuda.max_memory_allocated``); anything else the process's peak resident set
+            (``ru_maxrss``, which on CPU holds the weights, optimizer states and activations).
+
+    Returns:
+        ``peak_gib`` (GiB) and ``cpu_s`` (user + system CPU seconds of this process — unlike wall
+        time, barely changed by other jobs sharing the cores).
+    """
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    if device_type == "cuda":
+        import torch
+
+        peak = torch.cuda.max_memory_allocated() / 2**30
+    else:
+        peak = usage.ru_maxrss / 2**20  # KiB on Linux
+    return {"peak_gib": peak, "cpu_s": usage.ru_utime + usage.ru_stime}
 
 
 class MetricsLogger:

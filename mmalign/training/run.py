@@ -33,7 +33,7 @@ from mmalign.config import ConfigError
 from mmalign.data.datasets import ExampleOrder
 from mmalign.models.lmm import LMM
 from mmalign.training.checkpoint import begin_run, export_final, prune_checkpoints, step_tag
-from mmalign.training.logging import MetricsLogger
+from mmalign.training.logging import MetricsLogger, process_usage
 from mmalign.training.parts import lr_lambda
 from mmalign.training.strategy import Strategy
 
@@ -63,6 +63,7 @@ class TrainingRun:
         self.ckpt_dir = self.out / "checkpoints"
         self.strategy = Strategy(cfg.strategy, seed=cfg.seed)
         self.strategy.setup_distributed()
+        self._start_usage = process_usage(self.strategy.device.type)  # before any model is loaded
         self.order: ExampleOrder | None = None
         self.total_steps = 0
         self.start_step = 0
@@ -196,14 +197,23 @@ class TrainingRun:
 
         ``iteration_fn(iteration, indices)`` gets this rank's example indices of the iteration
         (``order.micro_batch(iteration, 0, rank)``) and returns its metrics, already averaged over
-        the ranks; they are logged every ``log_every`` iterations, and a checkpoint (with
-        :attr:`state`) is saved every ``save_every`` iterations.
+        the ranks; they are logged every ``log_every`` iterations with the cost so far —
+        ``memory/peak_gib`` (the largest rank's peak, GiB: resident set on CPU, allocated memory
+        on GPU), ``memory/peak_above_start_gib`` (the same above what the process held before any
+        model was loaded: interpreter, libraries, process group) and ``cpu_s`` (CPU seconds of
+        all ranks since this process started) — and a checkpoint (with :attr:`state`) is saved
+        every ``save_every`` iterations.
         """
         assert self.order is not None and self.log is not None, "plan() and begin() first"
         cfg, rank = self.cfg, self.strategy.rank
         for iteration in range(self.start_step, self.total_steps):
             self.step, self.micro = iteration, 0
             record = iteration_fn(iteration, self.order.micro_batch(iteration, 0, rank))
+            usage = process_usage(self.strategy.device.type)  # every rank joins both collectives
+            record["memory/peak_gib"] = self.strategy.all_reduce_max(usage["peak_gib"])
+            above = usage["peak_gib"] - self._start_usage["peak_gib"]
+            record["memory/peak_above_start_gib"] = self.strategy.all_reduce_max(above)
+            record["cpu_s"] = self.strategy.all_reduce_sum(usage["cpu_s"])
             done = iteration + 1
             if done % cfg.log_every == 0 or done == self.total_steps:
                 record["epoch"] = self.order.epoch_of(done)

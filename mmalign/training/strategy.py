@@ -137,6 +137,14 @@ class Strategy:
         """Mean of a float over ranks (for logging)."""
         return self.all_reduce_sum(value) / self.world_size
 
+    def all_reduce_max(self, value: float) -> float:
+        """Maximum of a float over ranks (for logging)."""
+        if not torch.distributed.is_initialized() or self.world_size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return float(t.item())
+
     def all_reduce_sum(self, value: float) -> float:
         """Sum of a float over ranks (for logging)."""
         if not torch.distributed.is_initialized() or self.world_size == 1:
