@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mmalign.config import ConfigError, load_config, parse_overrides, save_config
-from mmalign.training.tiny_preset import TinyPresetConfig
+from mmalign.shapeworld.recipe.tiny_preset import TinyPresetConfig
 
 
 def test_yaml_and_overrides(tmp_path):

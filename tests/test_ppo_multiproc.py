@@ -51,7 +51,7 @@ def base(tmp_path_factory) -> Path:
     from mmalign.models.heads import ScalarHead
     from mmalign.preference.reward_model import save_head
     from mmalign.shapeworld import WorldConfig, generate
-    from mmalign.training.tiny_preset import shapeworld_texts
+    from mmalign.shapeworld.recipe.tiny_preset import shapeworld_texts
 
     root = tmp_path_factory.mktemp("ppo")
     data = root / "data"

@@ -27,7 +27,7 @@ def test_reward_model_with_other_tokenizer_and_image_size(tmp_path):
     from mmalign.models.heads import ScalarHead
     from mmalign.preference.reward_model import save_head
     from mmalign.shapeworld import WorldConfig, generate
-    from mmalign.training.tiny_preset import shapeworld_texts
+    from mmalign.shapeworld.recipe.tiny_preset import shapeworld_texts
 
     data = tmp_path / "data"
     generate(data, n_images=8, n_videos=0, seed=9, cfg=WorldConfig(), progress=False)

@@ -36,7 +36,7 @@ def base(tmp_path_factory) -> Path:
     from mmalign.models.checkpoint import save_lmm
     from mmalign.preference.shapeworld_pairs import build_pairs
     from mmalign.shapeworld import WorldConfig, generate
-    from mmalign.training.tiny_preset import shapeworld_texts
+    from mmalign.shapeworld.recipe.tiny_preset import shapeworld_texts
 
     root = tmp_path_factory.mktemp("pref")
     data = root / "data"

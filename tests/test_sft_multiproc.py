@@ -30,7 +30,7 @@ def base(tmp_path_factory) -> Path:
     from mmalign.models.builders import tiny_lmm, tiny_vision
     from mmalign.models.checkpoint import save_lmm
     from mmalign.shapeworld import WorldConfig, generate
-    from mmalign.training.tiny_preset import shapeworld_texts
+    from mmalign.shapeworld.recipe.tiny_preset import shapeworld_texts
 
     root = tmp_path_factory.mktemp("sft")
     data = root / "data"

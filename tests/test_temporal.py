@@ -13,9 +13,9 @@ from mmalign.models.grow import grow_llm
 from mmalign.models.lmm import LMMConfig
 from mmalign.models.temporal import TemporalMixer
 from mmalign.shapeworld import IGNORE_INDEX, WorldConfig
+from mmalign.shapeworld.recipe.temporal import TemporalConfig, motion_targets, train_temporal
 from mmalign.shapeworld.video import DIRECTIONS, sample_video
 from mmalign.training.parts import OptimConfig, PartsConfig, configure_parts
-from mmalign.training.temporal import TemporalConfig, motion_targets, train_temporal
 
 GRID_VISION = {"image_size": 60, "patch_size": 20, "hidden_size": 32, "num_layers": 1, "num_heads": 4}
 

@@ -15,8 +15,7 @@ from mmalign.data.processor import MultimodalProcessor
 from mmalign.models.builders import tiny_vision
 from mmalign.models.checkpoint import load_lmm
 from mmalign.shapeworld import COLORS, IGNORE_INDEX, SHAPES, WorldConfig, generate
-from mmalign.shapeworld.video import frame_truth, sample_video
-from mmalign.training.stage0 import (
+from mmalign.shapeworld.recipe.stage0 import (
     CellHeads,
     Stage0Config,
     cell_accuracy,
@@ -24,7 +23,8 @@ from mmalign.training.stage0 import (
     pretrain_encoder,
     video_frame,
 )
-from mmalign.training.tiny_preset import TinyPresetConfig, build_tiny_shapeworld
+from mmalign.shapeworld.recipe.tiny_preset import TinyPresetConfig, build_tiny_shapeworld
+from mmalign.shapeworld.video import frame_truth, sample_video
 
 IP = ImageProcessorConfig(size=60, mode="resize", mean=(0.5,) * 3, std=(0.5,) * 3)
 

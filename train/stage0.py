@@ -16,7 +16,7 @@ import json
 import sys
 
 from mmalign.cli import parse_run_args
-from mmalign.training.tiny_preset import TinyPresetConfig, build_tiny_shapeworld
+from mmalign.shapeworld.recipe.tiny_preset import TinyPresetConfig, build_tiny_shapeworld
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,7 @@ Launch (CPU is fine, a few minutes):
 
 Loads the LMM checkpoint ``init_from``, adds a mixer of ``layers`` attention blocks over each clip's
 tokens (:mod:`mmalign.models.temporal`) unless it has one, trains it with a per-token motion head
-on freshly rendered clips of the dataset's world (:mod:`mmalign.training.temporal`) and saves the
+on freshly rendered clips of the dataset's world (:mod:`mmalign.shapeworld.recipe.temporal`) and saves the
 LMM with its mixer to ``out`` (``temporal_metrics.json`` beside it). An SFT stage follows, which
 teaches the projector and the LLM to read the new features.
 """
@@ -20,8 +20,8 @@ from pathlib import Path
 from mmalign.cli import parse_run_args
 from mmalign.config import save_config
 from mmalign.models.checkpoint import load_model, save_lmm
-from mmalign.training.temporal import TemporalConfig, train_temporal
-from mmalign.training.tiny_preset import read_world
+from mmalign.shapeworld.recipe.temporal import TemporalConfig, train_temporal
+from mmalign.shapeworld.recipe.tiny_preset import read_world
 
 
 def main(argv: list[str] | None = None) -> int:

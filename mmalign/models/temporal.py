@@ -5,7 +5,7 @@ in an early and in a late frame and compare the two cells, a two-hop lookup. The
 model never learned it (motion 0.21, chance 0.20, over every recipe tried), while one-hop lookups
 such as colour reached 1.00. A few transformer blocks over all ``T · N`` tokens of a clip, as the
 video Q-former of Video-LLaMA or the temporal layers of TimeSformer add, can write "this object
-moves left" into the object's own tokens; supervised per token (:mod:`mmalign.training.temporal`)
+moves left" into the object's own tokens; supervised per token (:mod:`mmalign.shapeworld.recipe.temporal`)
 it turns motion into a one-hop lookup.
 
 Each block is pre-norm attention + MLP with residuals; the output projections start at zero, so a

@@ -5,7 +5,7 @@ Steps (all from configs, no downloads):
 1. a byte-level BPE tokenizer trained on the dataset's text (``llava/train.json``) plus the
    closed vocabulary, with ``<image>``/``<video>`` and the ``chatml`` template;
 2. a tiny CLIP vision tower whose 20-px patches are ShapeWorld's 3×3 grid cells, pretrained with
-   per-cell supervision (:mod:`mmalign.training.stage0`) on the dataset's world distribution and
+   per-cell supervision (:mod:`mmalign.shapeworld.recipe.stage0`) on the dataset's world distribution and
    then frozen;
 3. a ``mlp2x_gelu`` projector and a tiny Llama, randomly initialised (SFT trains them);
 4. saved as an ordinary checkpoint directory (:func:`mmalign.models.checkpoint.save_lmm`), which
@@ -28,7 +28,7 @@ from mmalign.data.tokenizer import train_bpe_tokenizer
 from mmalign.models.builders import tiny_lmm, tiny_vision
 from mmalign.models.checkpoint import save_lmm
 from mmalign.shapeworld import BACKGROUNDS, COLORS, SHAPES, SIZES, WorldConfig
-from mmalign.training.stage0 import Stage0Config, pretrain_encoder
+from mmalign.shapeworld.recipe.stage0 import Stage0Config, pretrain_encoder
 
 
 @dataclass

@@ -26,8 +26,8 @@ from torch import nn
 from mmalign.data.media import process_image
 from mmalign.models.lmm import LMM
 from mmalign.shapeworld import IGNORE_INDEX, WorldConfig
+from mmalign.shapeworld.recipe.stage0 import adamw_warmup_cosine
 from mmalign.shapeworld.video import DIRECTIONS, VideoScene, render_video, sample_video
-from mmalign.training.stage0 import adamw_warmup_cosine
 
 
 @dataclass
