@@ -1,6 +1,22 @@
 """RL estimators side by side on ShapeWorld (the critic-free RL proof): held-out hallucination and
 QA of each run's policy, the cost of each run, and the targets judged.
 
+The runs (data, reward model and control: the README's Fact-RLHF study), every one 40 iterations
+of 64 generated responses from the shipped SFT model, with the exact judge as a verifiable reward
+(``reward_model=null`` + the judge function) or with the Fact-RM (the config's default)::
+
+    PPO="DS_ACCELERATOR=cpu OMP_NUM_THREADS=1 deepspeed --num_gpus 2 train/ppo.py --config configs/ppo/tiny_shapeworld.yaml"
+    JUDGE='reward_model=null reward_functions=[{spec: "mmalign.rl.reward_fns:shapeworld_judge"}]'
+    REMAX="preset=remax rollout_batch_size=32 strategy.micro_batch_size=8"   # 32 sampled + 32 greedy
+    RLOO="preset=rloo num_samples=4 rollout_batch_size=16 strategy.micro_batch_size=4"
+    GRPO="preset=grpo num_samples=4 rollout_batch_size=16 strategy.micro_batch_size=4"
+    $PPO out=runs/rl/ppo_judge $JUDGE;      $PPO out=runs/rl/ppo_fact
+    $PPO out=runs/rl/remax_judge $REMAX $JUDGE; $PPO out=runs/rl/remax_fact $REMAX
+    $PPO out=runs/rl/rloo_judge $RLOO $JUDGE;   $PPO out=runs/rl/rloo_fact $RLOO
+    $PPO out=runs/rl/grpo_judge $GRPO $JUDGE;   $PPO out=runs/rl/grpo_fact $GRPO
+
+(``scripts/rl_study.sh`` runs them in this order, each item of ``JUDGE`` one argument). Then:
+
     python eval/rl_compare.py --data runs/rlhf_world --out runs/rl/compare \
         --model sft=checkpoints/tiny-shapeworld --model control=runs/rlhf_control/final \
         --run ppo_judge=runs/rl/ppo_judge --run remax_judge=runs/rl/remax_judge \
