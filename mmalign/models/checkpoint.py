@@ -4,6 +4,7 @@ Layout of a checkpoint directory::
 
     mmalign.json          LMMConfig (+ format/version): how to rebuild the model and its inputs
     vision/               the image encoder (transformers ``save_pretrained``, or timm weights + config)
+    video_vision/         a separate video-frame encoder (only if ``video_vision`` is set: Video-LLaVA)
     projector.safetensors the projector's weights
     temporal.safetensors  the video temporal mixer's weights (only if ``video_mixer_layers`` > 0)
     llm/                  the causal LM (transformers ``save_pretrained``)
@@ -49,6 +50,8 @@ def save_lmm(model: LMM, tokenizer: Any, directory: str | Path) -> Path:
         spec = {"format": FORMAT, "version": VERSION, **model.cfg.to_dict()}
         (tmp / "mmalign.json").write_text(json.dumps(spec, indent=2))
         model.vision.save(tmp / "vision")
+        if model.video_vision is not None:
+            model.video_vision.save(tmp / "video_vision")
         save_file(_cpu_state(model.projector), str(tmp / "projector.safetensors"))
         if model.temporal is not None:
             save_file(_cpu_state(model.temporal), str(tmp / "temporal.safetensors"))
@@ -103,12 +106,15 @@ def load_lmm(directory: str | Path, dtype: torch.dtype | None = None) -> tuple[L
     directory = Path(directory)
     cfg = read_config(directory)
     vision = load_vision_encoder(directory / "vision", cfg.vision, dtype=dtype)
+    video_vision = None
+    if cfg.video_vision is not None:
+        video_vision = load_vision_encoder(directory / "video_vision", cfg.video_vision, dtype=dtype)
     llm = AutoModelForCausalLM.from_pretrained(directory / "llm", dtype=dtype)
     projector = build_projector(cfg.projector, vision.hidden_size, llm.config.hidden_size, cfg.projector_bias)
     projector.load_state_dict(load_file(str(directory / "projector.safetensors")))
     projector.to(dtype or next(llm.parameters()).dtype)
     tokenizer = AutoTokenizer.from_pretrained(directory / "tokenizer")
-    model = LMM(vision, projector, llm, cfg)
+    model = LMM(vision, projector, llm, cfg, video_vision=video_vision)
     if model.temporal is not None:
         model.temporal.load_state_dict(load_file(str(directory / "temporal.safetensors")))
     model.eval()
@@ -181,7 +187,7 @@ def build_lmm(
 def load_model(
     path: str | Path, dtype: torch.dtype | None = None, template: str | None = None
 ) -> tuple[LMM, Any]:
-    """Load an mmalign checkpoint directory or a llava-hf folder, whichever ``path`` is.
+    """Load an mmalign checkpoint directory, a llava-hf or a Video-LLaVA folder, whichever ``path`` is.
 
     Args:
         path: the checkpoint.
@@ -192,7 +198,7 @@ def load_model(
             in ``model.cfg.template`` so that processors and exports use it.
 
     Raises:
-        FileNotFoundError: ``path`` is neither kind of checkpoint.
+        FileNotFoundError: ``path`` is none of these kinds of checkpoint.
         ValueError: an unknown ``template``, or weights that did not load in ``dtype``.
     """
     from mmalign.data.templates import template_setting
@@ -202,13 +208,20 @@ def load_model(
         model, tokenizer = load_lmm(path, dtype=dtype)
     else:
         config = path / "config.json"
-        if not (config.exists() and json.loads(config.read_text()).get("model_type") == "llava"):
-            raise FileNotFoundError(
-                f"{path} is neither an mmalign checkpoint (mmalign.json) nor a llava-hf folder"
-            )
-        from mmalign.models.llava_hf import import_llava_hf
+        model_type = json.loads(config.read_text()).get("model_type") if config.exists() else None
+        if model_type == "llava":
+            from mmalign.models.llava_hf import import_llava_hf
 
-        model, tokenizer = import_llava_hf(path, dtype=dtype)
+            model, tokenizer = import_llava_hf(path, dtype=dtype)
+        elif model_type == "video_llava":
+            from mmalign.models.video_llava import import_video_llava
+
+            model, tokenizer = import_video_llava(path, dtype=dtype)
+        else:
+            raise FileNotFoundError(
+                f"{path} is neither an mmalign checkpoint (mmalign.json) nor a llava-hf or "
+                "Video-LLaVA folder (config.json with model_type 'llava' / 'video_llava')"
+            )
     if dtype is not None:
         other = sorted(
             {str(p.dtype) for p in model.parameters() if p.is_floating_point() and p.dtype != dtype}

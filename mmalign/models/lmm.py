@@ -49,6 +49,8 @@ class LMMConfig:
             ``temporal.safetensors`` and trained with the projector.
         video_mixer_heads: attention heads of those blocks.
         image_processor: resize / pad / normalisation of pixels.
+        video_vision: options of a separate video encoder (Video-LLaVA's ``video_tower``,
+            :mod:`mmalign.models.video_llava`); ``None`` = frames go through the image encoder.
         template: conversation template name when the tokenizer has no ``chat_template``
             (``vicuna_v1``, ``llama3``, ``chatml``); ``None`` = the tokenizer's own template.
     """
@@ -68,6 +70,7 @@ class LMMConfig:
     video_mixer_layers: int = 0
     video_mixer_heads: int = 4
     image_processor: ImageProcessorConfig = field(default_factory=ImageProcessorConfig)
+    video_vision: VisionConfig | None = None
     template: str | None = None
 
     def __post_init__(self) -> None:
@@ -75,6 +78,8 @@ class LMMConfig:
             self.vision = VisionConfig(**self.vision)
         if isinstance(self.image_processor, dict):
             self.image_processor = ImageProcessorConfig(**self.image_processor)
+        if isinstance(self.video_vision, dict):
+            self.video_vision = VisionConfig(**self.video_vision)
         if self.video_frames < 1:
             raise ValueError(f"video_frames must be ≥ 1, got {self.video_frames}")
         if self.video_pool < 1:
@@ -102,13 +107,36 @@ class LMM(nn.Module):
         llm: any ``AutoModelForCausalLM`` (``get_input_embeddings``, ``forward(inputs_embeds=...)``,
             ``generate(inputs_embeds=...)``).
         cfg: token ids and media options; ``cfg.image_token_id`` must be set.
+        video_vision: a separate encoder for video frames (same ``hidden_size`` as ``vision``: the
+            projector is shared), as Video-LLaVA's ``video_tower``; needs ``cfg.video_vision``.
+            ``None``: frames go through ``vision``.
+
+    Raises:
+        ValueError: unset image token id; ``video_vision`` and ``cfg.video_vision`` not both
+            given, or a video encoder of another width.
     """
 
-    def __init__(self, vision: nn.Module, projector: nn.Module, llm: nn.Module, cfg: LMMConfig) -> None:
+    def __init__(
+        self,
+        vision: nn.Module,
+        projector: nn.Module,
+        llm: nn.Module,
+        cfg: LMMConfig,
+        video_vision: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         if cfg.image_token_id < 0:
             raise ValueError("LMMConfig.image_token_id is unset: build the model with a tokenizer")
+        if (video_vision is None) != (cfg.video_vision is None):
+            raise ValueError("a separate video encoder needs both the module and LMMConfig.video_vision")
+        if video_vision is not None and video_vision.hidden_size != vision.hidden_size:
+            raise ValueError(
+                f"the video encoder's width {video_vision.hidden_size} differs from the image encoder's "
+                f"{vision.hidden_size}: they share the projector"
+            )
         self.vision = vision
+        #: The separate video-frame encoder (Video-LLaVA's ``video_tower``), or ``None``.
+        self.video_vision = video_vision
         self.projector = projector
         self.llm = llm
         self.cfg = cfg
@@ -121,7 +149,7 @@ class LMM(nn.Module):
             ).to(ref.device, ref.dtype)
         # Shares the image encoder's parameters (and the mixer): not a second tower.
         self._video = VideoEncoder(
-            vision, cfg.video_frames, cfg.video_pool, cfg.video_temporal, mixer=self.temporal
+            video_vision or vision, cfg.video_frames, cfg.video_pool, cfg.video_temporal, mixer=self.temporal
         )
         #: Run encoder + projector on a blank image when a batch has no media (ZeRO-3 needs every
         #: rank to run the same modules each step). Set by the training strategy.
@@ -132,6 +160,8 @@ class LMM(nn.Module):
         super().train(mode)
         if self.cfg.vision.frozen:
             self.vision.eval()
+        if self.video_vision is not None and self.cfg.video_vision.frozen:
+            self.video_vision.eval()
         return self
 
     # ----------------------------------------------------------------------------- media
@@ -145,11 +175,13 @@ class LMM(nn.Module):
         """Feature tokens per video (T · N')."""
         return int(self._video.num_tokens)
 
-    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Encoder features ``(n, N, D_v)`` of images or frames, with the spatial code if configured."""
-        feats = self.vision(pixels)
+    def encode_pixels(self, pixels: torch.Tensor, encoder: nn.Module | None = None) -> torch.Tensor:
+        """Encoder features ``(n, N, D_v)`` of images or frames (by ``encoder``, default the image
+        encoder), with the spatial code if configured."""
+        encoder = encoder or self.vision
+        feats = encoder(pixels)
         if self.cfg.image_spatial == "sinusoid":
-            g = self.vision.grid
+            g = encoder.grid
             codes = grid_codes(g, feats.shape[-1])
             feats = torch.cat([feats[:, : -g * g], add_code(feats[:, -g * g :], codes)], dim=1)
         return feats
@@ -164,7 +196,8 @@ class LMM(nn.Module):
             raise ValueError(
                 f"videos have {videos.shape[1]} frames, the model expects {self.cfg.video_frames}"
             )
-        return self._video.pool_features(self.encode_pixels(videos.flatten(0, 1)), videos.shape[0])
+        frames = self.encode_pixels(videos.flatten(0, 1), self._video.image_encoder)
+        return self._video.pool_features(frames, videos.shape[0])
 
     def encode_videos(self, videos: torch.Tensor) -> torch.Tensor:
         """``(Nv, T, 3, H, W)`` → projected features ``(Nv, T · N', D)``."""
@@ -189,11 +222,13 @@ class LMM(nn.Module):
     ) -> torch.Tensor:
         """Token embeddings with media features written into their placeholder slots.
 
-        Images and video frames go through the encoder in **one** call and the projector in one
-        call. With ``self.always_run_media`` (set by the training strategy; ZeRO-3 needs it) a batch
-        without media still runs both on a blank image and adds its features times zero, so that
+        Images and video frames go through the encoder in **one** call (two with a separate video
+        encoder) and the projector in one call. With ``self.always_run_media`` (set by the training
+        strategy; ZeRO-3 needs it) a batch without media still runs both on a blank image and adds
+        its features times zero, so that
         every rank runs the same modules in the same order whatever its batch holds; the temporal
-        mixer, if any, likewise runs on one blank token when the batch has no video.
+        mixer, if any, likewise runs on one blank token when the batch has no video, and a separate
+        video encoder on one blank frame.
 
         Args:
             input_ids: ``(B, L)`` with each image expanded to N image-token ids.
@@ -212,22 +247,30 @@ class LMM(nn.Module):
             raise ValueError(
                 f"videos have {videos.shape[1]} frames, the model expects {self.cfg.video_frames}"
             )
+        split = self.video_vision is not None  # frames have their own encoder
+        size = self.cfg.image_processor.size
         pixels = []
         if n_img:
             pixels.append(images)
-        if n_vid:
+        if n_vid and not split:
             pixels.append(videos.flatten(0, 1))
         dummy = not pixels and self.always_run_media
         if dummy:
-            size = self.cfg.image_processor.size
             pixels.append(embeds.new_zeros((1, 3, size, size)))
+        frame_feats = None  # (T·Nv, N, Dv) from the separate video encoder
+        if split and (n_vid or self.always_run_media):
+            frames = videos.flatten(0, 1) if n_vid else embeds.new_zeros((1, 3, size, size))
+            frame_feats = self.encode_pixels(frames, self.video_vision)
         video_features = None
-        if pixels:
-            feats = self.encode_pixels(torch.cat(pixels) if len(pixels) > 1 else pixels[0])  # (n, N, Dv)
+        if pixels or frame_feats is not None:
+            feats = None
+            if pixels:
+                feats = self.encode_pixels(torch.cat(pixels) if len(pixels) > 1 else pixels[0])  # (n, N, Dv)
             parts = [feats[:n_img].flatten(0, 1)] if n_img else []
             n_blank = 0  # trailing projector inputs that only keep modules in the graph
             if n_vid:
-                parts.append(self._video.pool_features(feats[n_img:], n_vid).flatten(0, 1))
+                clip_feats = frame_feats if split else feats[n_img:]
+                parts.append(self._video.pool_features(clip_feats, n_vid).flatten(0, 1))
             elif self.temporal is not None and self.always_run_media:
                 # A blank token through the mixer and on into the projector, as on a rank with
                 # videos: ZeRO-3 gathers parameters module by module, forward and backward, and
@@ -238,6 +281,9 @@ class LMM(nn.Module):
             if dummy:
                 parts.append(feats.flatten(0, 1))
                 n_blank += feats.shape[0] * feats.shape[1]
+            if split and not n_vid and frame_feats is not None:  # the blank frame
+                parts.append(frame_feats.flatten(0, 1))
+                n_blank += frame_feats.shape[0] * frame_feats.shape[1]
             flat = self.projector(torch.cat(parts) if len(parts) > 1 else parts[0])  # (Σ tokens, D)
             if n_blank:  # joins the graph, contributes nothing
                 embeds = embeds + 0.0 * flat[-n_blank:].sum().to(embeds.dtype)
