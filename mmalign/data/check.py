@@ -16,7 +16,8 @@ Invalid records (the data is wrong):
 * ``placeholder_in_answer`` — ``<image>`` / ``<video>`` inside an assistant turn or answer;
 * ``media_count`` — placeholders in the text ≠ media items of the record;
 * ``media_missing`` / ``media_unreadable`` — a media file that does not exist, or whose header
-  is not an image (PIL) / a video container;
+  is not an image (PIL) / a video container; a video that is a folder of frames must hold only
+  image files, at least one, the first (in natural name order) with a readable image header;
 * ``identical_pair`` — chosen and rejected are the same answer (up to whitespace);
 * ``encode`` — the model's processor cannot tokenise the record.
 
@@ -45,7 +46,7 @@ from typing import Any, Literal
 from PIL import Image, UnidentifiedImageError
 
 from mmalign.data.formats import Example, RecordError, record_to_example
-from mmalign.data.media import MAX_IMAGE_PIXELS, MediaError, check_image_size
+from mmalign.data.media import MAX_IMAGE_PIXELS, MediaError, check_image_size, frame_files
 from mmalign.data.templates import Message
 from mmalign.utils import IGNORE_INDEX
 
@@ -166,7 +167,9 @@ class MediaChecker:
     """Checks media files exist and have a readable header (cached per path).
 
     Images: PIL identifies the format and size from the header (no decoding). Videos: the file
-    is non-empty and starts like a known container (mp4/mov, mkv/webm, avi, flv, mpeg, ogg).
+    is non-empty and starts like a known container (mp4/mov, mkv/webm, avi, flv, mpeg, ogg); a
+    frame folder (:func:`~mmalign.data.media.frame_files`) holds only images, at least one, and
+    the first one's header is readable (the others are read when the clip is loaded).
     """
 
     headers: bool = True
@@ -179,6 +182,8 @@ class MediaChecker:
         return self._seen[key]
 
     def _check(self, path: Path, kind: str) -> tuple[str, str] | None:
+        if kind == "video" and path.is_dir():
+            return self._check_frames(path)
         if not path.is_file():
             return "media_missing", f"{kind} file not found: {path}"
         if not self.headers:
@@ -202,6 +207,23 @@ class MediaChecker:
                 "media_unreadable",
                 f"video {path} does not start like a video container (mp4, mkv, webm, avi …)",
             )
+        return None
+
+    def _check_frames(self, folder: Path) -> tuple[str, str] | None:
+        """A frame folder: only image files, at least one, the first one's header readable."""
+        try:
+            first = frame_files(folder)[0]
+        except MediaError as exc:
+            return "media_unreadable", str(exc)
+        if not self.headers:
+            return None
+        try:
+            with Image.open(first) as img:
+                check_image_size(img.width, img.height, MAX_IMAGE_PIXELS)
+        except MediaError as exc:
+            return "media_unreadable", f"video frame {first}: {exc}"
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+            return "media_unreadable", f"video frame {first} cannot be read: {exc}"
         return None
 
     def issues(self, images: Sequence[Path], videos: Sequence[Path]) -> list[tuple[str, str]]:

@@ -40,6 +40,18 @@ variable-frame-rate clip is sampled evenly over its real duration: ``T`` frames 
 ``T`` equal time segments of ``[first frame start, last frame end]`` (frames repeat when the clip
 has fewer than ``T``), or, when ``fps`` is given, at ``t0 + i / fps`` (the last frame repeats past
 the end). Each target time takes the frame on screen at that moment.
+
+A video may also be a **folder of extracted frames** (as LLaVA-Hound releases its videos): the
+image files in it (:data:`FRAME_SUFFIXES`; hidden files such as ``.DS_Store`` are ignored, any
+other file is an error) in natural name order (``frame_2`` before ``frame_10``), frame ``k`` shown
+from ``k / frames_fps``. A folder carries no frame rate: uniform sampling needs none (the centres
+of ``T`` equal segments of *all* frames, as for a file — Hound's mp4 loader reads only the first
+10 s), and ``fps`` sampling takes the rate from ``frames_fps`` when the caller knows it; without
+it, a folder falls back to uniform sampling (with a warning), since an assumed rate would silently
+change which moments are seen. Only the sampled frames are decoded, each by :func:`load_image` —
+the same normalisation as images. Departures from Hound's frame loader
+(``languagebind/video/processing_video.py``): it sorts names as plain strings (the same order for
+zero-padded names) and takes ``linspace(0, n - 1, T)`` (first and last frame included).
 """
 
 from __future__ import annotations
@@ -47,6 +59,8 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -383,22 +397,91 @@ def sample_frame_indices(
     return [int(i) for i in np.clip(idx, 0, n_frames - 1)]
 
 
-def load_video_frames(path: str | Path, num: int, fps: float | None = None) -> list[Image.Image]:
-    """Decode ``num`` frames of a video file with decord, chosen by their timestamps.
+FRAME_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
-    Args:
-        path: the video file (anything decord/FFmpeg reads, e.g. H.264 mp4).
-        num: frames wanted (T).
-        fps: sample at this rate from the start instead of uniformly (see
-            :func:`sample_frame_indices`).
 
-    Returns:
-        ``num`` RGB frames.
+def natural_key(name: str) -> tuple:
+    """Sort key ordering digit runs by value: ``frame_2`` < ``frame_10`` (ties: the plain name)."""
+    parts = re.split(r"(\d+)", name.casefold())
+    return (tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), name)
+
+
+def frame_files(folder: str | Path) -> list[Path]:
+    """The frames of a frame folder, in natural name order.
+
+    Image files (:data:`FRAME_SUFFIXES`, any case) are frames; hidden files (``.DS_Store``) and
+    subfolders are ignored.
 
     Raises:
-        MediaError: the file is missing, not a decodable video, or has no frames.
+        MediaError: the folder is missing, holds a file that is not an image, or holds no frame;
+            the message names the folder (and the file).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MediaError(f"video frame folder not found: {folder}")
+    frames, others = [], []
+    for entry in folder.iterdir():
+        if entry.name.startswith(".") or entry.is_dir():
+            continue
+        (frames if entry.suffix.lower() in FRAME_SUFFIXES else others).append(entry)
+    if others:
+        names = ", ".join(sorted(p.name for p in others)[:3])
+        raise MediaError(
+            f"video frame folder {folder} holds {len(others)} file(s) that are not images ({names}); "
+            f"a frame folder holds only frames ({', '.join(sorted(FRAME_SUFFIXES))})"
+        )
+    if not frames:
+        raise MediaError(
+            f"video frame folder {folder} holds no frame (image files {', '.join(sorted(FRAME_SUFFIXES))})"
+        )
+    return sorted(frames, key=lambda p: natural_key(p.name))
+
+
+def _load_frame_folder(
+    folder: Path, num: int, fps: float | None, frames_fps: float | None
+) -> list[Image.Image]:
+    files = frame_files(folder)
+    if fps is not None and frames_fps is None:
+        warnings.warn(
+            f"video frame folder {folder} has no frame rate (frames_fps): sampling {num} frames "
+            "uniformly instead of at the requested fps",
+            stacklevel=3,
+        )
+        fps = None
+    idx = sample_frame_indices(len(files), num, avg_fps=frames_fps or 1.0, fps=fps)
+    loaded: dict[int, Image.Image] = {}
+    for i in idx:
+        if i not in loaded:
+            loaded[i] = load_image(files[i])
+    return [loaded[i] for i in idx]
+
+
+def load_video_frames(
+    path: str | Path, num: int, fps: float | None = None, frames_fps: float | None = None
+) -> list[Image.Image]:
+    """Decode ``num`` frames of a video file (decord, chosen by timestamps) or a frame folder.
+
+    Args:
+        path: the video file (anything decord/FFmpeg reads, e.g. H.264 mp4) or a folder of
+            frame images (natural name order; see the module docstring).
+        num: frames wanted (T).
+        fps: sample at this rate from the start instead of uniformly (see
+            :func:`sample_frame_indices`). A frame folder needs ``frames_fps`` for this; without
+            it the folder is sampled uniformly (and a warning says so).
+        frames_fps: the rate a frame folder was extracted at (frame ``k`` shown from
+            ``k / frames_fps``); ignored for video files, which carry their own timestamps.
+
+    Returns:
+        ``num`` frames: ``RGB`` from a video file; from a folder, each frame as :func:`load_image`
+        gives it (``RGBA`` when it has transparency, composited by :func:`process_image`).
+
+    Raises:
+        MediaError: the file or folder is missing, not a decodable video, holds a non-image file,
+            or has no frames; the message names it.
     """
     path = Path(path)
+    if path.is_dir():
+        return _load_frame_folder(path, num, fps, frames_fps)
     if not path.exists():
         raise MediaError(f"video file not found: {path}")
     try:
