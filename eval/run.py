@@ -13,6 +13,11 @@
         --mmhal response_template.json --mmhal-images mmhal/images \
         --gavie gavie.jsonl --gavie-images vg/images --videoqa msvd_qa.json --videoqa-videos msvd/videos
 
+    # LLaVA-Hound's caption-grounded video QA judge (what i-SRT reports): records carry 'caption',
+    # videos may be folders of extracted frames
+    python eval/run.py --model runs/isrt/final --judge-model gpt-4o --benchmarks videoqa \
+        --videoqa hound_test_qa.jsonl --videoqa-videos frames/ --video-qa-judge hound
+
 Models are ``NAME=DIR`` (the name heads the table column and the records folder) or a plain
 ``DIR``, named by its path: the folder name, with its parents while the name says only where in
 a run it sits (``runs/dpo/final`` → ``dpo/final``) or clashes with another model's.
@@ -80,7 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gavie", type=Path, help="GAVIE records {image, instruction, regions}")
     p.add_argument("--gavie-images", type=Path)
     p.add_argument("--videoqa", type=Path, help="video QA records {video, question, answer}")
-    p.add_argument("--videoqa-videos", type=Path)
+    p.add_argument("--videoqa-videos", type=Path, help="folder of the videos: files or frame folders")
+    p.add_argument(
+        "--video-qa-judge",
+        choices=["videochatgpt", "hound"],
+        default="videochatgpt",
+        help="LLM judge protocol: Video-ChatGPT's yes/no + 0-5, or LLaVA-Hound's caption-grounded 1-5 "
+        "(records need 'caption'; accuracy = share of scores >= 3)",
+    )
     p.add_argument("--judge-model", help="LLM judge model name (endpoint from MMALIGN_LLM_BASE_URL)")
     p.add_argument("--judge-base-url", help="overrides MMALIGN_LLM_BASE_URL / OPENAI_BASE_URL")
     p.add_argument("--judge-concurrency", type=int, default=4)
@@ -99,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         coco_captions=args.coco_captions, coco_images=args.coco_images, chair_n=args.chair_n,
         mmhal_file=args.mmhal, mmhal_images=args.mmhal_images,
         gavie_file=args.gavie, gavie_images=args.gavie_images,
-        videoqa_file=args.videoqa, videoqa_videos=args.videoqa_videos,
+        videoqa_file=args.videoqa, videoqa_videos=args.videoqa_videos, videoqa_judge=args.video_qa_judge,
         judge_shapeworld=args.judge_shapeworld,
     )  # fmt: skip
     judge = None

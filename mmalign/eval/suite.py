@@ -41,6 +41,8 @@ class BenchmarkData:
         coco_synonyms / coco_instances / coco_captions / coco_images / chair_n: CHAIR on COCO
             (``coco_synonyms`` None: the CHAIR authors' list shipped with mmalign).
         mmhal_file / mmhal_images, gavie_file / gavie_images, videoqa_file / videoqa_videos.
+        videoqa_judge: the LLM judge's video QA protocol, ``videochatgpt`` or ``hound``
+            (caption-grounded; records need ``caption``) — :mod:`mmalign.eval.video_qa`.
         judge_shapeworld: use the LLM judge (when given) on ShapeWorld variants too.
     """
 
@@ -61,6 +63,7 @@ class BenchmarkData:
     gavie_images: Path | None = None
     videoqa_file: Path | None = None
     videoqa_videos: Path | None = None
+    videoqa_judge: str = "videochatgpt"
     judge_shapeworld: bool = False
 
     def check(self, names: list[str], has_judge: bool) -> None:
@@ -70,6 +73,10 @@ class BenchmarkData:
             raise ValueError(f"unknown benchmark(s) {unknown}; choose from {', '.join(BENCHMARKS)}")
         if self.pope_parser not in PARSERS:
             raise ValueError(f"unknown POPE parser {self.pope_parser!r}; choose from {', '.join(PARSERS)}")
+        if self.videoqa_judge not in video_qa.JUDGE_MODES:
+            raise ValueError(
+                f"unknown video QA judge {self.videoqa_judge!r}; choose from {', '.join(video_qa.JUDGE_MODES)}"
+            )
         own = {
             "pope": (self.pope_files, self.pope_images, "--pope FILE... --pope-images DIR"),
             "chair": (
@@ -89,6 +96,11 @@ class BenchmarkData:
                 raise ValueError(f"{name}: no data; pass {flags} or --data SHAPEWORLD_DIR")
             if files and name in ("mmhal", "gavie", "videoqa") and not has_judge:
                 raise ValueError(f"{name} on its own data needs an LLM judge (--judge-model / MMALIGN_LLM_*)")
+        if "videoqa" in names and self.videoqa_file:
+            try:  # every record's video (and caption for the hound judge), before any model is loaded
+                video_qa.load_video_qa(self.videoqa_file, self.videoqa_videos, self.videoqa_judge)
+            except FileNotFoundError as exc:
+                raise ValueError(str(exc)) from exc
 
 
 def _shapeworld_chair(
@@ -153,12 +165,14 @@ def run_benchmark(
         return {"source": "shapeworld", **gavie.run_gavie(model, processor, records, gen, sw_judge)}
     if name == "videoqa":
         if data.videoqa_file:
-            records = video_qa.load_video_qa(data.videoqa_file, data.videoqa_videos)
-            return {"source": "files", **video_qa.run_video_qa(model, processor, records, gen, judge)}
+            mode = data.videoqa_judge
+            records = video_qa.load_video_qa(data.videoqa_file, data.videoqa_videos, mode)
+            return {"source": "files", **video_qa.run_video_qa(model, processor, records, gen, judge, mode)}
         records = video_qa.shapeworld_records(sw, data.split, data.n)
         if not records:
             raise ValueError(f"{sw}: the {data.split} split has no videos (generate with --n-videos)")
-        return {"source": "shapeworld", **video_qa.run_video_qa(model, processor, records, gen, sw_judge)}
+        result = video_qa.run_video_qa(model, processor, records, gen, sw_judge, data.videoqa_judge)
+        return {"source": "shapeworld", **result}
     raise ValueError(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
 
 
