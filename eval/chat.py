@@ -3,7 +3,7 @@
     python eval/chat.py serve --model tiny=checkpoints/tiny-shapeworld [--host 127.0.0.1 --port 8000] \
         [--api-key-env MMALIGN_API_KEY] [--media-root DIR] [--max-new-tokens 512]
     python eval/chat.py chat --model checkpoints/tiny-shapeworld --image runs/shapeworld/images/img_0_000000.png \
-        [--video clip.mp4] [--prompt "What is in the image?"] [--temperature 0]
+        [--video clip.mp4 | --video frames/clip_001/] [--prompt "What is in the image?"] [--temperature 0]
 
 ``serve`` opens the web UI at ``http://HOST:PORT/`` and the API at ``http://HOST:PORT/v1``
 (``/v1/chat/completions`` with SSE streaming, ``/v1/models``): point any OpenAI client, or
@@ -12,8 +12,9 @@ default; an API key is required when the environment variable named by ``--api-k
 The model id that ``/v1/models`` lists and every response carries is ``NAME`` of ``--model
 NAME=DIR``, else the path's name as ``eval/run.py`` gives it (``runs/dpo/final`` → ``dpo/final``).
 ``chat`` runs in the terminal: the media are attached to the first message; ``/image PATH``,
-``/video PATH`` attach more, ``/reset`` starts over, ``/quit`` (or EOF) leaves; ``--prompt``
-answers once and exits.
+``/video PATH`` attach more (a video is a file or a folder of extracted frames, which the terminal
+chat sends as a local path: it reads the paths its user names), ``/reset`` starts over, ``/quit``
+(or EOF) leaves; ``--prompt`` answers once and exits.
 """
 
 from __future__ import annotations
@@ -79,6 +80,8 @@ def serve(args: argparse.Namespace) -> int:
 def _media_part(path: str, video: bool) -> dict:
     if not video:
         return image_part(path)
+    if Path(path).is_dir():  # a frame folder travels as a local path (the chat's media root is /)
+        return {"type": "video_url", "video_url": {"url": str(Path(path).resolve())}}
     import base64
     import mimetypes
 
@@ -88,12 +91,13 @@ def _media_part(path: str, video: bool) -> dict:
 
 
 def chat(args: argparse.Namespace) -> int:
-    missing = [p for p in [*args.image, *args.video] if not Path(p).is_file()]
+    missing = [p for p in args.image if not Path(p).is_file()]
+    missing += [p for p in args.video if not (Path(p).is_file() or Path(p).is_dir())]
     if missing:
         print(f"error: media file(s) not found: {', '.join(missing)}", file=sys.stderr)
         return 2
     engine = _engine(args)
-    limits = ServeLimits(max_new_tokens=args.max_new_tokens)
+    limits = ServeLimits(max_new_tokens=args.max_new_tokens, media_root=Path("/"))  # frame folders by path
     history: list[dict] = []
     attach = [_media_part(p, False) for p in args.image] + [_media_part(p, True) for p in args.video]
     interactive = args.prompt is None
@@ -112,8 +116,9 @@ def chat(args: argparse.Namespace) -> int:
             continue
         if line.startswith(("/image ", "/video ")):
             path = line.split(maxsplit=1)[1]
-            if Path(path).is_file():
-                attach.append(_media_part(path, line.startswith("/video")))
+            video = line.startswith("/video")
+            if Path(path).is_file() or (video and Path(path).is_dir()):
+                attach.append(_media_part(path, video))
             else:
                 print(f"error: no such file {path}", file=sys.stderr)
             continue
@@ -167,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--max-queue", type=int, default=32)
     c = sub.choices["chat"]
     c.add_argument("--image", action="append", default=[], help="image to attach (repeatable)")
-    c.add_argument("--video", action="append", default=[], help="video to attach (repeatable)")
+    c.add_argument("--video", action="append", default=[], help="video file or folder of frames to attach (repeatable)")
     c.add_argument("--prompt", help="answer this once and exit")
     c.add_argument("--temperature", type=float, default=0.0)
     args = parser.parse_args(argv)

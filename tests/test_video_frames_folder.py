@@ -1,6 +1,7 @@
 """Videos as folders of extracted frames (LLaVA-Hound's release): natural name order, sampling over
 the whole clip, the same frames as the mp4 they came from, clear errors, the load-time check, and
-everything above the loader (processor, video QA records) taking a folder."""
+everything above the loader (processor, video QA records, chat server and terminal chat) taking a
+folder."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from mmalign.data.check import DataCheckError, MediaChecker, check_dataset
@@ -160,3 +162,69 @@ def test_processor_and_video_qa_records_take_frame_folders(tmp_path, tiny_model,
     qa = tmp_path / "qa.json"
     qa.write_text(json.dumps([{"id": "q1", "video": "v_abc-Scene-001", "question": "Q?", "answer": "a"}]))
     assert load_video_qa(qa, tmp_path / "videos")[0]["video_path"] == str(folder)  # no ".mp4" added
+
+
+def test_chat_server_takes_a_frame_folder_under_its_media_root(tmp_path, tiny_model, tokenizer) -> None:
+    from mmalign.data.media import process_video
+    from mmalign.serve.engine import ChatEngine
+    from mmalign.serve.protocol import RequestError, ServeLimits, parse_chat_request
+
+    root = tmp_path / "media"
+    folder = _frame_folder(root / "clips" / "c1", 10)
+    (root / "empty").mkdir()
+    _frame_folder(root / "huge", 1)
+    Image.new("1", (5000, 4000)).save(root / "huge" / "frame_1.png")  # past max_image_pixels 4096²
+    _frame_folder(tmp_path / "outside", 2)
+    engine = ChatEngine(tiny_model, tokenizer, "tiny")
+    limits = ServeLimits(media_root=root)
+
+    def request(url: str) -> dict:
+        part = {"type": "video_url", "video_url": {"url": url}}
+        return {"messages": [{"role": "user", "content": [part, {"type": "text", "text": "What happens?"}]}]}
+
+    req = parse_chat_request(request("clips/c1"), engine.placeholders, limits)
+    assert req.videos == [folder.resolve()]
+    prep = engine.prepare(req)
+    want = process_video(
+        load_video_frames(folder, tiny_model.cfg.video_frames), tiny_model.cfg.image_processor
+    )
+    assert torch.equal(prep.videos[0].float(), want)
+    assert parse_chat_request(request(f"file://{folder}"), engine.placeholders, limits).videos == [
+        folder.resolve()
+    ]
+    for url, status, match in (
+        ("empty", 415, "holds no frame"),
+        ("huge", 413, "frame frame_1.png: image of 5000×4000 exceeds"),
+        (str(tmp_path / "outside"), 403, "outside the allowed media root"),
+    ):
+        with pytest.raises(RequestError, match=match) as err:
+            parse_chat_request(request(url), engine.placeholders, limits)
+        assert err.value.status == status
+    with pytest.raises(RequestError, match="local file paths are disabled"):
+        parse_chat_request(request(str(folder)), engine.placeholders, ServeLimits())
+
+
+def test_terminal_chat_attaches_a_frame_folder(tmp_path, make_tokenizer, capsys) -> None:
+    import importlib.util
+
+    from tests.serve_helpers import save_tiny_checkpoint
+
+    ckpt = save_tiny_checkpoint(make_tokenizer(), tmp_path / "tiny")
+    folder = _frame_folder(tmp_path / "frames" / "clip", 5)
+    spec = importlib.util.spec_from_file_location("eval_chat", Path(__file__).parents[1] / "eval" / "chat.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    args = [
+        "chat",
+        "--model",
+        str(ckpt),
+        "--video",
+        str(folder),
+        "--prompt",
+        "What happens?",
+        "--max-new-tokens",
+        "4",
+    ]
+    assert cli.main(args) == 0
+    assert "error" not in capsys.readouterr().err
+    assert cli.main(["chat", "--model", str(ckpt), "--video", str(tmp_path / "nope"), "--prompt", "x"]) == 2

@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -165,7 +166,15 @@ class ChatEngine:
         self._lock = threading.Lock()
 
     # ----------------------------------------------------------------------------- inputs
-    def _video_tensor(self, data: bytes, suffix: str, index: int) -> torch.Tensor:
+    def _video_tensor(self, video: tuple[bytes, str] | Path, index: int) -> torch.Tensor:
+        cfg = self.model.cfg
+        if isinstance(video, Path):  # a frame folder under the media root, checked by the protocol
+            try:
+                frames = load_video_frames(video, cfg.video_frames, cfg.video_fps)
+            except MediaError as exc:
+                raise RequestError(415, f"video {index}: cannot read its frames ({exc})", "messages") from exc
+            return process_video(frames, cfg.image_processor)
+        data, suffix = video
         fd, path = tempfile.mkstemp(suffix=suffix, prefix="mmalign-video-")
         try:
             with os.fdopen(fd, "wb") as f:
@@ -213,9 +222,7 @@ class ChatEngine:
             raise RequestError(413, f"an image is too large to process: {exc}", "messages") from exc
         videos = None
         if request.videos:
-            videos = torch.stack([self._video_tensor(d, s, i) for i, (d, s) in enumerate(request.videos)]).to(
-                dtype
-            )
+            videos = torch.stack([self._video_tensor(v, i) for i, v in enumerate(request.videos)]).to(dtype)
         return Prepared(torch.tensor([ids], dtype=torch.long), images, videos, max_new)
 
     # ----------------------------------------------------------------------------- running

@@ -8,9 +8,11 @@ parts ``{"type": "text"}``, ``{"type": "image_url", "image_url": {"url": ...}}``
 ``stream_options.include_usage``. Unknown fields are ignored, as OpenAI-compatible servers do.
 
 Media URLs: ``data:<mime>;base64,<data>``; a local path (``/abs/path`` or ``file://``) only when
-the server was given a media root and the resolved path lies inside it; remote URLs are refused
-(the server never fetches). Every problem raises :class:`RequestError` with an HTTP status and a
-message naming the offending field (``messages[2].content[1]``).
+the server was given a media root and the resolved path lies inside it — for a video, a folder of
+extracted frames too (:func:`mmalign.data.media.frame_files`; every frame's header is checked
+against the image limits); remote URLs are refused (the server never fetches). Every problem
+raises :class:`RequestError` with an HTTP status and a message naming the offending field
+(``messages[2].content[1]``).
 
 Images are read exactly as the training loader reads them (:func:`mmalign.data.media.normalize_image`:
 EXIF orientation applied, every Pillow mode mapped to 8 bits with its full tonal range,
@@ -34,7 +36,7 @@ from urllib.parse import unquote, urlparse
 
 from PIL import Image, UnidentifiedImageError
 
-from mmalign.data.media import MediaError, check_image_size, normalize_image
+from mmalign.data.media import MediaError, check_image_size, frame_files, normalize_image
 
 IMAGE_TYPES = frozenset(
     {"image/png", "image/jpeg", "image/jpg", "image/gif", "image/webp", "image/bmp", "image/tiff"}
@@ -109,7 +111,8 @@ class ChatRequest:
 
     messages: list[dict[str, str]]
     images: list[Image.Image] = field(default_factory=list)
-    videos: list[tuple[bytes, str]] = field(default_factory=list)  # (file bytes, suffix)
+    # (file bytes, suffix) of a video file, or a frame folder under the media root
+    videos: list[tuple[bytes, str] | Path] = field(default_factory=list)
     model: str | None = None
     max_new_tokens: int = 512
     temperature: float = 1.0
@@ -146,7 +149,7 @@ def _decode_data_url(url: str, where: str) -> tuple[str, bytes]:
     return (m.group(1) or "application/octet-stream").lower(), data
 
 
-def _local_file(url: str, where: str, limits: ServeLimits) -> Path:
+def _local_file(url: str, where: str, limits: ServeLimits, folder_ok: bool = False) -> Path:
     if limits.media_root is None:
         raise RequestError(
             400, f"{where}: local file paths are disabled on this server (start it with --media-root)", where
@@ -156,7 +159,7 @@ def _local_file(url: str, where: str, limits: ServeLimits) -> Path:
     path = (path if path.is_absolute() else limits.media_root / path).resolve()
     if not path.is_relative_to(limits.media_root):
         raise RequestError(403, f"{where}: path {raw!r} is outside the allowed media root", where)
-    if not path.is_file():
+    if not path.is_file() and not (folder_ok and path.is_dir()):
         raise RequestError(400, f"{where}: no such file under the media root: {raw!r}", where)
     return path
 
@@ -209,8 +212,34 @@ def decode_image(url: Any, where: str, limits: ServeLimits) -> Image.Image:
         raise RequestError(415, f"{where}: the data is not a readable image ({exc})", where) from exc
 
 
-def decode_video(url: Any, where: str, limits: ServeLimits) -> tuple[bytes, str]:
-    """Video file bytes and a file suffix (decoded later, by the engine, with decord)."""
+def _frame_folder(folder: Path, where: str, limits: ServeLimits) -> Path:
+    """A frame folder whose every frame is an image within the image limits (headers only)."""
+    try:
+        frames = frame_files(folder)
+    except MediaError as exc:
+        raise RequestError(415, f"{where}: {exc}", where) from exc
+    for frame in frames:
+        try:
+            with Image.open(frame) as img:
+                check_image_size(
+                    img.width, img.height, limits.max_image_pixels, max_padded_pixels=limits.max_padded_pixels
+                )
+        except (MediaError, Image.DecompressionBombError) as exc:
+            raise RequestError(413, f"{where}: frame {frame.name}: {exc}", where) from exc
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            raise RequestError(
+                415, f"{where}: frame {frame.name} is not a readable image ({exc})", where
+            ) from exc
+    return folder
+
+
+def decode_video(url: Any, where: str, limits: ServeLimits) -> tuple[bytes, str] | Path:
+    """Video file bytes and a file suffix (decoded later, by the engine, with decord), or a
+    folder of extracted frames under the media root (read later, by the engine)."""
+    if isinstance(url, str) and url and not url.startswith(("data:", "http://", "https://")):
+        path = _local_file(url, where, limits, folder_ok=True)
+        if path.is_dir():
+            return _frame_folder(path, where, limits)
     mime, data = _media_bytes(url, where, limits, "video")
     if mime.startswith("."):
         if mime not in VIDEO_SUFFIX:
