@@ -63,7 +63,7 @@ class _Judge(BaseHTTPRequestHandler):
 def judge_server(replies: dict[str, str]) -> Iterator[str]:
     _Judge.replies, _Judge.seen = replies, []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Judge)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_port}/v1"
     finally:
@@ -220,7 +220,6 @@ def test_eval_run_video_qa_flag_fails_early_without_captions(tmp_path: Path, cap
     )  # every mode checks videos
 
 
-@pytest.mark.slow
 def test_eval_run_video_qa_judge_flag_on_frame_folders(tmp_path: Path, make_tokenizer, capsys) -> None:
     from tests.serve_helpers import save_tiny_checkpoint
 
