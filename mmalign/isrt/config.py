@@ -67,6 +67,8 @@ class EvalConfig:
         path / shapeworld / split / media_root / max_records: the records, as :class:`PoolConfig`
             reads them (``shapeworld`` + ``split`` for the exact judge); none: no evaluation.
         max_new_tokens: answer length (greedy).
+        judge_base_url / judge_model: the OpenAI-compatible judge of records without a ShapeWorld
+            truth (Video-ChatGPT's protocol, :mod:`mmalign.eval.video_qa`; else the environment's).
     """
 
     path: str | None = None
@@ -75,6 +77,8 @@ class EvalConfig:
     media_root: str | None = None
     max_records: int = 100
     max_new_tokens: int = 32
+    judge_base_url: str | None = None
+    judge_model: str | None = None
 
 
 @dataclass

@@ -143,18 +143,25 @@ def eval_stage(
         from mmalign.eval.common import GenerationOptions
         from mmalign.eval.video_qa import run_video_qa
 
-        lmm, tokenizer = load_model(model_path, dtype=torch.float32, template=cfg.template)
+        lmm, tokenizer = load_model(model_path, dtype=strategy.dtype, template=cfg.template)
+        lmm = lmm.to(strategy.device)
         processor = MultimodalProcessor.for_model(lmm, tokenizer)
         rows = [
             {"id": r.id, "video": r.video_key, "video_path": str(r.video), "question": r.question,
              "answer": str((r.truth or {}).get("answer", r.meta.get("answer", ""))), **({"truth": r.truth} if r.truth else {})}
             for r in records
         ]  # fmt: skip
+        judge = None
+        if any(r.truth is None for r in records):
+            from mmalign.llm.client import ChatClient, LLMConfig
+
+            judge = ChatClient(LLMConfig.from_env(cfg.eval.judge_base_url, cfg.eval.judge_model))
         result = run_video_qa(
             lmm.eval(),
             processor,
             rows,
             GenerationOptions(batch_size=8, max_new_tokens=cfg.eval.max_new_tokens),
+            judge=judge,
         )
         summary = {k: result[k] for k in ("accuracy", "score", "n", "per_type", "judge")}
         atomic_write(out, json.dumps({**summary, "records": result["records"]}).encode())

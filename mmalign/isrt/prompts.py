@@ -1,6 +1,6 @@
 """i-SRT's prompt pool, its prompts (answer, describe, revise, judge) and the clip cache.
 
-Pool records: ``{id, video, question, truth?}`` — from a JSON/JSONL file, or ShapeWorld's video QA
+Pool records: ``{id, video, question | prompt, truth?}`` (LLaVA-Hound's records name the question ``prompt``) — from a JSON/JSONL file, or ShapeWorld's video QA
 items (``qa/<split>.jsonl``; ``truth`` is the exact item :func:`mmalign.shapeworld.judges.qa_correct`
 checks). Every stage of an iteration reads a clip's frames through one :class:`ClipCache`, i.e.
 through :meth:`MultimodalProcessor.load_media` (the model's own frame sampling); the DPO stage
@@ -78,8 +78,10 @@ def load_records(
     out: list[PoolRecord] = []
     seen: set[str] = set()
     for where, rec in rows[: limit or None]:
+        if isinstance(rec, dict) and "question" not in rec and isinstance(rec.get("prompt"), str):
+            rec = {**rec, "question": rec["prompt"]}  # LLaVA-Hound's records name it prompt
         if not isinstance(rec, dict) or not all(k in rec for k in ("id", "video", "question")):
-            raise RecordError(f"{where or 'pool'}: a record needs id, video and question")
+            raise RecordError(f"{where or 'pool'}: a record needs id, video and question (or prompt)")
         rid = str(rec["id"])
         if rid in seen:
             raise RecordError(f"{where or 'pool'}: id {rid} repeats")
