@@ -424,3 +424,16 @@ def test_image_part_is_a_data_url(tmp_path: Path) -> None:
     assert Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).size == (3, 3)
     with pytest.raises(FileNotFoundError, match="missing.png"):
         image_part(tmp_path / "missing.png")
+
+
+def test_markdown_table_names_each_video_qa_score_scale() -> None:
+    def vqa(score: float, rng: str, mode: str) -> dict:
+        return {"videoqa": {"score": score, "accuracy": 0.5, "score_range": rng, "judge_mode": mode}}
+
+    same = markdown_table({"a": vqa(3.0, "0-5", "videochatgpt"), "b": vqa(3.5, "0-5", "videochatgpt")})
+    assert "| video QA mean judge score ↑ | 3.000 | **3.500** |" in same
+    assert (
+        "video QA score scale: a 0-5 (videochatgpt), b 0-5 (videochatgpt)." in same and "⚠ video" not in same
+    )
+    mixed = markdown_table({"a": vqa(3.0, "0-5", "videochatgpt"), "b": vqa(3.5, "1-5", "hound")})
+    assert "⚠ video QA score scale: a 0-5 (videochatgpt), b 1-5 (hound); judged differently" in mixed

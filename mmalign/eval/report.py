@@ -21,7 +21,7 @@ HEADLINES: tuple[tuple[str, str, tuple[str, ...], bool], ...] = (
     ("gavie", "GAVIE accuracy (0-10)", ("accuracy",), True),
     ("gavie", "GAVIE relevancy (0-10)", ("relevancy",), True),
     ("videoqa", "video QA accuracy", ("accuracy",), True),
-    ("videoqa", "video QA score (0-5)", ("score",), True),
+    ("videoqa", "video QA mean judge score", ("score",), True),
 )
 
 
@@ -116,6 +116,20 @@ def markdown_table(by_model: dict[str, dict[str, Any]]) -> str:
                 f"were scored as {pope.get('unparseable_as', '?')!r} (parser {pope.get('parser', '?')!r}); "
                 "the per-answer records show them."
             )
+    scales = {
+        m: (r["videoqa"].get("score_range"), r["videoqa"].get("judge_mode"))
+        for m, r in by_model.items()
+        if isinstance(r.get("videoqa"), dict) and r["videoqa"].get("score_range")
+    }
+    if scales:
+        listed = ", ".join(f"{m} {rng} ({mode or 'judge'})" for m, (rng, mode) in scales.items())
+        differ = (
+            len({rng for rng, _ in scales.values()}) > 1 or len({mode for _, mode in scales.values()}) > 1
+        )
+        notes.append(
+            f"{'⚠ ' if differ else ''}video QA score scale: {listed}"
+            + ("; judged differently, so the scores are not comparable." if differ else ".")
+        )
     return "\n".join(lines) + "\n" + "".join(f"\n{n}\n" for n in notes)
 
 
