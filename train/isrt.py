@@ -30,7 +30,8 @@ skipped, a killed one continues without duplicates, see :mod:`mmalign.isrt.store
    ``iteration, judge_margin, context, lengths, ref_logps`` (and the sampled token ids).
 5. ``dpo/`` — a TrainingRun of the library's DPO step on those pairs with the stored reference
    log-probs (β, loss type, SFT term, LoRA or full); ``dpo/final`` is π_{t+1}.
-6. ``eval.json`` — video QA of π_{t+1}; a row in ``out/iterations.jsonl``; ``out/iterations.png``.
+6. ``eval.json`` — video QA of π_{t+1}; a row in ``out/iterations.jsonl``; ``out/iterations.png``
+   (``out/start/eval.json``: the start model's, row ``iteration: -1``).
 
 Choices where the paper is silent (each a config knob):
 
@@ -86,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     if strategy.is_main:
         iteration_dir(cfg, 0).parent.mkdir(parents=True, exist_ok=True)
         save_config(cfg, iteration_dir(cfg, 0).parent / "isrt_config.yaml")
+
+    # The start model's evaluation: the row of iteration -1 (step 0 of the curves).
+    start = eval_stage(cfg, iteration_dir(cfg, 0).parent / "start", cfg.model, evals, strategy)
+    if start:
+        record_iteration(cfg, -1, {"model": cfg.model, **start}, strategy.is_main)
 
     for t in range(cfg.iterations):
         directory = iteration_dir(cfg, t)

@@ -140,6 +140,7 @@ def eval_stage(
     """Stage 6: video QA of π_{t+1} on rank 0 (exact judge on ShapeWorld truth); ``eval.json``."""
     out = directory / "eval.json"
     if not out.exists() and records and strategy.is_main:
+        directory.mkdir(parents=True, exist_ok=True)
         from mmalign.eval.common import GenerationOptions
         from mmalign.eval.video_qa import run_video_qa
 
@@ -174,15 +175,16 @@ def eval_stage(
 
 
 def record_iteration(cfg: ISRTConfig, t: int, row: dict[str, Any], is_main: bool) -> None:
-    """Append iteration t's row to ``out/iterations.jsonl`` (once: a re-run does not repeat it)
-    and redraw ``out/iterations.png`` (rank 0)."""
+    """Add iteration t's row to ``out/iterations.jsonl`` (once: a re-run does not repeat it; rows
+    in iteration order, ``-1`` the start model's evaluation at step 0) and redraw
+    ``out/iterations.png`` (rank 0)."""
     if not is_main:
         return
     path = Path(cfg.out) / "iterations.jsonl"
     rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
     if not any(r.get("iteration") == t for r in rows):
-        with path.open("a") as f:
-            f.write(json.dumps({"iteration": t, "step": t + 1, **row}) + "\n")
+        rows = sorted([*rows, {"iteration": t, "step": t + 1, **row}], key=lambda r: r["iteration"])
+        atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows).encode())
     if cfg.plot:
         from mmalign.eval.plots import plot_metrics
 
