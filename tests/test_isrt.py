@@ -338,3 +338,30 @@ def test_shipped_config_runs_one_iteration(pool_file, tmp_path, name):
     ], timeout=300)  # fmt: skip
     rows = [json.loads(x) for x in (out / "iterations.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["pairs"] > 0 and (out / "iter_0" / "dpo" / "final").is_dir()
+
+
+def test_llm_judge_asks_both_orders(pool_file, tmp_path):
+    from mmalign.isrt.judges import LLMJudge, parse_letter
+
+    cfg = make_cfg(pool_file, tmp_path, judge="llm")
+    rec = load_pool(cfg.pool)[0]
+
+    class Client:  # an OpenAI-compatible endpoint's answers, by a rule on the prompt
+        config = type("C", (), {"model": "fake"})()
+
+        def __init__(self, rule):
+            self.rule, self.seen = rule, []
+
+        def chat(self, messages, validate):
+            self.seen.append(messages[-1]["content"])
+            return validate(self.rule(messages[-1]["content"]))
+
+    content = Client(lambda p: "A" if "Answer A: good" in p else "Answer: B.")
+    verdict = LLMJudge(content, cfg).judge(rec, ["good", "bad"], "a red circle")
+    assert (verdict["chosen"], verdict["tie"], verdict["judge"]) == (0, False, "llm:fake")
+    assert all("Description of the video: a red circle" in p for p in content.seen) and len(content.seen) == 2
+    assert (
+        LLMJudge(Client(lambda p: "A"), cfg).judge(rec, ["good", "bad"], None)["reason"] == "order_disagree"
+    )
+    with pytest.raises(ValueError):
+        parse_letter("neither")

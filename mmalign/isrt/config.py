@@ -92,7 +92,9 @@ class ISRTConfig(DPOConfig):
         temperature / top_p / max_new_tokens: sampling of the K responses.
         resample_tries: rounds of resampling for prompts whose K samples are identical (then
             they are dropped and counted).
-        gather_for_generation: under ZeRO-3, gather the weights once for decoding (they must fit
+        gather_for_generation: (decoding runs one prompt, K samples, per call, so that a
+            record's samples depend on its id alone — what makes a resumed stage equal an
+            uninterrupted one) under ZeRO-3, gather the weights once for decoding (they must fit
             on one device); off: layer-by-layer gathering with synced decoding.
         context: ``none`` (no description), ``fresh`` (c_t from the describe prompt each
             iteration) or ``retrospective`` (c_t revises c_{t−1}; c_0 from the describe prompt).
@@ -107,7 +109,6 @@ class ISRTConfig(DPOConfig):
         judge_base_url / judge_model: the ``llm`` judge's endpoint (else the environment's).
         reference_model: ``previous`` (π_t, whose log-probs were computed while sampling — the
             paper's) or ``start`` (the start model scores each pair).
-        generation_batch_size: prompts per lockstep chunk of scoring forwards.
         eval: stage 6.
         plot: draw ``iterations.png``.
     """
@@ -133,7 +134,6 @@ class ISRTConfig(DPOConfig):
     judge_base_url: str | None = None
     judge_model: str | None = None
     reference_model: Literal["previous", "start"] = "previous"
-    generation_batch_size: int = 4
     eval: EvalConfig = field(default_factory=EvalConfig)
     plot: bool = True
 
@@ -164,5 +164,5 @@ class ISRTConfig(DPOConfig):
         for key in ("{question}", "{answer_a}", "{answer_b}"):
             if key not in self.judge_prompt:
                 raise ValueError(f"judge_prompt needs a {key} field")
-        if self.tie_threshold < 0 or self.resample_tries < 0 or self.generation_batch_size < 1:
-            raise ValueError("tie_threshold and resample_tries must be ≥ 0, generation_batch_size ≥ 1")
+        if self.tie_threshold < 0 or self.resample_tries < 0:
+            raise ValueError("tie_threshold and resample_tries must be ≥ 0")
