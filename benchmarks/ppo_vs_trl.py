@@ -357,7 +357,8 @@ def run_mmalign(s: dict, folder: Path, lr: float, images: bool) -> dict:
     processor.stop_token_ids = []  # no stop token: exactly max_new_tokens (as TRL without stop_token)
     score = load_file(str(folder / "rm" / "model.safetensors"))["score.weight"]
     policy_groups = configure_parts(policy, cfg.parts, cfg.optim)
-    policy_model = PreferenceModel(policy, "frozen", ref, media_frozen=True).to(dev)
+    media_frozen = not (cfg.parts.train_vision or cfg.parts.train_projector)  # as train/ppo.py
+    policy_model = PreferenceModel(policy, "frozen", ref, media_frozen=media_frozen).to(dev)
     value_lmm = import_llava_hf(llava, dtype=dtype)[0]
     value_groups = configure_parts(value_lmm, cfg.parts, cfg.optim)
     value_model = ScalarModel(value_lmm, ScalarHead.from_state_dict({"weight": score}), read="tokens").to(dev)

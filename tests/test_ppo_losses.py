@@ -246,3 +246,36 @@ def test_policy_loss_clip_higher_by_hand():
         policy_loss(*_policy_batch(), clip_range=None, clip_range_high=0.3)
     with pytest.raises(ValueError, match="clip_range_high"):
         policy_loss(*_policy_batch(), clip_range_high=0.0)
+
+
+def test_dapo_denominators_make_the_step_loss_independent_of_the_micro_batch_split():
+    """DAPO normalises by the tokens of the whole optimizer step (TRL); a per-micro-batch token
+    mean weighs a short micro-batch's tokens more (found comparing with TRL's GRPOTrainer)."""
+    from mmalign.losses.ppo import aggregate
+    from mmalign.rl.ppo import dapo_denominators
+
+    x = torch.tensor([[1.0, 1, 1, 1], [3.0, 0, 0, 0]])
+    m = torch.tensor([[1.0, 1, 1, 1], [1.0, 0, 0, 0]])
+    whole = aggregate(x, m, "dapo")
+    assert float(whole) == pytest.approx(7 / 5)
+    naive = (aggregate(x[:1], m[:1], "dapo") + aggregate(x[1:], m[1:], "dapo")) / 2
+    assert float(naive) == pytest.approx(2.0)  # what the update optimised before
+    # two micro-batches accumulated into one step on one rank: the engine averages their losses
+    den = dapo_denominators([4.0, 1.0], grad_accum=2, world_size=1)
+    assert den == [2.5, 2.5]
+    split = (
+        aggregate(x[:1], m[:1], "dapo", num_tokens=den[0])
+        + aggregate(x[1:], m[1:], "dapo", num_tokens=den[1])
+    ) / 2
+    assert float(split) == pytest.approx(float(whole))
+    # two ranks, one micro-batch each: the rank mean of the losses is the global token mean
+    totals = iter([5.0, 5.0])  # what the all-reduce returns on each rank
+    den0 = dapo_denominators([4.0], 1, 2, lambda v: next(totals))
+    den1 = dapo_denominators([1.0], 1, 2, lambda v: next(totals))
+    ranks = (
+        aggregate(x[:1], m[:1], "dapo", num_tokens=den0[0])
+        + aggregate(x[1:], m[1:], "dapo", num_tokens=den1[0])
+    ) / 2
+    assert float(ranks) == pytest.approx(float(whole))
+    # each optimizer step is normalised on its own; a step without tokens divides by 1
+    assert dapo_denominators([4.0, 1.0, 0.0, 0.0], grad_accum=2, world_size=1) == [2.5, 2.5, 1.0, 1.0]

@@ -34,6 +34,37 @@ def _rows(rollout: Rollout, groups: list[int]) -> torch.Tensor:
     return torch.tensor([g * k + j for g in groups for j in range(k)], dtype=torch.long)
 
 
+def dapo_denominators(
+    tokens_per_micro: list[float], grad_accum: int, world_size: int, all_reduce_sum=lambda v: v
+) -> list[float]:
+    """DAPO's token-level normaliser for each micro-batch of one rank's update.
+
+    The engine averages micro-batch losses over the ``grad_accum`` micro-batches of an optimizer
+    step and over the ranks, so dividing each micro-batch's token sum by ``N_step / (grad_accum ·
+    world)`` — ``N_step`` the real tokens of the whole optimizer step on all ranks — makes the
+    step's loss the sum over all its tokens divided by their number, whatever the micro-batch
+    split (TRL's ``loss_type="dapo"`` normalises by the tokens of the whole accumulated batch;
+    DAPO, https://arxiv.org/abs/2503.14476). A per-micro-batch token mean would instead weigh a
+    short micro-batch's tokens more.
+
+    Args:
+        tokens_per_micro: real (masked-in) tokens of each of this rank's micro-batches, in order.
+        grad_accum: micro-batches per optimizer step.
+        world_size: ranks.
+        all_reduce_sum: sums a float over the ranks (every rank must call it equally often: one
+            call per optimizer step).
+
+    Returns:
+        One denominator per micro-batch (> 0; an optimizer step without tokens gives 1).
+    """
+    out = []
+    for start in range(0, len(tokens_per_micro), grad_accum):
+        chunk = tokens_per_micro[start : start + grad_accum]
+        total = all_reduce_sum(float(sum(chunk)))
+        out += [max(total / (grad_accum * world_size), 1e-9) if total > 0 else 1.0] * len(chunk)
+    return out
+
+
 def ppo_update(
     engines: PPOEngines,
     rollout: Rollout,
@@ -64,7 +95,14 @@ def ppo_update(
     for epoch in range(cfg.ppo_epochs):
         gen = torch.Generator().manual_seed(stable_seed(cfg.seed, "ppo", iteration, epoch, strategy.rank))
         order = torch.randperm(n_groups, generator=gen).tolist()
-        for start in range(0, n_groups, micro):
+        starts = list(range(0, n_groups, micro))
+        denominators = [None] * len(starts)  # dapo: the optimizer step's tokens, not the micro-batch's
+        if cfg.loss_aggregation == "dapo":
+            counts = [float(rollout.mask[_rows(rollout, order[s : s + micro])].sum()) for s in starts]
+            denominators = dapo_denominators(
+                counts, cfg.strategy.grad_accum, strategy.world_size, strategy.all_reduce_sum
+            )
+        for start, num_tokens in zip(starts, denominators, strict=True):
             groups = order[start : start + micro]
             batch = collate_groups([rollout.groups[g] for g in groups], pad_id).to(device, dtype)
             rows = _rows(rollout, groups)
@@ -76,14 +114,16 @@ def ppo_update(
             adv = rollout.advantages[rows].to(device)
             agg = cfg.loss_aggregation
             pg, pg_stats = policy_loss(
-                logprobs, old, adv, mask, cfg.clip_range, agg, max_tokens=cfg.max_new_tokens
-            )
+                logprobs, old, adv, mask, cfg.clip_range, agg, max_tokens=cfg.max_new_tokens,
+                num_tokens=num_tokens,
+            )  # fmt: skip
             record: dict[str, float] = {}
             if cfg.kl_mode == "loss":
                 ref = rollout.ref_logprobs[rows].to(device)
                 kl = aggregate(
-                    kl_penalty(logprobs, ref, cfg.kl_estimator), mask, agg, max_tokens=cfg.max_new_tokens
-                )
+                    kl_penalty(logprobs, ref, cfg.kl_estimator), mask, agg, max_tokens=cfg.max_new_tokens,
+                    num_tokens=num_tokens,
+                )  # fmt: skip
                 record["loss/kl"] = float(kl.detach())
                 pg = pg + kl_coef * kl
             vf, vf_stats = None, {}
