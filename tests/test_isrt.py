@@ -337,7 +337,8 @@ def test_shipped_config_runs_one_iteration(pool_file, tmp_path, name):
         "strategy.micro_batch_size=2", "strategy.grad_accum=1", "max_length=512", "save_every=0",
     ], timeout=300)  # fmt: skip
     rows = [json.loads(x) for x in (out / "iterations.jsonl").read_text().splitlines()]
-    assert len(rows) == 1 and rows[0]["pairs"] > 0 and (out / "iter_0" / "dpo" / "final").is_dir()
+    assert [r["iteration"] for r in rows] == [-1, 0]  # the start model's evaluation, iteration 0
+    assert rows[1]["pairs"] > 0 and (out / "iter_0" / "dpo" / "final").is_dir()
 
 
 def test_llm_judge_asks_both_orders(pool_file, tmp_path):
