@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     strategy.setup_distributed()
     pool = load_pool(cfg.pool)
     evals = load_eval(cfg.eval)
+    if not pool:
+        raise SystemExit(f"error: the prompt pool {cfg.pool.path or cfg.pool.shapeworld} has no records")
     if cfg.judge == "oracle" and any(r.truth is None for r in pool):
         raise SystemExit("error: judge=oracle needs a ShapeWorld truth item on every pool record")
     if strategy.is_main:
