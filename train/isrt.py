@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         strategy.barrier()
         if strategy.is_main:
             print(f"[isrt] iteration {t}: {row}", flush=True)
+    strategy.shutdown()
     return 0
 
 

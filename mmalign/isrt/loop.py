@@ -122,7 +122,7 @@ def dpo_stage(cfg: ISRTConfig, directory: Path, model_path: str, records: list[P
 
     run.train(step)
     run.finish(policy)
-    run.close({"final": str(directory / "dpo" / "final")})
+    run.close({"final": str(directory / "dpo" / "final")}, leave_process_group=False)  # more stages follow
     result = {
         "model": str(directory / "dpo" / "final"), "pairs": len(pairs), "steps": run.total_steps,
         **{f"dpo/{k}": run.strategy.all_reduce_mean(v) for k, v in sorted(last.items())},

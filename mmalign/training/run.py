@@ -236,6 +236,10 @@ class TrainingRun:
         )  # fmt: skip
         return written
 
-    def close(self, written: dict[str, str]) -> None:
+    def close(self, written: dict[str, str], leave_process_group: bool = True) -> None:
+        """Report what the run wrote, close the logs and (every rank, unless the caller runs more
+        collectives afterwards, as i-SRT's iterations do) leave the process group."""
         self.write(f"done: {json.dumps(written)}")
         self.log.close()
+        if leave_process_group:
+            self.strategy.shutdown()
