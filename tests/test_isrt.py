@@ -80,7 +80,7 @@ def run_stages(cfg: ISRTConfig, t: int, judge=None) -> tuple[FrozenPolicy, Path]
     records = load_pool(cfg.pool)
     policy = FrozenPolicy.load(strategy, policy_path(cfg, t), f"pi_{t}")
     sample_stage(policy, cfg, records, directory, t)
-    context_stage(policy, cfg, records, directory, t, Path(cfg.out) / f"iter_{t - 1}" if t else None)
+    context_stage(policy, cfg, records, directory, t, [Path(cfg.out) / f"iter_{k}" for k in range(t)])
     judge_stage(judge or SelfJudge(policy, cfg), strategy, cfg, records, directory, t)
     reference = None
     if cfg.reference_model == "start" and t:
@@ -272,6 +272,23 @@ def test_reference_logprobs_are_the_previous_iterates(pool_file, tmp_path, refer
         assert p["reference"] == reference
         assert p["ref_logps"] == pytest.approx(_score(expect_model, p, policy), abs=1e-4)
         assert p["ref_logps"] != pytest.approx(_score(other, p, policy), abs=1e-3)
+
+
+def test_retrospective_context_revises_the_videos_latest_context(pool_file, tmp_path):
+    """A video not drawn at t − 1 (``pool.per_iteration``) revises the context of the last
+    iteration that drew it, not a fresh description."""
+    cfg = make_cfg(pool_file, tmp_path / "run", context="retrospective")
+    records = load_pool(cfg.pool)
+    a, b = records[0], next(r for r in records if r.video_key != records[0].video_key)
+    for t, rec, text in ((0, a, "a red square moves left"), (1, b, "a blue circle")):
+        store = StageStore(Path(cfg.out) / f"iter_{t}", "contexts")
+        store.open()
+        store.append([{"id": rec.video_key, "context": text, "source": "describe", "iteration": t}])
+    policy = FrozenPolicy.load(Strategy(cfg.strategy, seed=cfg.seed), str(SHIPPED), "pi_2")
+    directory = Path(cfg.out) / "iter_2"
+    context_stage(policy, cfg, [a], directory, 2, [Path(cfg.out) / f"iter_{k}" for k in range(2)])
+    row = StageStore(directory, "contexts").read()[a.video_key]
+    assert (row["source"], row["previous"]) == ("revise", "a red square moves left")
 
 
 def test_store_cuts_a_torn_line_and_skips_written_ids(tmp_path):

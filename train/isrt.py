@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         if not all(StageStore(directory, s).is_done() for s in STAGES):
             policy = FrozenPolicy.load(strategy, model_t, f"pi_{t}", cfg.template, cfg.gather_for_generation)
             stats["samples"] = sample_stage(policy, cfg, records, directory, t)
-            previous = iteration_dir(cfg, t - 1) if t > 0 else None
+            previous = [iteration_dir(cfg, k) for k in range(t)]  # the latest context per video
             stats["contexts"] = context_stage(policy, cfg, records, directory, t, previous)
             stats["judge"] = judge_stage(make_judge(cfg, policy), strategy, cfg, records, directory, t)
             reference = None

@@ -6,8 +6,9 @@
    rounds, in lockstep over ranks) and then dropped and counted. The K samples are scored in one
    shared-prefix forward of π_t: these are the reference log-probs of ``reference_model:
    previous``.
-2. ``contexts`` — per video, ``c_t = π_t(V, c_{t−1})`` with the revise prompt (``retrospective``),
-   or from the describe prompt (``fresh``, and c_0); nothing for ``none``.
+2. ``contexts`` — per video, ``c_t = π_t(V, c_{t−1})`` with the revise prompt (``retrospective``;
+   c_{t−1} is the video's latest context, from the last iteration that drew it), or from the
+   describe prompt (``fresh``, and c_0); nothing for ``none``.
 3. ``judgements`` — :mod:`mmalign.isrt.judges` (self / llm / oracle), both orders, ties dropped.
 4. ``pairs`` — LLaVA-Hound records ``{id, video, prompt, chosen, rejected}`` plus ``iteration``,
    ``judge_margin``, ``context``, ``lengths``, ``ref_logps`` (and the token ids DPO trains on).
@@ -15,7 +16,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,11 +109,24 @@ def sample_stage(
 
 
 # ------------------------------------------------------------------------------------ 2. contexts
+def latest_contexts(previous_dirs: Sequence[Path]) -> dict[str, dict]:
+    """Each video's most recent context over earlier iterations' ``contexts`` stores (oldest
+    first): with ``pool.per_iteration`` a video need not be drawn every iteration, and its
+    c_{t−1} is then the context of the last iteration that drew it, not a fresh description."""
+    latest: dict[str, dict] = {}
+    for d in previous_dirs:
+        latest.update(StageStore(d, "contexts").read())
+    return latest
+
+
 def context_stage(
     policy: FrozenPolicy, cfg: ISRTConfig, records: list[PoolRecord], directory: Path, t: int,
-    previous_dir: Path | None,
+    previous_dirs: Sequence[Path] = (),
 ) -> dict:  # fmt: skip
-    """Stage 2: one context per video of the iteration's prompts (``{id: video, context, source}``)."""
+    """Stage 2: one context per video of the iteration's prompts (``{id: video, context, source}``).
+
+    ``previous_dirs``: the folders of iterations 0 … t − 1 (oldest first); ``retrospective``
+    revises each video's latest context among them (:func:`latest_contexts`)."""
     s = policy.strategy
     store = StageStore(directory, "contexts", s.rank)
     if store.is_done():
@@ -121,8 +135,8 @@ def context_stage(
         store.finish(s, {"mode": "none", "contexts": 0})
         return store.stats()
     previous: dict[str, dict] = {}
-    if cfg.context == "retrospective" and previous_dir is not None:
-        previous = StageStore(previous_dir, "contexts").read()
+    if cfg.context == "retrospective":
+        previous = latest_contexts(previous_dirs)
     videos: dict[str, PoolRecord] = {}
     for r in records:
         videos.setdefault(r.video_key, r)
