@@ -51,6 +51,13 @@ def test_run_cost_sums_tokens_and_counts_remax_greedy_responses(tmp_path):
     assert "| responses generated (all ranks) | 16 | 16 |" in table
 
 
+def test_run_cost_adds_up_cpu_and_wall_time_of_a_resumed_run(tmp_path):
+    # killed after iteration 2, resumed from its checkpoint: cpu_s and time restart with the process
+    recs = [_rec(1, 1, 1, 1, 10, 5), _rec(1, 1, 1, 1, 20, 9), _rec(1, 1, 1, 1, 8, 4), _rec(1, 1, 1, 1, 15, 6)]
+    cost = run_cost(_run(tmp_path, "resumed", "ppo", True, recs))
+    assert (cost["cpu_s"], cost["wall_s"]) == (35, 15)
+
+
 def test_run_cost_refuses_a_log_without_costs_or_with_gaps(tmp_path):
     old = _run(tmp_path, "old", "ppo", True, [{"response/length": 3.0, "time": 1.0}])
     with pytest.raises(ValueError, match="memory/peak_gib"):

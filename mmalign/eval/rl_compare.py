@@ -45,6 +45,17 @@ def _reward_kind(cfg: Mapping[str, Any]) -> str:
     return "+".join(parts) or "none"
 
 
+def _across_restarts(values: list[float]) -> float:
+    """The total of a per-process counter (``cpu_s``, ``time``) over a run that was resumed: it
+    restarts from the new process's start, so each process's last value is added up (a drop
+    marks a restart)."""
+    total = 0.0
+    for prev, cur in zip(values, values[1:], strict=False):
+        if cur < prev:
+            total += prev
+    return total + values[-1]
+
+
 def run_cost(run: str | Path) -> dict[str, Any]:
     """The cost of one RL run, from its folder.
 
@@ -56,7 +67,9 @@ def run_cost(run: str | Path) -> dict[str, Any]:
         ``estimator``, ``reward`` (``rm``, ``judge`` or both joined by ``+``), ``iterations``,
         ``responses`` (sampled plus ReMax's greedy ones), ``generated_tokens``,
         ``response_length`` (mean over iterations of the sampled responses' mean length),
-        ``peak_gib`` and ``peak_above_start_gib`` (maxima over the log), ``cpu_s`` and ``wall_s`` (at the last iteration).
+        ``peak_gib`` and ``peak_above_start_gib`` (maxima over the log), ``cpu_s`` and ``wall_s``
+        (at the last iteration, plus each earlier process's last value when the run was resumed:
+        both counters restart with the process).
 
     Raises:
         FileNotFoundError: the folder lacks ``config.yaml`` or ``metrics.jsonl``.
@@ -88,8 +101,8 @@ def run_cost(run: str | Path) -> dict[str, Any]:
         "response_length": sum(r["response/length"] for r in records) / len(records),
         "peak_gib": max(r["memory/peak_gib"] for r in records),
         "peak_above_start_gib": max(r["memory/peak_above_start_gib"] for r in records),
-        "cpu_s": records[-1]["cpu_s"],
-        "wall_s": records[-1]["time"],
+        "cpu_s": _across_restarts([r["cpu_s"] for r in records]),
+        "wall_s": _across_restarts([r["time"] for r in records]),
     }
 
 
