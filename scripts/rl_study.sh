@@ -7,6 +7,7 @@
 set -u
 cd "$(dirname "$0")/.."
 export DS_ACCELERATOR=cpu OMP_NUM_THREADS=1
+[ -x .venv/bin/deepspeed ] && export PATH="$PWD/.venv/bin:$PATH"  # the project's environment (make setup)
 JUDGE_RM='reward_model=null'
 JUDGE_FN='reward_functions=[{spec: "mmalign.rl.reward_fns:shapeworld_judge"}]'
 REMAX='preset=remax rollout_batch_size=32 strategy.micro_batch_size=8'
@@ -18,9 +19,11 @@ run() {
   shift
   if [ -d "runs/rl/$name/final" ]; then echo "skip $name (done)"; return; fi
   echo "$(date +%T) start $name"
+  local rc=0
   deepspeed --master_port 29611 --num_gpus 2 train/ppo.py --config configs/ppo/tiny_shapeworld.yaml \
-    out="runs/rl/$name" "$@" > "runs/rl/$name.log" 2>&1
-  echo "$(date +%T) end $name rc=$?"
+    out="runs/rl/$name" "$@" > "runs/rl/$name.log" 2>&1 || rc=$?
+  echo "$(date +%T) end $name rc=$rc"
+  if [ "$rc" != 0 ]; then echo "failed: see runs/rl/$name.log"; exit "$rc"; fi
 }
 # $REMAX etc. are split into words on purpose; the judge items are one argument each
 run grpo_judge $GRPO "$JUDGE_RM" "$JUDGE_FN"
