@@ -230,3 +230,20 @@ def test_export_refuses_a_video_path_video_llava_cannot_express(tiny_model):
     """A shared CLIP tower that drops the CLS: Video-LLaVA's video tower keeps every token."""
     with pytest.raises(ValueError, match="drops the CLS"):
         lmm_to_video_llava(tiny_model)
+
+
+def test_train_vision_trains_the_video_tower_too(folder):
+    """``parts.train_vision`` covers Video-LLaVA's video tower (every video's frames go through
+    it): its weights get an optimizer group and it is in train mode; frozen, neither."""
+    from mmalign.training.parts import OptimConfig, PartsConfig, configure_parts
+
+    model, _ = import_video_llava(folder[1], dtype=torch.float32)
+    tower = {id(p) for p in model.video_vision.parameters()}
+    groups = configure_parts(model, PartsConfig(train_vision=True), OptimConfig(lr=1e-4))
+    trained = {id(p) for g in groups for p in g["params"]}
+    assert tower <= trained and all(p.requires_grad for p in model.video_vision.parameters())
+    assert model.train().video_vision.training
+    groups = configure_parts(model, PartsConfig(train_vision=False), OptimConfig(lr=1e-4))
+    assert not tower & {id(p) for g in groups for p in g["params"]}
+    assert not any(p.requires_grad for p in model.video_vision.parameters())
+    assert not model.train().video_vision.training

@@ -143,7 +143,9 @@ def reference_mode(model: LMM) -> Iterator[None]:
 def configure_parts(model: LMM, parts: PartsConfig, optim: OptimConfig) -> list[dict[str, Any]]:
     """Set ``requires_grad`` per part and return AdamW param groups with per-part learning rates.
 
-    No weight decay on biases and norms (1-D tensors), as in most LLM recipes.
+    No weight decay on biases and norms (1-D tensors), as in most LLM recipes. ``train_vision``
+    covers every encoder: the image encoder and a separate video encoder (Video-LLaVA's
+    ``video_tower``), both at ``vision_lr``.
     """
     lora = is_lora(model)
     spec = [
@@ -151,8 +153,10 @@ def configure_parts(model: LMM, parts: PartsConfig, optim: OptimConfig) -> list[
         ("projector", model.projector, parts.train_projector, parts.projector_lr),
         ("llm", model.llm, parts.train_llm, parts.llm_lr),
     ]
+    if getattr(model, "video_vision", None) is not None:  # Video-LLaVA's video tower: a vision part
+        spec.insert(1, ("video_vision", model.video_vision, parts.train_vision, parts.vision_lr))
     if model.temporal is not None:  # the video mixer sits with the projector, between encoder and LLM
-        spec.insert(2, ("temporal", model.temporal, parts.train_projector, parts.projector_lr))
+        spec.insert(-1, ("temporal", model.temporal, parts.train_projector, parts.projector_lr))
     groups: list[dict[str, Any]] = []
     for name, module, trainable, lr in spec:
         params = _set_trainable(module, trainable, only_lora=lora and name == "llm")
@@ -166,6 +170,8 @@ def configure_parts(model: LMM, parts: PartsConfig, optim: OptimConfig) -> list[
     if not groups:
         raise ValueError("no trainable parameters")
     model.cfg.vision.frozen = not parts.train_vision  # LMM.train() keeps a frozen tower in eval mode
+    if getattr(model.cfg, "video_vision", None) is not None:
+        model.cfg.video_vision.frozen = not parts.train_vision
     return groups
 
 
