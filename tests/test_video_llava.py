@@ -247,3 +247,17 @@ def test_train_vision_trains_the_video_tower_too(folder):
     assert not tower & {id(p) for g in groups for p in g["params"]}
     assert not any(p.requires_grad for p in model.video_vision.parameters())
     assert not model.train().video_vision.training
+
+
+def test_adapter_folder_keeps_the_video_tower(folder, tmp_path):
+    """A LoRA run's adapter folder holds the video tower's weights (they train with train_vision)."""
+    from safetensors.torch import load_file
+
+    from mmalign.training.checkpoint import save_adapter
+
+    model, _ = import_video_llava(folder[1], dtype=torch.float32)
+    with torch.no_grad():
+        next(model.video_vision.parameters()).add_(1.0)
+    saved = load_file(str(save_adapter(model, folder[1], tmp_path / "adapter") / "media.safetensors"))
+    ours = {f"video_vision.{k}": v for k, v in model.video_vision.state_dict().items()}
+    assert ours and all(torch.equal(saved[k], v) for k, v in ours.items())

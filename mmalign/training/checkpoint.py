@@ -254,12 +254,14 @@ def export_final(
 
 
 def save_adapter(model: LMM, base_path: str | Path, directory: Path) -> Path:
-    """Write a LoRA run as an adapter folder: the PEFT adapter of the LLM, the encoder, projector
+    """Write a LoRA run as an adapter folder: the PEFT adapter of the LLM, the encoder(s), projector
     and temporal-mixer weights (``media.safetensors``; they may have trained too) and ``mmalign_adapter.json`` naming
     the base checkpoint (and the run's chat template, when it overrode the base's)."""
     directory.mkdir(parents=True, exist_ok=True)
     model.llm.save_pretrained(directory)
     media = {f"vision.{k}": v for k, v in model.vision.state_dict().items()}
+    if getattr(model, "video_vision", None) is not None:  # Video-LLaVA's video tower (train_vision)
+        media.update({f"video_vision.{k}": v for k, v in model.video_vision.state_dict().items()})
     media.update({f"projector.{k}": v for k, v in model.projector.state_dict().items()})
     if model.temporal is not None:  # trains with the projector
         media.update({f"temporal.{k}": v for k, v in model.temporal.state_dict().items()})
