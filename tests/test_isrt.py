@@ -291,6 +291,28 @@ def test_retrospective_context_revises_the_videos_latest_context(pool_file, tmp_
     assert (row["source"], row["previous"]) == ("revise", "a red square moves left")
 
 
+def test_eval_records_without_truth_need_an_answer(pool_file, tmp_path):
+    """An evaluation record the LLM judge scores (no ShapeWorld truth) without its reference
+    answer is refused, naming file:line and id — not judged against an empty answer."""
+    from mmalign.data.formats import RecordError
+    from mmalign.isrt.config import EvalConfig
+    from mmalign.isrt.prompts import load_eval
+
+    rec = json.loads(pool_file.read_text().splitlines()[0])
+    rows = [{**rec, "id": "with", "truth": None, "answer": "red"}, {**rec, "id": "without", "truth": None}]
+    path = tmp_path / "eval.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = EvalConfig(path=str(path), media_root=str(pool_file.parent))
+    with pytest.raises(RecordError, match=r"eval.jsonl:2 \(id without\).*answer"):
+        load_eval(cfg)
+    path.write_text(json.dumps(rows[0]) + "\n")
+    assert [r.meta["answer"] for r in load_eval(cfg)] == ["red"]
+    path.write_text(json.dumps(rows[1]) + "\n")  # the pool needs no answer
+    assert [r.id for r in load_pool(PoolConfig(path=str(path), media_root=str(pool_file.parent)))] == [
+        "without"
+    ]
+
+
 def test_store_cuts_a_torn_line_and_skips_written_ids(tmp_path):
     class One:
         rank, world_size, is_main = 0, 1, True

@@ -60,13 +60,19 @@ def _shapeworld_items(root: Path, split: str) -> list[dict[str, Any]]:
 
 
 def load_records(
-    path: str | None, shapeworld: str | None, split: str, media_root: str | None, limit: int = 0
-) -> list[PoolRecord]:
+    path: str | None, shapeworld: str | None, split: str, media_root: str | None, limit: int = 0,
+    need_answer: bool = False,
+) -> list[PoolRecord]:  # fmt: skip
     """Pool (or evaluation) records from a file or a ShapeWorld split.
+
+    Args:
+        need_answer: every record without a ShapeWorld ``truth`` must carry a non-empty
+            ``answer`` (evaluation: the LLM judge compares the prediction with it).
 
     Raises:
         FileNotFoundError: a missing file or video.
-        RecordError: a record without ``id``/``video``/``question`` or a repeated id (names it).
+        RecordError: a record without ``id``/``video``/``question`` (or, with ``need_answer``,
+            ``answer``) or a repeated id (names it).
     """
     if shapeworld is not None:
         root = Path(media_root or shapeworld)
@@ -83,6 +89,11 @@ def load_records(
         if not isinstance(rec, dict) or not all(k in rec for k in ("id", "video", "question")):
             raise RecordError(f"{where or 'pool'}: a record needs id, video and question (or prompt)")
         rid = str(rec["id"])
+        if need_answer and rec.get("truth") is None and not str(rec.get("answer", "")).strip():
+            raise RecordError(
+                f"{where or 'eval'} (id {rid}): an evaluation record without a ShapeWorld truth needs "
+                "its reference 'answer' (the judge compares the prediction with it)"
+            )
         if rid in seen:
             raise RecordError(f"{where or 'pool'}: id {rid} repeats")
         seen.add(rid)
@@ -96,13 +107,17 @@ def load_records(
 
 
 def load_pool(cfg: PoolConfig) -> list[PoolRecord]:
+    """The prompt pool (:func:`load_records`; no answers needed)."""
     return load_records(cfg.path, cfg.shapeworld, cfg.split, cfg.media_root, cfg.max_records)
 
 
 def load_eval(cfg: EvalConfig) -> list[PoolRecord]:
+    """The evaluation records (:func:`load_records` with ``need_answer``), ``[]`` when none are set."""
     if cfg.path is None and cfg.shapeworld is None:
         return []
-    return load_records(cfg.path, cfg.shapeworld, cfg.split, cfg.media_root, cfg.max_records)
+    return load_records(
+        cfg.path, cfg.shapeworld, cfg.split, cfg.media_root, cfg.max_records, need_answer=True
+    )
 
 
 def iteration_pool(pool: list[PoolRecord], per_iteration: int, seed: int, iteration: int) -> list[PoolRecord]:
