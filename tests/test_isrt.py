@@ -313,6 +313,34 @@ def test_eval_records_without_truth_need_an_answer(pool_file, tmp_path):
     ]
 
 
+def test_eval_waits_for_rank_0_without_a_collective(pool_file, tmp_path, monkeypatch):
+    """A rank that does not evaluate waits for rank 0's eval.json outside any collective (a
+    barrier would time out during a long evaluation) and returns rank 0's numbers."""
+    import threading
+
+    import mmalign.isrt.loop as loop
+
+    monkeypatch.setattr(loop, "EVAL_POLL_S", 0.01, raising=False)
+    cfg = make_cfg(pool_file, tmp_path / "run")
+    directory = tmp_path / "run" / "iter_0"
+    directory.mkdir(parents=True)
+    out = directory / "eval.json"
+    calls: list[bool] = []
+
+    class Rank1:
+        is_main = False
+
+        def barrier(self):
+            calls.append(out.exists())  # only once rank 0 has written
+
+    result = {"accuracy": 0.5, "score": 2.5, "n": 2, "per_type": {"color": 0.5}}
+    writer = threading.Timer(0.2, lambda: out.write_text(json.dumps(result)))
+    writer.start()
+    got = loop.eval_stage(cfg, directory, str(SHIPPED), load_pool(cfg.pool)[:2], Rank1())
+    writer.join()
+    assert calls == [True] and got["eval/accuracy"] == 0.5 and got["eval/color"] == 0.5
+
+
 def test_store_cuts_a_torn_line_and_skips_written_ids(tmp_path):
     class One:
         rank, world_size, is_main = 0, 1, True

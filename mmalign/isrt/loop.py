@@ -11,6 +11,7 @@ model is held. ``dpo.done`` names π_{t+1}.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -134,10 +135,17 @@ def dpo_stage(cfg: ISRTConfig, directory: Path, model_path: str, records: list[P
     return result
 
 
+EVAL_POLL_S = 1.0  # how often the other ranks look for rank 0's eval.json
+
+
 def eval_stage(
     cfg: ISRTConfig, directory: Path, model_path: str, records: list[PoolRecord], strategy: Any
 ) -> dict:
-    """Stage 6: video QA of π_{t+1} on rank 0 (exact judge on ShapeWorld truth); ``eval.json``."""
+    """Stage 6: video QA of π_{t+1} on rank 0 (exact judge on ShapeWorld truth); ``eval.json``.
+
+    The other ranks wait for ``eval.json`` by polling the file, not in a collective: a barrier
+    would time out (``DEEPSPEED_TIMEOUT``, 10 min by default) while rank 0 answers and has the
+    LLM judge score a large evaluation set. (A rank 0 that dies ends the launch.)"""
     out = directory / "eval.json"
     if not out.exists() and records and strategy.is_main:
         directory.mkdir(parents=True, exist_ok=True)
@@ -166,6 +174,9 @@ def eval_stage(
         )
         summary = {k: result[k] for k in ("accuracy", "score", "n", "per_type", "judge")}
         atomic_write(out, json.dumps({**summary, "records": result["records"]}).encode())
+    elif records and not strategy.is_main:
+        while not out.exists():
+            time.sleep(EVAL_POLL_S)
     strategy.barrier()
     if not out.exists():
         return {}
