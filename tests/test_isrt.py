@@ -303,8 +303,19 @@ def test_eval_records_without_truth_need_an_answer(pool_file, tmp_path):
     path = tmp_path / "eval.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = EvalConfig(path=str(path), media_root=str(pool_file.parent))
+    with pytest.raises(RecordError, match=r"eval.jsonl:2.*answer"):
+        load_eval(cfg)
+    path.write_text(json.dumps(rows[0]) + "\n" + json.dumps({**rows[1], "answer": " "}) + "\n")
     with pytest.raises(RecordError, match=r"eval.jsonl:2 \(id without\).*answer"):
         load_eval(cfg)
+    # Video-ChatGPT's field names (as the 7B config's MSVD-QA file has them), a bare video name
+    vcg = {"video_name": Path(rec["video"]).stem, "question_id": 7, "question": "q?", "answer": "a"}
+    assert Path(rec["video"]).suffix == ".mp4"  # ShapeWorld writes mp4 clips
+    path.write_text(json.dumps(vcg) + "\n")
+    (got,) = load_eval(
+        EvalConfig(path=str(path), media_root=str(pool_file.parent / Path(rec["video"]).parent))
+    )
+    assert (got.id, got.question, got.meta["answer"], got.video.suffix) == ("7", "q?", "a", ".mp4")
     path.write_text(json.dumps(rows[0]) + "\n")
     assert [r.meta["answer"] for r in load_eval(cfg)] == ["red"]
     path.write_text(json.dumps(rows[1]) + "\n")  # the pool needs no answer

@@ -97,3 +97,22 @@ def test_estimator_targets_by_hand():
     }
     # no PPO run with the reward model here: nothing to match, and no verifiable-reward target
     assert estimator_targets(rows, costs, "sft", "remax_rm") == {}
+
+
+def test_measurement_cache_key_changes_when_a_checkpoint_is_rewritten(tmp_path):
+    """A checkpoint retrained into the same folder is measured anew, not read from the cache."""
+    import os
+
+    from mmalign.eval.bars import BarLimits
+    from mmalign.eval.rlhf_study import cache_key
+
+    ckpt = tmp_path / "final"
+    ckpt.mkdir()
+    (ckpt / "model.safetensors").write_bytes(b"a" * 8)
+    limits = BarLimits(10, 0, 5, 4)
+    before = json.loads(json.dumps(cache_key(ckpt, tmp_path, limits)))  # as stored and read back
+    assert cache_key(ckpt, tmp_path, limits) == before
+    (ckpt / "model.safetensors").write_bytes(b"b" * 8)
+    os.utime(ckpt / "model.safetensors", ns=(1, 1))  # same size, another time
+    assert cache_key(ckpt, tmp_path, limits) != before
+    assert cache_key(ckpt, tmp_path, BarLimits(10, 0, 6, 4)) != cache_key(ckpt, tmp_path, limits)

@@ -68,14 +68,29 @@ def targets(rows: Mapping[str, Mapping[str, float]], sft: str, control: str, met
     }
 
 
+def cache_key(folder: str | Path, data: str | Path, limits: BarLimits) -> dict[str, Any]:
+    """What a cached measurement of ``folder`` depends on: its resolved path, every file's relative
+    path, size and modification time (so a checkpoint retrained in place is measured anew), the
+    dataset and the limits."""
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
+    return {
+        "checkpoint": str(Path(folder).resolve()),
+        "files": [[str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns] for p in files],
+        "data": str(Path(data).resolve()),
+        "limits": vars(limits),
+    }
+
+
 def measure_models(
     models: Sequence[tuple[str, str]], data: str | Path, limits: BarLimits, cache: str | Path
 ) -> dict[str, dict[str, Any]]:
     """:func:`mmalign.eval.bars.measure` of each ``(name, checkpoint)`` on the dataset's held-out
     split (greedy decoding, exact judges).
 
-    Each result is stored as ``<cache>/<name>.json`` with the checkpoint's resolved path, the
-    dataset and the limits; a later call with the same key reads it instead of measuring again.
+    Each result is stored as ``<cache>/<name>.json`` with the checkpoint's resolved path, its
+    files' sizes and modification times, the dataset and the limits; a later call with the same
+    key reads it instead of measuring again (a checkpoint retrained into the same folder is
+    measured anew).
 
     Raises:
         FileNotFoundError / ValueError: from loading a checkpoint or the dataset.
@@ -91,11 +106,7 @@ def measure_models(
     cache.mkdir(parents=True, exist_ok=True)
     measured: dict[str, dict[str, Any]] = {}
     for name, folder in models:
-        key = {
-            "checkpoint": str(Path(folder).resolve()),
-            "data": str(Path(data).resolve()),
-            "limits": vars(limits),
-        }
+        key = cache_key(folder, data, limits)
         stored = cache / f"{name}.json"
         if stored.exists() and json.loads(stored.read_text()).get("key") == key:
             measured[name] = json.loads(stored.read_text())["measured"]

@@ -111,14 +111,17 @@ def dpo_stage(cfg: ISRTConfig, directory: Path, model_path: str, records: list[P
         is None
     ):
         raise SystemExit(2)
-    last: dict[str, float] = {}
+    sums: dict[str, float] = {}  # the stage's mean of every micro-batch's metrics (this process's)
+    count = [0]
 
     def step(indices: list[int]) -> tuple[torch.Tensor, dict[str, float]]:
         chunk = [pairs[i] for i in indices]
         batch = collate_shared(pair_groups(chunk, clips, videos), processor.pad_token_id).to(dev, dtype)
         reference = torch.tensor([p["ref_logps"] for p in chunk], dtype=torch.float32)
         loss, metrics = preference_step(engine, batch, reference, cfg)
-        last.update(loss=float(loss.detach()), **metrics)
+        for key, value in {"loss": float(loss.detach()), **metrics}.items():
+            sums[key] = sums.get(key, 0.0) + float(value)
+        count[0] += 1
         return loss, metrics
 
     run.train(step)
@@ -126,7 +129,7 @@ def dpo_stage(cfg: ISRTConfig, directory: Path, model_path: str, records: list[P
     run.close({"final": str(directory / "dpo" / "final")}, leave_process_group=False)  # more stages follow
     result = {
         "model": str(directory / "dpo" / "final"), "pairs": len(pairs), "steps": run.total_steps,
-        **{f"dpo/{k}": run.strategy.all_reduce_mean(v) for k, v in sorted(last.items())},
+        **{f"dpo/{k}": run.strategy.all_reduce_mean(v / max(count[0], 1)) for k, v in sorted(sums.items())},
     }  # fmt: skip
     if run.strategy.is_main:
         atomic_write(marker, json.dumps(result).encode())

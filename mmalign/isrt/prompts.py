@@ -112,12 +112,41 @@ def load_pool(cfg: PoolConfig) -> list[PoolRecord]:
 
 
 def load_eval(cfg: EvalConfig) -> list[PoolRecord]:
-    """The evaluation records (:func:`load_records` with ``need_answer``), ``[]`` when none are set."""
+    """The evaluation records, ``[]`` when none are set: a ShapeWorld split (:func:`load_records`),
+    or a video-QA file read as ``eval/run.py`` reads it (:func:`mmalign.eval.video_qa.load_video_qa`:
+    Video-ChatGPT's ``video_name`` / ``question_id``, a bare name → ``.mp4``, frame folders), each
+    record without a ShapeWorld ``truth`` needing its non-empty reference ``answer``.
+
+    Raises:
+        FileNotFoundError / RecordError: as :func:`load_video_qa`; a repeated id, or an empty
+            ``answer`` on a record without ``truth`` (naming file:line and id).
+    """
     if cfg.path is None and cfg.shapeworld is None:
         return []
-    return load_records(
-        cfg.path, cfg.shapeworld, cfg.split, cfg.media_root, cfg.max_records, need_answer=True
-    )
+    if cfg.shapeworld is not None:
+        return load_records(
+            None, cfg.shapeworld, cfg.split, cfg.media_root, cfg.max_records, need_answer=True
+        )
+    from mmalign.eval.video_qa import load_video_qa
+
+    root = Path(cfg.media_root) if cfg.media_root else Path(cfg.path).parent
+    out: list[PoolRecord] = []
+    for rec in load_video_qa(cfg.path, root)[: cfg.max_records or None]:
+        rid, where = str(rec["id"]), rec["_where"]
+        if rec.get("truth") is None and not str(rec.get("answer", "")).strip():
+            raise RecordError(
+                f"{where} (id {rid}): an evaluation record without a ShapeWorld truth needs its "
+                "reference 'answer' (the judge compares the prediction with it)"
+            )
+        if any(r.id == rid for r in out):
+            raise RecordError(f"{where}: id {rid} repeats")
+        question = str(rec["question"]).replace(VIDEO, "").strip()
+        skip = ("id", "video", "question", "truth", "video_path", "_where")
+        meta = {k: v for k, v in rec.items() if k not in skip}
+        out.append(
+            PoolRecord(rid, Path(rec["video_path"]), question, rec.get("truth"), str(rec["video"]), meta)
+        )
+    return out
 
 
 def iteration_pool(pool: list[PoolRecord], per_iteration: int, seed: int, iteration: int) -> list[PoolRecord]:

@@ -95,7 +95,8 @@ class PPOConfig(RunConfig):
             null`` is plain REINFORCE with the ratio (no clip).
         vf_coef: value-loss weight (LLaVA-RLHF: 0.1); the value engine's gradient is scaled by it.
         loss_aggregation: ``token_mean`` (masked mean over each micro-batch's tokens), ``dapo``
-            (over the tokens of the whole optimizer step, all micro-batches and ranks, as TRL),
+            (over the tokens of the whole optimizer step, all micro-batches and ranks, as TRL;
+            PPO's value loss stays a per-micro-batch token mean),
             ``sequence_mean`` / ``grpo`` (per sequence, then over sequences), ``dr_grpo`` (sum over
             tokens / (sequences · max_new_tokens)),
             or ``all_positions`` (every position of the padded buffer, LLaVA-RLHF's code).
