@@ -160,14 +160,18 @@ def import_llava_hf(directory: str | Path, dtype: torch.dtype | None = None) -> 
     directory = Path(directory)
     hf_model = LlavaForConditionalGeneration.from_pretrained(directory, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(directory)
-    model = llava_hf_to_lmm(hf_model, tokenizer)
+    return finish_import(llava_hf_to_lmm(hf_model, tokenizer), directory), tokenizer
+
+
+def finish_import(model: LMM, directory: Path) -> LMM:
+    """The pixel processing of an imported folder (its ``preprocessor_config.json`` when present,
+    else the vision tower's default) set on ``model``, in eval mode (llava-hf and Video-LLaVA)."""
     spec = _image_processor_spec(directory)
     if spec is not None:
         model.cfg.image_processor = image_processor_config_from_hf(spec)
     else:
         model.cfg.image_processor = default_image_processor(model.vision)
-    model.eval()
-    return model, tokenizer
+    return model.eval()
 
 
 def lmm_to_llava_hf(model: LMM) -> Any:

@@ -33,9 +33,9 @@ from typing import Any
 import torch
 
 from mmalign.data.processor import stop_token_ids
-from mmalign.models.checkpoint import add_media_tokens, default_image_processor
-from mmalign.models.llava_hf import _image_processor_spec, llava_hf_to_lmm, select_strategy
-from mmalign.models.llava_hf_processor import build_llava_processor, image_processor_config_from_hf
+from mmalign.models.checkpoint import add_media_tokens
+from mmalign.models.llava_hf import finish_import, llava_hf_to_lmm, select_strategy
+from mmalign.models.llava_hf_processor import build_llava_processor
 from mmalign.models.lmm import LMM
 from mmalign.models.projector import projector_depth
 from mmalign.models.vision import HFVisionTower, VisionConfig
@@ -163,14 +163,7 @@ def import_video_llava(directory: str | Path, dtype: torch.dtype | None = None) 
     directory = check_video_llava_folder(directory)
     hf_model = VideoLlavaForConditionalGeneration.from_pretrained(directory, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(directory)
-    model = video_llava_to_lmm(hf_model, tokenizer)
-    spec = _image_processor_spec(directory)
-    if spec is not None:
-        model.cfg.image_processor = image_processor_config_from_hf(spec)
-    else:
-        model.cfg.image_processor = default_image_processor(model.vision)
-    model.eval()
-    return model, tokenizer
+    return finish_import(video_llava_to_lmm(hf_model, tokenizer), directory), tokenizer
 
 
 def _same_tower_config(a: Any, b: Any) -> bool:
