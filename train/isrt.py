@@ -44,8 +44,8 @@ Choices where the paper is silent (each a config knob):
 * sampling: temperature 1.0, top-p 1.0, K = 2; ``tie_threshold`` 0.1 nats;
 * DPO: β = 0.1, sigmoid loss, lr 5e-7, projector and vision frozen (LLaVA-Hound's settings, which
   i-SRT's released training code copies); the 7B config has no SFT term (Hound's γ = 0), the tiny
-  one has γ = 1 (plain DPO collapses the tiny model's answers, as the quickstart's DPO + SFT
-  term recipe found on images);
+  one has γ = 1 (plain DPO at lr 2e-4 collapsed the tiny model to empty captions:
+  ``docs/shapeworld_learnability.md``, the recipe of ``configs/dpo/tiny_shapeworld.yaml``);
 * the reference of iteration t is π_t (the previous iterate, as Hound's frozen copy of the
   checkpoint a run starts from); ``reference_model: start`` scores the pairs with the start model.
 
