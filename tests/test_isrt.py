@@ -303,8 +303,11 @@ def test_eval_records_without_truth_need_an_answer(pool_file, tmp_path):
     path = tmp_path / "eval.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = EvalConfig(path=str(path), media_root=str(pool_file.parent))
-    with pytest.raises(RecordError, match=r"eval.jsonl:2.*answer"):
+    with pytest.raises(RecordError, match=r"eval.jsonl:2 \(id without\).*answer"):
         load_eval(cfg)
+    truth_only = {**rec, "id": "truth"}  # a ShapeWorld record in a file: its truth is the reference
+    path.write_text(json.dumps(truth_only) + "\n")
+    assert [(r.id, r.truth is not None) for r in load_eval(cfg)] == [("truth", True)]
     path.write_text(json.dumps(rows[0]) + "\n" + json.dumps({**rows[1], "answer": " "}) + "\n")
     with pytest.raises(RecordError, match=r"eval.jsonl:2 \(id without\).*answer"):
         load_eval(cfg)

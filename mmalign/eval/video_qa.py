@@ -188,20 +188,20 @@ def parse_judgement(text: str) -> dict[str, Any]:
 
 
 def load_video_qa(
-    path: str | Path, video_dir: str | Path, mode: JudgeMode | None = None
+    path: str | Path, video_dir: str | Path, mode: JudgeMode | None = None, need_answer: bool = True
 ) -> list[dict[str, Any]]:
     """Video QA records with ``video_path`` resolved: a video file, or a folder of frames.
 
     A bare ``video_name`` that is neither a file nor a folder gets ``.mp4``. With ``mode="hound"``
-    every record must carry a ``caption``.
+    every record must carry a ``caption``. ``need_answer=False`` lets a caller that has another
+    reference (i-SRT's exact ShapeWorld ``truth``) check answers itself.
 
     Raises:
         FileNotFoundError: no such video file or frame folder (naming file:line).
         RecordError: a record lacks a field, or a caption in ``hound`` mode (naming file:line and id).
     """
-    records = read_records(
-        path, ("video", "question", "answer"), aliases={"video_name": "video", "question_id": "id"}
-    )
+    required = ("video", "question", "answer") if need_answer else ("video", "question")
+    records = read_records(path, required, aliases={"video_name": "video", "question_id": "id"})
     for i, r in enumerate(records):
         r.setdefault("id", str(i))
         name = str(r["video"])

@@ -131,7 +131,7 @@ def load_eval(cfg: EvalConfig) -> list[PoolRecord]:
 
     root = Path(cfg.media_root) if cfg.media_root else Path(cfg.path).parent
     out: list[PoolRecord] = []
-    for rec in load_video_qa(cfg.path, root)[: cfg.max_records or None]:
+    for rec in load_video_qa(cfg.path, root, need_answer=False)[: cfg.max_records or None]:
         rid, where = str(rec["id"]), rec["_where"]
         if rec.get("truth") is None and not str(rec.get("answer", "")).strip():
             raise RecordError(
