@@ -196,29 +196,37 @@ def lmm_to_llava_hf(model: LMM) -> Any:
             f"llava-hf export: LlavaForConditionalGeneration has no image_spatial={model.cfg.image_spatial!r} "
             "code on the image tokens; the exported model would see different features"
         )
-    cfg = model.cfg
-    config = LlavaConfig(
-        vision_config=model.vision.model.config.to_dict(),
-        text_config=model.llm.config.to_dict(),
-        image_token_index=cfg.image_token_id,
-        image_seq_length=model.image_tokens,
-        projector_hidden_act="gelu",
-        vision_feature_select_strategy=select_strategy(model.vision),
-        vision_feature_layer=cfg.vision.feature_layer,
-        multimodal_projector_bias=cfg.projector_bias,
-        tie_word_embeddings=bool(model.llm.config.tie_word_embeddings),
-    )
-    hf_model = LlavaForConditionalGeneration(config)
-    dtype = next(model.llm.parameters()).dtype
-    hf_model.to(dtype)
+    hf_model = LlavaForConditionalGeneration(LlavaConfig(**llava_config_fields(model)))
+    hf_model.to(next(model.llm.parameters()).dtype)
     hf_model.model.vision_tower.load_state_dict(model.vision.model.state_dict())
+    return load_projector_and_llm(hf_model, model)
+
+
+def llava_config_fields(model: LMM) -> dict[str, Any]:
+    """The ``LlavaConfig`` / ``VideoLlavaConfig`` fields of ``model``'s image path, projector and LLM."""
+    cfg = model.cfg
+    return {
+        "vision_config": model.vision.model.config.to_dict(),
+        "text_config": model.llm.config.to_dict(),
+        "image_token_index": cfg.image_token_id,
+        "image_seq_length": model.image_tokens,
+        "projector_hidden_act": "gelu",
+        "vision_feature_select_strategy": select_strategy(model.vision),
+        "vision_feature_layer": cfg.vision.feature_layer,
+        "multimodal_projector_bias": cfg.projector_bias,
+        "tie_word_embeddings": bool(model.llm.config.tie_word_embeddings),
+    }
+
+
+def load_projector_and_llm(hf_model: Any, model: LMM) -> Any:
+    """Copy ``model``'s two-layer projector, LLM trunk and LM head into a llava-hf or Video-LLaVA
+    model (their ``multi_modal_projector``, ``language_model``, ``lm_head``); returns it in eval mode."""
     hf_model.model.multi_modal_projector.linear_1.load_state_dict(model.projector[0].state_dict())
     hf_model.model.multi_modal_projector.linear_2.load_state_dict(model.projector[2].state_dict())
     base = getattr(model.llm, model.llm.base_model_prefix)
     hf_model.model.language_model.load_state_dict(base.state_dict())
     hf_model.lm_head.load_state_dict(model.llm.get_output_embeddings().state_dict())
-    hf_model.eval()
-    return hf_model
+    return hf_model.eval()
 
 
 def export_llava_hf(model: LMM, tokenizer: Any, directory: str | Path) -> Path:

@@ -34,7 +34,12 @@ import torch
 
 from mmalign.data.processor import stop_token_ids
 from mmalign.models.checkpoint import add_media_tokens
-from mmalign.models.llava_hf import finish_import, llava_hf_to_lmm, select_strategy
+from mmalign.models.llava_hf import (
+    finish_import,
+    llava_config_fields,
+    llava_hf_to_lmm,
+    load_projector_and_llm,
+)  # fmt: skip
 from mmalign.models.llava_hf_processor import build_llava_processor
 from mmalign.models.lmm import LMM
 from mmalign.models.projector import projector_depth
@@ -218,29 +223,15 @@ def lmm_to_video_llava(model: LMM) -> Any:
             "Video-LLaVA export: one vision_config for both towers, the image and video towers differ"
         )
     config = VideoLlavaConfig(
-        vision_config=model.vision.model.config.to_dict(),
-        text_config=model.llm.config.to_dict(),
-        image_token_index=cfg.image_token_id,
+        **llava_config_fields(model),
         video_token_index=cfg.video_token_id,
-        image_seq_length=model.image_tokens,
         video_seq_length=model.video_tokens,
-        projector_hidden_act="gelu",
-        vision_feature_select_strategy=select_strategy(model.vision),
-        vision_feature_layer=cfg.vision.feature_layer,
-        multimodal_projector_bias=cfg.projector_bias,
-        tie_word_embeddings=bool(model.llm.config.tie_word_embeddings),
     )
     hf_model = VideoLlavaForConditionalGeneration(config)
     hf_model.to(next(model.llm.parameters()).dtype)
     hf_model.model.image_tower.load_state_dict(model.vision.model.state_dict())
     hf_model.model.video_tower.load_state_dict(video.model.state_dict())
-    hf_model.model.multi_modal_projector.linear_1.load_state_dict(model.projector[0].state_dict())
-    hf_model.model.multi_modal_projector.linear_2.load_state_dict(model.projector[2].state_dict())
-    base = getattr(model.llm, model.llm.base_model_prefix)
-    hf_model.model.language_model.load_state_dict(base.state_dict())
-    hf_model.lm_head.load_state_dict(model.llm.get_output_embeddings().state_dict())
-    hf_model.eval()
-    return hf_model
+    return load_projector_and_llm(hf_model, model)
 
 
 def build_video_llava_processor(model: LMM, tokenizer: Any, strategy: str) -> tuple[Any, list[str]]:
