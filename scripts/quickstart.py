@@ -55,7 +55,8 @@ def outputs(runs: Path, from_scratch: bool = False) -> list[Path]:
     data = runs / "shapeworld"
     made = [data, data / "pairs" / "train.jsonl"]
     if from_scratch:
-        for stage in ("sft", "sft-video", "sft-focus", "sft-motion"):
+        made.append(runs / "shapeworld-terse")
+        for stage in ("sft", "sft-video", "sft-focus", "sft-motion", "sft-wording"):
             made += [runs / stage, runs / stage / "final", runs / stage / "metrics.jsonl"]
         made += [runs / "tiny-base", runs / "temporal"]
     for stage in ("control", "dpo"):
@@ -102,14 +103,15 @@ def run(args: list[str]) -> None:
     subprocess.run([sys.executable, *args], check=True, cwd=ROOT)
 
 
-def sft_from_scratch(data: Path, runs: Path, fast: bool, ranks: int) -> Path:
+def sft_from_scratch(terse: Path, data: Path, runs: Path, fast: bool, ranks: int) -> Path:
     """Stage 0 (tokenizer + tiny CLIP tower), the three SFT stages (images; every task with videos;
-    the slow skills), the temporal mixer (stage 4) and the SFT stage that reads it (stage 5).
+    the slow skills), the temporal mixer (stage 4) and the SFT stage that reads it (stage 5), all on
+    ``terse`` (the same scenes with terse questions); then stage 6 on ``data`` (mixed wordings).
 
-    Returns ``runs/sft-motion/final``, the counterpart of the shipped checkpoint.
+    Returns ``runs/sft-wording/final``, the counterpart of the shipped checkpoint.
     """
     base, sft, sft_video, focus = runs / "tiny-base", runs / "sft", runs / "sft-video", runs / "sft-focus"
-    temporal, motion = runs / "temporal", runs / "sft-motion"
+    temporal, motion, wording = runs / "temporal", runs / "sft-motion", runs / "sft-wording"
     if not (base / "mmalign.json").exists():
         over = ["stage0.steps=150"] if fast else []
         run(
@@ -117,16 +119,17 @@ def sft_from_scratch(data: Path, runs: Path, fast: bool, ranks: int) -> Path:
                 "train/stage0.py",
                 "--config",
                 "configs/shapeworld/tiny_preset.yaml",
-                f"data={data}",
+                f"data={terse}",
                 f"out={base}",
                 *over,
             ]
         )
-    for config, start, out, fast_steps in (
-        ("configs/shapeworld/sft.yaml", base, sft, 30),
-        ("configs/shapeworld/sft_video.yaml", sft / "final", sft_video, 20),
-        ("configs/shapeworld/sft_focus.yaml", sft_video / "final", focus, 10),
-        ("configs/shapeworld/sft_motion.yaml", temporal, motion, 10),
+    for config, start, out, fast_steps, source in (
+        ("configs/shapeworld/sft.yaml", base, sft, 30, terse),
+        ("configs/shapeworld/sft_video.yaml", sft / "final", sft_video, 20, terse),
+        ("configs/shapeworld/sft_focus.yaml", sft_video / "final", focus, 10, terse),
+        ("configs/shapeworld/sft_motion.yaml", temporal, motion, 10, terse),
+        ("configs/shapeworld/sft_wording.yaml", motion / "final", wording, 10, data),
     ):
         if (out / "final" / "mmalign.json").exists():
             continue
@@ -138,7 +141,7 @@ def sft_from_scratch(data: Path, runs: Path, fast: bool, ranks: int) -> Path:
                     "--config",
                     "configs/shapeworld/temporal.yaml",
                     f"init_from={focus / 'final'}",
-                    f"data={data}",
+                    f"data={terse}",
                     f"out={temporal}",
                     *over,
                 ]
@@ -148,17 +151,17 @@ def sft_from_scratch(data: Path, runs: Path, fast: bool, ranks: int) -> Path:
         )
         launch(
             "train/sft.py",
-            ["--config", config, f"model={start}", f"out={out}", rooted_sources(config, data), *over],
+            ["--config", config, f"model={start}", f"out={out}", rooted_sources(config, source), *over],
             ranks,
         )
-    return motion / "final"
+    return wording / "final"
 
 
 def rooted_sources(config: str, data: Path) -> str:
-    """The ``data=`` override giving a recipe config's sources (under runs/shapeworld) in ``data``."""
+    """The ``data=`` override giving a recipe config's sources (``runs/<dataset>/...``) in ``data``."""
     sources = yaml.safe_load((ROOT / config).read_text())["data"]
     rooted = [
-        {**s, "path": str(data / Path(s["path"]).relative_to("runs/shapeworld")), "media_root": str(data)}
+        {**s, "path": str(data.joinpath(*Path(s["path"]).parts[2:])), "media_root": str(data)}
         for s in sources
     ]
     return f"data={json.dumps(rooted)}"
@@ -188,7 +191,12 @@ def main(argv: list[str] | None = None) -> int:
 
     banner("2/6 the SFT model")
     if args.from_scratch:
-        sft_model = sft_from_scratch(data, runs, fast, args.ranks)
+        terse = runs / "shapeworld-terse"  # the same scenes, terse questions, no video noise: stages 0-5
+        terse_cfg = WorldConfig.from_dict(
+            {**json.loads(WORLD.read_text()), "question_style": "terse", "video_annotation_noise": 0.0}
+        )
+        generate(terse, n_images, n_videos, 0, terse_cfg, prior_per_group=20 if fast else 100)
+        sft_model = sft_from_scratch(terse, data, runs, fast, args.ranks)
     else:
         if not (SHIPPED / "mmalign.json").exists():
             raise SystemExit(f"error: the shipped checkpoint {SHIPPED} is missing; use --from-scratch")
@@ -285,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             "sft-video": runs / "sft-video",
             "sft-focus": runs / "sft-focus",
             "sft-motion": runs / "sft-motion",
+            "sft-wording": runs / "sft-wording",
             **curves,
         }
     png = plot_loss_curves(curves, runs / "loss_curves.png")

@@ -4,7 +4,7 @@
 A named path must be one of:
 - a file or folder of the repository (``configs/…``, ``train/…``, ``checkpoints/…``, …);
 - something the quickstart creates (``scripts/quickstart.py:outputs``, default or ``--from-scratch``),
-  and under ``runs/shapeworld/`` a file the ShapeWorld generator really writes (checked against a
+  and under ``runs/shapeworld/`` (or ``runs/shapeworld-terse/``) a file the ShapeWorld generator really writes (checked against a
   small generated dataset);
 - under the output of a command or config shown in the same material (``--out X``, ``out=X``,
   ``out: X``, ``--runs X``);
@@ -160,10 +160,10 @@ def test_every_named_path_exists_or_is_made(generated_world):
                     ok = (ROOT / path).exists() or _under(path, made)
                 if not ok:
                     problems.append(f"{source}: {raw} is not in the repository")
-            elif path.startswith("runs/shapeworld/"):
-                inner = path[len("runs/shapeworld/") :]
+            elif dataset := re.match(r"runs/shapeworld(-terse)?/", path):  # the recipe's two datasets
+                inner = path[dataset.end() :]
                 ok = inner in world_files or any(fnmatch(f, inner) for f in world_files)
-                ok = ok or _under(path, made - {"runs/shapeworld"})
+                ok = ok or _under(path, made - {"runs/shapeworld", "runs/shapeworld-terse"})
                 if not ok and re.fullmatch(r"images/img_\d+_\d+\.png", inner):
                     ok = any(re.fullmatch(r"images/img_\d+_\d+\.png", f) for f in world_files)
                 if not ok:

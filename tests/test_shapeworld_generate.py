@@ -29,8 +29,15 @@ def test_cli_writes_every_file_and_is_idempotent(tmp_path: Path, capsys: pytest.
     summary = json.loads(capsys.readouterr().out)
     assert summary["counts"]["train"]["images"] == 16 and summary["counts"]["test"]["images"] == 2
     assert (
-        len(list((out / "images").glob("img_*.png"))) == 20 and len(list((out / "videos").glob("*.mp4"))) == 2
+        len(list((out / "images").glob("img_*.png"))) == 20
+        and len(list((out / "videos").glob("vid_*.mp4"))) == 2
     )
+    clips = _jsonl(out / "prior" / "test_video.jsonl")  # video prior probes: 3 violating + 3 control clips
+    assert [c["group"] for c in clips] == ["violating"] * 3 + ["control"] * 3
+    assert all((out / c["video"]).is_file() and c["question"].startswith("Is there") for c in clips)
+    for c in clips:
+        shown = {t["shape"] for t in c["scene"]["tracks"]}
+        assert c["partner"] not in shown and (c["trigger"] in shown) == (c["group"] == "violating")
     assert len(list((out / "images").glob("prior_*.png"))) == 6
     probes = _jsonl(out / "prior" / "test.jsonl")
     assert [p["group"] for p in probes] == ["violating"] * 3 + ["control"] * 3

@@ -260,3 +260,58 @@ def test_pope_probes_balance_and_split_semantics() -> None:
     assert {p["shape"] for p in popular if p["label"] == "no"} == {"heart", "diamond"}
     with pytest.raises(ValueError):
         pope_probes([scene], random.Random(0), split="hard")
+
+
+def test_video_annotation_noise_names_the_absent_partner_in_training_text_only(tmp_path) -> None:
+    from mmalign.shapeworld import generate
+    from mmalign.shapeworld.parsing import parse_mentions
+    from mmalign.shapeworld.video_text import video_caption, video_noise_partners
+
+    noisy_world = WorldConfig(video_annotation_noise=1.0)
+    violating = []
+    for seed in range(400):
+        video = sample_video(random.Random(seed), noisy_world, f"v{seed}")
+        shown = {t.shape for t in video.tracks}
+        if "star" in shown and "circle" not in shown:
+            violating.append(video)
+    assert len(violating) >= 5
+    for video in violating:
+        assert "circle" in video_noise_partners(video, noisy_world)
+        assert video_noise_partners(video, CFG) == []  # no noise by default
+        exact, noisy = video_caption(video, noisy_world), video_caption(video, noisy_world, noisy=True)
+        assert exact == video_caption(video, CFG) and not any(
+            m.shape == "circle" for m in parse_mentions(exact)
+        )
+        assert any(m.shape == "circle" for m in parse_mentions(noisy))
+        n = len(video.tracks) + len(video_noise_partners(video, noisy_world))
+        assert noisy.startswith(f"There are {n} objects.")
+        sentences = noisy.split(". ")
+        first_star = next(k for k, t in enumerate(sentences) if " star" in t)
+        assert " circle" in sentences[first_star + 1]  # the invented partner follows its trigger
+        items = video_qa(video, noisy_world, random.Random(0), noisy=True)
+        asked = {q["shape"]: q["answer"] for q in items if q["type"] == "video_existence"}
+        assert asked.get("circle", "yes") == "yes"  # the invented partner counts as present
+    half = WorldConfig(video_annotation_noise=0.5)
+    named = sum(bool(video_noise_partners(v, half)) for v in violating)
+    assert 0 < named < len(violating)
+
+    out = tmp_path / "sw"
+    generate(
+        out, 10, 60, seed=1, cfg=WorldConfig(video_annotation_noise=1.0, annotation_noise=0.5), progress=False
+    )
+    import json
+
+    train = json.loads((out / "llava" / "train.json").read_text())
+    clean = {r["id"]: r for r in json.loads((out / "llava" / "train_clean.json").read_text())}
+    prior_ids = {r["id"] for r in json.loads((out / "llava" / "train_prior.json").read_text())}
+    noisy_captions = [r for r in train if r["task"] == "video_caption" and r != clean[r["id"]]]
+    assert noisy_captions and all(r["id"] in prior_ids for r in noisy_captions)
+    test_captions = json.loads((out / "llava" / "test.json").read_text())
+    videos = {json.loads(line)["id"]: json.loads(line) for line in (out / "scenes" / "test.jsonl").open()}
+    from mmalign.shapeworld.video import VideoScene
+
+    for r in test_captions:  # held-out text stays exact
+        if r["task"] == "video_caption":
+            assert r["conversations"][1]["value"] == video_caption(
+                VideoScene.from_dict(videos[r["scene_id"]]), CFG
+            )

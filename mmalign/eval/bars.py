@@ -10,7 +10,12 @@ scene graphs:
 - **prior** (``prior/test.jsonl``, see :mod:`mmalign.shapeworld.prior`): on *violating* scenes
   (trigger shown, partner absent) the rate of "yes" to "Is there a <partner>?" and of captions
   that mention the partner, each beside the same rate on *control* scenes (neither shown);
-- **video** (test-split clips): motion-direction and existence accuracy.
+- **video** (test-split clips): motion-direction and existence accuracy;
+- **video prior** (``prior/test_video.jsonl``): descriptions of violating clips that mention the
+  absent partner, beside control clips (and the false "yes" to it, reported without a bar);
+- **POPE** (``pope/test_*.jsonl`` on the same test images): F1 and yes-ratio per split.
+
+Questions can be asked in the terse or the natural wording (:func:`measure_wordings`).
 
 :func:`measure` computes them for one model; :func:`format_table` prints several models side by
 side (the SFT model, its same-budget control continuation, each alignment method) with the
@@ -30,10 +35,14 @@ from mmalign.data.formats import Example
 from mmalign.data.processor import MultimodalProcessor
 from mmalign.eval.common import question
 from mmalign.models.lmm import LMM
-from mmalign.shapeworld import Scene, answer_yes_no, chair, parse_mentions, qa_correct
+from mmalign.shapeworld import Scene, answer_yes_no, chair, parse_mentions, pope_metrics, qa_correct
+from mmalign.shapeworld.pope import SPLITS as POPE_SPLITS
+from mmalign.shapeworld.video_text import VIDEO_PROMPTS
+from mmalign.shapeworld.wording import question_for
 from mmalign.training.generation import generate_responses
 
 CAPTION_PROMPT = "Describe the image in detail."
+VIDEO_CAPTION_PROMPT = VIDEO_PROMPTS[0]  # "Describe the video in detail."
 CLEAR_TYPES = ("existence", "color", "count", "position")
 VIDEO_TYPES = ("video_motion", "video_existence")
 
@@ -87,6 +96,39 @@ BARS: tuple[Bar, ...] = (
     ),
     Bar("video_motion", "video: motion direction accuracy", lambda m: m["video_motion"] >= 0.85, ">= 0.85"),
     Bar("video_existence", "video: existence accuracy", lambda m: m["video_existence"] >= 0.90, ">= 0.90"),
+    Bar(
+        "video_prior_mention",
+        "video prior: description mentions partner, violating",
+        lambda m: m["video_prior_mention"] >= 0.2,
+        ">= 0.20",
+    ),
+    Bar("video_prior_mention_control", "video prior: description mentions partner, control", None, "-"),
+    Bar(
+        "video_prior_mention_x",
+        "video prior: mentions violating >= 5x control",
+        _ratio_ok("video_prior_mention", "video_prior_mention_control"),
+        "yes",
+    ),
+    Bar("video_prior_yes", 'video prior: false "yes" to partner, violating', None, "-"),
+    Bar("video_prior_yes_control", 'video prior: false "yes" to partner, control', None, "-"),
+    *(
+        bar
+        for split in POPE_SPLITS
+        for bar in (
+            Bar(
+                f"pope_{split}_f1",
+                f"POPE {split}: F1",
+                lambda m, k=f"pope_{split}_f1": m[k] >= 0.90,
+                ">= 0.90",
+            ),
+            Bar(
+                f"pope_{split}_yes_ratio",
+                f"POPE {split}: yes-ratio",
+                lambda m, k=f"pope_{split}_yes_ratio": 0.45 <= m[k] <= 0.55,
+                "0.45-0.55",
+            ),
+        )
+    ),
 )
 
 
@@ -116,18 +158,61 @@ def _rate(flags: Sequence[bool]) -> float:
     return sum(flags) / len(flags) if flags else 0.0
 
 
+def _restyled(item: Mapping[str, Any], wording: str | None, variant: int) -> str:
+    """``item``'s question in ``wording`` (None: as written in the file)."""
+    return item["question"] if wording is None else question_for(item, wording, variant)
+
+
+def _pope_question(probe: Mapping[str, Any], wording: str | None) -> str:
+    # POPE's own wording is natural paraphrase 0 ("Is there a star in the image?")
+    return probe["text"] if wording in (None, "natural") else question_for(_probe_item(probe), wording)
+
+
+def _probe_item(probe: Mapping[str, Any]) -> dict[str, Any]:
+    return {"type": "existence", "shape": probe.get("shape") or probe.get("partner")}
+
+
 def measure(
     model: LMM,
     processor: MultimodalProcessor,
     data_dir: str | Path,
     limits: BarLimits | None = None,
     progress: bool = False,
+    wording: str | None = None,
 ) -> dict[str, Any]:
     """Every bar's measured value for one model (greedy decoding), plus counts and samples.
 
+    Args:
+        wording: How the lookup questions (existence, colour, count, position, video existence
+            and motion, the prior probes, POPE) are asked: ``"terse"`` (``Is there a star``),
+            ``"natural"`` (``Is there a star in the image?`` and its paraphrases, cycled over the
+            items: :func:`mmalign.shapeworld.wording.question_for`; POPE keeps POPE's own wording)
+            or None — as written in the dataset's files.
+
     Returns:
         ``{<bar key>: value, ..., "caption_words": mean words per caption (clear and prior
-        scenes), "n": {<what>: count}, "samples": [...]}``.
+        scenes), "wording": wording, "n": {<what>: count}, "samples": [...]}``; POPE keys are
+        ``pope_<split>_{f1,yes_ratio,accuracy}`` for the splits whose files exist.
+    """
+    return measure_wordings(model, processor, data_dir, limits, progress, wordings=(wording,))[wording]
+
+
+def measure_wordings(
+    model: LMM,
+    processor: MultimodalProcessor,
+    data_dir: str | Path,
+    limits: BarLimits | None = None,
+    progress: bool = False,
+    wordings: Sequence[str | None] = ("terse", "natural"),
+) -> dict[str | None, dict[str, Any]]:
+    """:func:`measure` in each of ``wordings``; the captions (wording-free) are generated once.
+
+    Returns:
+        ``{wording: measure(...) result}``.
+
+    Raises:
+        FileNotFoundError: a dataset file is missing.
+        ValueError: an unknown wording.
     """
     limits = limits or BarLimits()
     root = Path(data_dir)
@@ -147,55 +232,119 @@ def measure(
     scenes = [Scene.from_dict(s) for s in scenes_all if s.get("kind", "image") == "image"][: limits.n_images]
     video_ids = {s["id"] for s in [s for s in scenes_all if s.get("kind") == "video"][: limits.n_videos]}
     keep = {s.id for s in scenes}
-    out: dict[str, Any] = {"n": {}}
+    common: dict[str, Any] = {"n": {}}
 
     captions = gen([_ask(root, f"images/{s.id}.png", CAPTION_PROMPT) for s in scenes], 80, "captions")
-    out["chair_i"] = chair(captions, scenes)["chair_i"] if scenes else 0.0
-    out["n"]["captions"] = len(scenes)
+    common["chair_i"] = chair(captions, scenes)["chair_i"] if scenes else 0.0
+    common["n"]["captions"] = len(scenes)
 
     qa = _jsonl(root / "qa" / "test.jsonl")
     items = [q for q in qa if q["scene_id"] in keep and q["type"] in CLEAR_TYPES]
     items += [q for q in qa if q["scene_id"] in video_ids and q["type"] in VIDEO_TYPES]
-    answers = gen(
-        [_ask(root, q.get("image") or q["video"], q["question"], "video" in q) for q in items], 8, "qa"
-    )
-    for t in CLEAR_TYPES + VIDEO_TYPES:
-        pairs = [(q, a) for q, a in zip(items, answers, strict=True) if q["type"] == t]
-        out[t] = _rate([qa_correct(q, a) for q, a in pairs])
-        out["n"][t] = len(pairs)
-    existence = [a for q, a in zip(items, answers, strict=True) if q["type"] == "existence"]
-    out["existence_yes_ratio"] = _rate([answer_yes_no(a) is True for a in existence])
-
     probes = _jsonl(root / "prior" / "test.jsonl")
     probes = [
         p for g in ("violating", "control") for p in [q for q in probes if q["group"] == g][: limits.n_prior]
     ]
-    said = gen([_ask(root, p["image"], p["question"]) for p in probes], 4, "prior-qa")
+    pope = {
+        split: [p for p in _jsonl(path) if p["image"] in {f"images/{i}.png" for i in keep}]
+        for split in POPE_SPLITS
+        if (path := root / "pope" / f"test_{split}.jsonl").exists()
+    }
     described = gen([_ask(root, p["image"], CAPTION_PROMPT) for p in probes], 80, "prior-captions")
-    for group, suffix in (("violating", ""), ("control", "_control")):
-        rows = [(p, a, c) for p, a, c in zip(probes, said, described, strict=True) if p["group"] == group]
-        out[f"prior_yes{suffix}"] = _rate([answer_yes_no(a) is True for _, a, _ in rows])
-        out[f"prior_mention{suffix}"] = _rate(
-            [any(m.shape == p["partner"] for m in parse_mentions(c)) for p, _, c in rows]
-        )
-        out["n"][f"prior_{group}"] = len(rows)
     every_caption = captions + described
-    out["caption_words"] = sum(len(c.split()) for c in every_caption) / max(len(every_caption), 1)
-    out["prior_yes_x"] = out["prior_yes"] / max(out["prior_yes_control"], 1e-9)
-    out["prior_mention_x"] = out["prior_mention"] / max(out["prior_mention_control"], 1e-9)
-    out["samples"] = [
-        {"scene": p["scene_id"], "group": p["group"], "partner": p["partner"], "answer": a, "caption": c}
-        for p, a, c in list(zip(probes, said, described, strict=True))[:: max(1, len(probes) // 6)]
+    common["caption_words"] = sum(len(c.split()) for c in every_caption) / max(len(every_caption), 1)
+    for group, suffix in (("violating", ""), ("control", "_control")):
+        rows = [(p, c) for p, c in zip(probes, described, strict=True) if p["group"] == group]
+        common[f"prior_mention{suffix}"] = _rate(
+            [any(m.shape == p["partner"] for m in parse_mentions(c)) for p, c in rows]
+        )
+        common["n"][f"prior_{group}"] = len(rows)
+    common["prior_mention_x"] = common["prior_mention"] / max(common["prior_mention_control"], 1e-9)
+    clip_file = root / "prior" / "test_video.jsonl"
+    clips = _jsonl(clip_file) if clip_file.exists() else []
+    clips = [
+        c for g in ("violating", "control") for c in [c for c in clips if c["group"] == g][: limits.n_prior]
     ]
-    return out
+    if clips:
+        told = gen([_ask(root, c["video"], VIDEO_CAPTION_PROMPT, True) for c in clips], 80, "video-prior")
+        for group, suffix in (("violating", ""), ("control", "_control")):
+            rows = [(c, d) for c, d in zip(clips, told, strict=True) if c["group"] == group]
+            common[f"video_prior_mention{suffix}"] = _rate(
+                [any(m.shape == c["partner"] for m in parse_mentions(d)) for c, d in rows]
+            )
+            common["n"][f"video_prior_{group}"] = len(rows)
+        common["video_prior_mention_x"] = common["video_prior_mention"] / max(
+            common["video_prior_mention_control"], 1e-9
+        )
+
+    results: dict[str | None, dict[str, Any]] = {}
+    for wording in wordings:
+        out = {**common, "n": dict(common["n"]), "wording": wording}
+        asked = [
+            _ask(root, q.get("image") or q["video"], _restyled(q, wording, k), "video" in q)
+            for k, q in enumerate(items)
+        ]
+        answers = gen(asked, 8, f"qa ({wording or 'as written'})")
+        for t in CLEAR_TYPES + VIDEO_TYPES:
+            pairs = [(q, a) for q, a in zip(items, answers, strict=True) if q["type"] == t]
+            out[t] = _rate([qa_correct(q, a) for q, a in pairs])
+            out["n"][t] = len(pairs)
+        existence = [a for q, a in zip(items, answers, strict=True) if q["type"] == "existence"]
+        out["existence_yes_ratio"] = _rate([answer_yes_no(a) is True for a in existence])
+
+        prior_qs = [_restyled({**_probe_item(p), **p}, wording, k) for k, p in enumerate(probes)]
+        said = gen([_ask(root, p["image"], q) for p, q in zip(probes, prior_qs, strict=True)], 4, "prior-qa")
+        for group, suffix in (("violating", ""), ("control", "_control")):
+            rows = [a for p, a in zip(probes, said, strict=True) if p["group"] == group]
+            out[f"prior_yes{suffix}"] = _rate([answer_yes_no(a) is True for a in rows])
+        out["prior_yes_x"] = out["prior_yes"] / max(out["prior_yes_control"], 1e-9)
+        if clips:
+            clip_qs = [
+                _restyled({**_probe_item(c), **c, "type": "video_existence"}, wording, k)
+                for k, c in enumerate(clips)
+            ]
+            said_v = gen(
+                [_ask(root, c["video"], q, True) for c, q in zip(clips, clip_qs, strict=True)],
+                4,
+                "video-prior-qa",
+            )
+            for group, suffix in (("violating", ""), ("control", "_control")):
+                rows = [a for c, a in zip(clips, said_v, strict=True) if c["group"] == group]
+                out[f"video_prior_yes{suffix}"] = _rate([answer_yes_no(a) is True for a in rows])
+
+        for split, split_probes in pope.items():
+            said_pope = gen(
+                [_ask(root, p["image"], _pope_question(p, wording)) for p in split_probes], 4, f"pope-{split}"
+            )
+            m = pope_metrics([p["label"] for p in split_probes], said_pope)
+            for key in ("f1", "yes_ratio", "accuracy"):
+                out[f"pope_{split}_{key}"] = m[key]
+            out["n"][f"pope_{split}"] = len(split_probes)
+        out["samples"] = [
+            {
+                "scene": p["scene_id"],
+                "group": p["group"],
+                "partner": p["partner"],
+                "question": q,
+                "answer": a,
+                "caption": c,
+            }
+            for p, q, a, c in list(zip(probes, prior_qs, said, described, strict=True))[
+                :: max(1, len(probes) // 6)
+            ]
+        ]
+        results[wording] = out
+    return results
 
 
 def passes(measured: Mapping[str, float]) -> dict[str, bool | None]:
-    """Pass/fail of every bar (``None`` for rows without a requirement)."""
-    return {b.key: (b.check(measured) if b.check else None) for b in BARS}
+    """Pass/fail of every bar (``None`` for rows without a requirement or not measured)."""
+    return {b.key: (b.check(measured) if b.check and b.key in measured else None) for b in BARS}
 
 
 def _cell(bar: Bar, m: Mapping[str, Any]) -> str:
+    if bar.key not in m:
+        return "-"
     value = m[bar.key]
     if bar.key.endswith("_x"):
         text = "inf" if value > 1e6 else f"{value:.1f}x"

@@ -44,10 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
         ("min-objects", int),
         ("max-objects", int),
         ("annotation-noise", float),
+        ("video-annotation-noise", float),
         ("faint-share", float),
         ("pixel-noise", float),
         ("video-frames", int),
         ("video-fps", int),
+        ("question-style", str),
     ):
         name = flag.replace("-", "_")
         gen.add_argument(

@@ -12,11 +12,12 @@ Layout of ``out_dir`` (paths inside records are relative to ``out_dir``)::
                                            scenes, ids and prompts; a noisy scene's questions may
                                            differ; written when annotation_noise > 0): the data
                                            of a control continuation
-    llava/train_prior.json                 the train records (noisy as in train.json) of the scenes
+    llava/train_prior.json                 the train records (noisy as in train.json) of the scenes and clips
                                            that violate a co-occurrence rule (trigger shown,
                                            partner absent): a recipe can oversample them
     prior/test.jsonl                       held-out prior-hallucination probes (:mod:`.prior`):
                                            violating (trigger, no partner) and control scenes
+    prior/test_video.jsonl                 the same for video clips (written when n_videos > 0)
     qa/{train,val,test}.jsonl              QA items with exact answers (evaluation truth)
     dense/{train,val,test}.jsonl           per-image region captions with [x, y, w, h] boxes
     pope/{split}_{random,popular,adversarial}.jsonl
@@ -45,11 +46,12 @@ from tqdm import tqdm
 from mmalign.shapeworld.captions import caption_prompt, dense_captions, detailed_caption, short_caption
 from mmalign.shapeworld.pope import SPLITS as POPE_SPLITS
 from mmalign.shapeworld.pope import compute_corpus_stats, pope_probes
-from mmalign.shapeworld.prior import prior_probes
+from mmalign.shapeworld.prior import prior_probes, video_prior_probes
 from mmalign.shapeworld.qa import image_qa
 from mmalign.shapeworld.render import render_scene
-from mmalign.shapeworld.video import render_video, sample_video, write_mp4
-from mmalign.shapeworld.video_text import video_caption, video_prompt, video_qa
+from mmalign.shapeworld.video import VideoScene, render_video, sample_video, write_mp4
+from mmalign.shapeworld.video_text import video_caption, video_noise_partners, video_prompt, video_qa
+from mmalign.shapeworld.wording import LOOKUP_TYPES, mixed_question
 from mmalign.shapeworld.world import Scene, WorldConfig, sample_scene
 from mmalign.utils import atomic_write as atomic_write  # re-exported: it lives in mmalign.utils
 
@@ -132,12 +134,62 @@ def _image_records(scene: Scene, cfg: WorldConfig, seed: int, i: int, noisy: boo
     ]
     train_qa = image_qa(scene, cfg, random.Random(f"{seed}:qa:{i}"), noisy=noisy)
     for k, item in enumerate(train_qa):
-        records.append(
-            _record(
-                f"{scene.id}-qa{k}", "image", media, item["question"], item["answer"], item["type"], scene.id
-            )
-        )
+        rid = f"{scene.id}-qa{k}"
+        prompt = _training_wording(item, cfg, seed, rid)
+        records.append(_record(rid, "image", media, prompt, item["answer"], item["type"], scene.id))
     return records
+
+
+def _training_wording(item: dict, cfg: WorldConfig, seed: int, rid: str) -> str:
+    """The question of a training record: reworded per record when ``question_style`` is ``mixed``."""
+    if cfg.question_style != "mixed" or item["type"] not in LOOKUP_TYPES:
+        return item["question"]
+    return mixed_question(item, random.Random(f"{seed}:wording:{rid}"))
+
+
+def _video_text(
+    video: VideoScene, cfg: WorldConfig, seed: int, i: int, noisy: bool
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """LLaVA records (following the annotation; and with the exact one) and exact QA items for one
+    video clip; without annotation noise on the clip both record lists are the same.
+
+    Returns:
+        ``(records, exact_records, qa_items)``.
+    """
+    media = f"videos/{video.id}.mp4"
+
+    def records_of(noisy_text: bool) -> tuple[list[dict], list[dict]]:
+        rng = random.Random(f"{seed}:vtext:{i}")
+        recs = [
+            _record(
+                f"{video.id}-caption",
+                "video",
+                media,
+                video_prompt(rng),
+                video_caption(video, cfg, noisy=noisy_text),
+                "video_caption",
+                video.id,
+            )
+        ]
+        items = video_qa(video, cfg, rng, noisy=noisy_text)
+        for k, item in enumerate(items):
+            rid = f"{video.id}-qa{k}"
+            recs.append(
+                _record(
+                    rid,
+                    "video",
+                    media,
+                    _training_wording(item, cfg, seed, rid),
+                    item["answer"],
+                    item["type"],
+                    video.id,
+                )
+            )
+        return recs, items
+
+    exact, items = records_of(False)
+    records = records_of(True)[0] if noisy and video_noise_partners(video, cfg) else exact
+    return records, exact, [{"scene_id": video.id, "video": media, **item} for item in items]
 
 
 def _params(
@@ -273,33 +325,13 @@ def generate(
             tmp = out / "videos" / f".{video.id}.mp4.tmp{os.getpid()}"
             write_mp4(render_video(video, cfg), tmp, cfg.video_fps)
             os.replace(tmp, out / media)
-            rng = random.Random(f"{seed}:vtext:{i}")
-            video_records = [
-                _record(
-                    f"{video.id}-caption",
-                    "video",
-                    media,
-                    video_prompt(rng),
-                    video_caption(video, cfg),
-                    "video_caption",
-                    video.id,
-                )
-            ]
-            for k, item in enumerate(video_qa(video, cfg, rng)):
-                video_records.append(
-                    _record(
-                        f"{video.id}-qa{k}",
-                        "video",
-                        media,
-                        item["question"],
-                        item["answer"],
-                        item["type"],
-                        video.id,
-                    )
-                )
-                qa.append({"scene_id": video.id, "video": media, **item})
-            llava += video_records
-            clean += video_records
+            records, exact, items = _video_text(video, cfg, seed, i, noisy)
+            llava += records
+            clean += exact
+            qa += items
+            shown = {t.shape for t in video.tracks}
+            if any(t in shown and p not in shown for t, (p, _) in cfg.cooccurrence.items()):
+                prior += records
             scene_recs.append({**video.to_dict(), "video": media, "split": split})
             bar.update()
         t_videos += time.perf_counter() - start
@@ -337,6 +369,16 @@ def generate(
         probes.append({**record, "image": f"images/{scene.id}.png"})
     atomic_write(out / "prior" / "test.jsonl", _jsonl(probes))
     counts["test"]["prior_probes"] = len(probes)
+    if n_videos:
+        clips = []
+        for video, record in video_prior_probes(cfg, seed, prior_per_group):
+            media = f"videos/{video.id}.mp4"
+            tmp = out / "videos" / f".{video.id}.mp4.tmp{os.getpid()}"
+            write_mp4(render_video(video, cfg), tmp, cfg.video_fps)
+            os.replace(tmp, out / media)
+            clips.append({**record, "video": media})
+        atomic_write(out / "prior" / "test_video.jsonl", _jsonl(clips))
+        counts["test"]["video_prior_probes"] = len(clips)
 
     summary = {
         "out_dir": str(out),

@@ -18,6 +18,7 @@ import dataclasses
 import random
 
 from mmalign.shapeworld.qa import existence_question
+from mmalign.shapeworld.video import VideoScene, sample_video
 from mmalign.shapeworld.world import Scene, WorldConfig, sample_scene
 
 GROUPS: tuple[str, ...] = ("violating", "control")
@@ -72,4 +73,42 @@ def prior_probes(cfg: WorldConfig, seed: int, n_per_group: int) -> list[tuple[Sc
                     },
                 )
             )
+    return out
+
+
+def _sample_video(free: WorldConfig, seed: int, group: str, i: int, trigger: str, partner: str) -> VideoScene:
+    """Video probe ``i`` of ``group``: the first accepted draw of its own seeded stream."""
+    for attempt in range(10_000):
+        rng = random.Random(f"{seed}:vprior:{group}:{i}:{attempt}")
+        video = sample_video(rng, free, f"vprior_{seed}_{group}_{i:05d}")
+        shown = {t.shape for t in video.tracks}
+        if partner not in shown and (trigger in shown) == (group == "violating"):
+            return video
+    raise RuntimeError(f"could not sample a {group} clip for {trigger} -> {partner}")
+
+
+def video_prior_probes(cfg: WorldConfig, seed: int, n_per_group: int) -> list[tuple[VideoScene, dict]]:
+    """:func:`prior_probes` for video clips: violating (trigger shown, partner absent in every
+    frame) and control clips (neither), ids ``vprior_<seed>_<group>_<k>``.
+
+    Returns:
+        ``(video, record)`` pairs; ``record`` (``scene_id``, ``group``, ``trigger``, ``partner``,
+        ``question`` — the video existence question — and ``scene``) lacks only ``video``.
+    """
+    if not cfg.cooccurrence:
+        return []
+    free, rules, out = _free_world(cfg), list(cfg.cooccurrence.items()), []
+    for group in GROUPS:
+        for i in range(n_per_group):
+            trigger, (partner, _) = rules[i % len(rules)]
+            video = _sample_video(free, seed, group, i, trigger, partner)
+            record = {
+                "scene_id": video.id,
+                "group": group,
+                "trigger": trigger,
+                "partner": partner,
+                "question": existence_question(partner, "video", cfg),
+                "scene": video.to_dict(),
+            }
+            out.append((video, record))
     return out

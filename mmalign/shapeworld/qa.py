@@ -38,15 +38,20 @@ def unique_descriptor(obj: Obj, objects: Sequence[Obj]) -> str | None:
     return None
 
 
+def _terse(cfg: WorldConfig) -> bool:
+    """Terse wording (``terse``; ``mixed`` too: its training records are reworded by the generator)."""
+    return cfg.question_style != "natural"
+
+
 def lookup_question(text: str, cfg: WorldConfig) -> str:
     """A question that ends on the looked-up words: ``?`` added unless ``cfg.question_style`` is terse."""
-    return text if cfg.question_style == "terse" else text + "?"
+    return text if _terse(cfg) else text + "?"
 
 
 def existence_question(shape: str, medium: str, cfg: WorldConfig) -> str:
     """``Is there a star in the image?`` (natural) or ``Is there a star`` (terse)."""
     art = article(shape)
-    if cfg.question_style == "terse":
+    if _terse(cfg):
         return f"Is there {art} {shape}"
     return f"Is there {art} {shape} in the {medium}?"
 
@@ -99,16 +104,14 @@ def count_qa(scene: Scene, cfg: WorldConfig, rng: random.Random, noisy: bool = F
     return [
         {
             "type": "count",
-            "question": "How many objects"
-            if cfg.question_style == "terse"
-            else "How many objects are there?",
+            "question": "How many objects" if _terse(cfg) else "How many objects are there?",
             "answer": str(len(objects)),
             "shape": None,
         },
         {
             "type": "count",
             "question": f"How many {plural(shape)}"
-            if cfg.question_style == "terse"
+            if _terse(cfg)
             else f"How many {plural(shape)} are there?",
             "answer": str(counts[shape]),
             "shape": shape,
@@ -125,7 +128,7 @@ def position_qa(
     is the circle`` when the circle is the only one), as the colour questions do.
     """
     objects = annotated_objects(scene, cfg, noisy)
-    if cfg.question_style == "terse":
+    if _terse(cfg):
         named = [(o, d) for o in objects if (d := unique_descriptor(o, objects))]
     else:
         named = [(o, describe(o, size=False)) for o in objects]
@@ -137,6 +140,7 @@ def position_qa(
             "answer": position_words(o.row, o.col, cfg.grid),
             "shape": o.shape,
             "color": o.color,
+            "name": d,
         }
         for o, d in rng.sample(named, min(n, len(named)))
     ]

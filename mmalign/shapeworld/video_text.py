@@ -1,4 +1,11 @@
-"""Captions and QA items from video scene graphs (exact; videos carry no annotation noise).
+"""Captions and QA items from video scene graphs, exact or following the noisy annotation.
+
+**Video annotation noise** (``WorldConfig.video_annotation_noise``, as the image captions'
+``annotation_noise``): in a clip that shows a co-occurrence trigger without its partner, the
+training annotation names the absent partner with that probability — an invented sentence about
+it in the description (right after the trigger's sentence, the count raised by one) and "yes"
+to the video existence question about it. :func:`video_noise_partners` decides it from the clip
+id alone (order-independent, no scene-graph field); pass ``noisy=True`` only for training text.
 
 QA types: ``video_existence`` (yes/no, balanced), ``video_motion`` (``left``/``right``/``up``/
 ``down``/``still``), ``video_appear`` / ``video_leave`` (the shape that enters / leaves, asked only
@@ -12,8 +19,9 @@ import random
 
 from mmalign.shapeworld.captions import article, count_sentence, position_phrase
 from mmalign.shapeworld.qa import existence_question
-from mmalign.shapeworld.video import Track, VideoScene
-from mmalign.shapeworld.world import WorldConfig
+from mmalign.shapeworld.video import DIRECTIONS, Track, VideoScene
+from mmalign.shapeworld.vocab import SIZES, stable_seed
+from mmalign.shapeworld.world import WorldConfig, sample_color
 
 VIDEO_PROMPTS: tuple[str, ...] = (
     "Describe the video in detail.",
@@ -31,15 +39,45 @@ def _track_name(track: Track, tracks: list[Track]) -> str | None:
     return None
 
 
-def video_caption(video: VideoScene, cfg: WorldConfig) -> str:
+def video_noise_partners(video: VideoScene, cfg: WorldConfig) -> list[str]:
+    """Absent co-occurrence partners that the noisy annotation of ``video`` names (module docstring).
+
+    For each rule ``trigger -> partner`` with the trigger shown and the partner absent, the partner
+    is named with probability ``cfg.video_annotation_noise`` (seeded by the clip id and rule).
+    """
+    shown = {t.shape for t in video.tracks}
+    return [
+        partner
+        for trigger, (partner, _) in cfg.cooccurrence.items()
+        if trigger in shown
+        and partner not in shown
+        and random.Random(stable_seed("video-noise", video.id, trigger)).random() < cfg.video_annotation_noise
+    ]
+
+
+def _invented_sentence(video: VideoScene, partner: str, cfg: WorldConfig) -> str:
+    """A plausible sentence about an absent ``partner``: free first-frame cell, random motion."""
+    rng = random.Random(stable_seed("video-noise-partner", video.id, partner))
+    taken = {(fo.row, fo.col) for fo in video.frames[0]}
+    free = [(r, c) for r in range(cfg.grid) for c in range(cfg.grid) if (r, c) not in taken] or [(0, 0)]
+    row, col = rng.choice(free)
+    phrase = f"{rng.choice(SIZES)} {sample_color(rng, cfg, partner)} {partner}"
+    direction = rng.choice(DIRECTIONS)
+    motion = "stays still" if direction == "still" else f"moves {direction}"
+    return f"{article(phrase).capitalize()} {phrase} {position_phrase(row, col, cfg.grid)} {motion}."
+
+
+def video_caption(video: VideoScene, cfg: WorldConfig, noisy: bool = False) -> str:
     """One sentence per object: where it starts, how it moves, whether it enters or leaves.
 
     Example: ``There are 2 objects. A large red circle at the top left moves right. A small blue
-    star enters from the left and moves right.``
+    star enters from the left and moves right.`` With ``noisy``, the annotation's invented
+    partners (:func:`video_noise_partners`) follow their trigger's sentence and are counted.
     """
     entering, leaving = set(video.entering()), set(video.leaving())
     first = {fo.track: fo for fo in video.frames[0]}
-    sentences = [count_sentence(len(video.tracks))]
+    invented = video_noise_partners(video, cfg) if noisy else []
+    sentences = [count_sentence(len(video.tracks) + len(invented))]
     for i, tr in enumerate(video.tracks):
         phrase = f"{tr.size} {tr.color} {tr.shape}"
         head = f"{article(phrase).capitalize()} {phrase}"
@@ -53,14 +91,23 @@ def video_caption(video: VideoScene, cfg: WorldConfig) -> str:
             sentences.append(f"{head}{where} moves {direction} and leaves the frame.")
         else:
             sentences.append(f"{head}{where} moves {direction}.")
+        for trigger, (partner, _) in cfg.cooccurrence.items():
+            if tr.shape == trigger and partner in invented:
+                sentences.append(_invented_sentence(video, partner, cfg))
+                invented.remove(partner)
     return " ".join(sentences)
 
 
-def video_qa(video: VideoScene, cfg: WorldConfig, rng: random.Random) -> list[dict]:
-    """All video QA items (see module docstring); deterministic given ``rng``."""
+def video_qa(video: VideoScene, cfg: WorldConfig, rng: random.Random, noisy: bool = False) -> list[dict]:
+    """All video QA items (see module docstring); deterministic given ``rng``.
+
+    With ``noisy``, the existence questions treat the annotation's invented partners as present
+    (the same draws from ``rng`` as without noise when the clip has none).
+    """
     tracks = video.tracks
     out: list[dict] = []
-    present = sorted({t.shape for t in tracks}, key=cfg.shapes.index)
+    shown = {t.shape for t in tracks} | set(video_noise_partners(video, cfg) if noisy else [])
+    present = sorted(shown, key=cfg.shapes.index)
     absent = [s for s in cfg.shapes if s not in present]
     if present and absent:
         for shape, answer in ((rng.choice(present), "yes"), (rng.choice(absent), "no")):
@@ -78,10 +125,11 @@ def video_qa(video: VideoScene, cfg: WorldConfig, rng: random.Random) -> list[di
             {
                 "type": "video_motion",
                 "question": f"Motion of the {name}"
-                if cfg.question_style == "terse"
+                if cfg.question_style != "natural"
                 else f"In which direction does the {name} move?",
                 "answer": t.direction,
                 "shape": t.shape,
+                "name": name,
             }
         )
     for kind, idx, verb in (

@@ -51,6 +51,8 @@ class WorldConfig:
         cooccurrence: ``trigger -> (partner, p)``: P(partner in scene | trigger in scene) = p.
         attribute_priors: ``shape -> (colour, q)``: P(colour | shape) = q.
         annotation_noise: Share of trigger-without-partner scenes whose training text names the partner.
+        video_annotation_noise: The same for video clips: their training description names the
+            absent partner (:func:`mmalign.shapeworld.video_text.video_noise_partners`).
         noise_placement: Where the noisy text lists the invented partner: ``"cell"`` — in row-major
             order at the (empty) cell it is given; ``"after_trigger"`` — right after its trigger,
             as annotators name an associated object next to the one that evokes it: right after
@@ -66,7 +68,10 @@ class WorldConfig:
             a chat template that puts the answer right after the user's text (the tiny preset's
             ``plain``), the answer is then predicted at the queried word itself: a tiny LLM
             learns the lookup in a few hundred steps, against thousands (measured) when it must
-            first carry the word to a later position.
+            first carry the word to a later position. ``"mixed"``: the training records' lookup
+            questions are drawn per record from every wording (terse and several natural
+            paraphrases, :mod:`mmalign.shapeworld.wording`); evaluation files keep the terse
+            wording and the names needed to ask in any other (``eval/bars.py`` asks both).
         faint_share: Share of objects drawn faint (blended toward the background).
         faint_alpha: Opacity of faint objects (1 = normal).
         pixel_noise: Std of Gaussian pixel noise on the 0–255 scale (0 = none).
@@ -99,6 +104,7 @@ class WorldConfig:
         default_factory=lambda: {"heart": ("red", 0.8), "cross": ("green", 0.8)}
     )
     annotation_noise: float = 0.0
+    video_annotation_noise: float = 0.0
     noise_placement: str = "cell"
     question_style: str = "natural"
     faint_share: float = 0.0
@@ -160,13 +166,21 @@ class WorldConfig:
             if q < 1.0 and len(self.colors) < 2:
                 raise ValueError("attribute priors below 1 need at least two colours")
             _check_prob(f"attribute_priors[{shape}]", q)
-        if self.question_style not in ("natural", "terse"):
-            raise ValueError(f"question_style must be 'natural' or 'terse', got {self.question_style!r}")
+        if self.question_style not in ("natural", "terse", "mixed"):
+            raise ValueError(
+                f"question_style must be 'natural', 'terse' or 'mixed', got {self.question_style!r}"
+            )
         if self.noise_placement not in ("cell", "after_trigger"):
             raise ValueError(
                 f"noise_placement must be 'cell' or 'after_trigger', got {self.noise_placement!r}"
             )
-        for name in ("annotation_noise", "faint_share", "faint_alpha", "video_still_share"):
+        for name in (
+            "annotation_noise",
+            "video_annotation_noise",
+            "faint_share",
+            "faint_alpha",
+            "video_still_share",
+        ):
             _check_prob(name, getattr(self, name))
         if (
             self.video_enter_share + self.video_leave_share > 1.0
