@@ -1,0 +1,257 @@
+"""Typed config of the efficacy study (issue 18, part 2): data, regimes, seeds and method entries.
+
+A study compares alignment methods against the baseline a user would otherwise run: SFT continued
+on the same annotations with the same number of optimizer steps and examples (the *control*).
+Every method entry names its control; :class:`StudyConfig` refuses an entry whose optimizer steps
+or examples per step differ from its control's, and an unknown method name, naming the entry.
+
+The YAML file (``configs/study/shapeworld.yaml``) is loaded by :func:`load_study`; its ``quick``
+section is applied on top by ``--quick`` (fewer seeds, steps and probes, a subset of rows).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mmalign.config import ConfigError, from_dict
+
+#: Method kinds the runner knows (``mmalign.eval.study.methods``); an entry's ``method`` must be one.
+METHODS = ("sft", "control", "lrv", "povid", "dpo", "align2llava", "rl")
+#: ``noisy``: the training annotations the SFT model learned (``llava/train.json``, noise included);
+#: ``clean``: exact annotations (``llava/train_clean.json``, exact-scene-graph builders).
+REGIMES = ("noisy", "clean")
+
+
+@dataclass
+class DataSpec:
+    """One ShapeWorld dataset generated for the study (``python -m mmalign.shapeworld generate``).
+
+    Attributes:
+        n_images: image scenes (all splits).
+        n_videos: video clips (all splits).
+        seed: the generator's seed (the training data uses the SFT model's seed 0; the held-out
+            evaluation data its own seed, so no evaluated scene was ever trained on).
+        val_frac: share of scenes in the validation split.
+        test_frac: share of scenes in the test split (the held-out split read by the judges).
+        prior_per_group: prior probes (violating / control scenes) per group.
+    """
+
+    n_images: int = 8000
+    n_videos: int = 200
+    seed: int = 0
+    val_frac: float = 0.1
+    test_frac: float = 0.1
+    prior_per_group: int = 100
+
+    def __post_init__(self) -> None:
+        if self.n_images < 10:
+            raise ValueError(f"n_images must be ≥ 10, got {self.n_images}")
+
+
+@dataclass
+class Limits:
+    """How much of the held-out split each model is judged on (``mmalign.eval.bars.BarLimits``)."""
+
+    n_images: int = 200
+    n_videos: int = 100
+    n_prior: int = 100
+    batch_size: int = 32
+
+
+@dataclass
+class MethodEntry:
+    """One row of the study: a method, the regimes it runs in, its budget and its control.
+
+    Attributes:
+        name: the row's label (unique).
+        method: one of :data:`METHODS`.
+        regimes: regimes it runs in (subset of :data:`REGIMES`); ``sft`` is measured once.
+        steps: optimizer steps (all stages together; RL: iterations × updates per iteration).
+        batch: examples per optimizer step over all ranks (micro-batch × ranks; no accumulation).
+        control: the name of the ``control`` entry it is judged against (same steps and batch).
+        options: method-specific knobs (see ``mmalign.eval.study.methods``).
+        overrides: extra ``key=value`` overrides passed to the training script(s).
+        seeded: False for a row that has no training (the SFT model): measured once.
+    """
+
+    name: str
+    method: str
+    regimes: list[str] = field(default_factory=lambda: list(REGIMES))
+    steps: int = 0
+    batch: int = 32
+    control: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(
+                f"method entry {self.name!r}: unknown method {self.method!r}; known: {', '.join(METHODS)}"
+            )
+        bad = [r for r in self.regimes if r not in REGIMES]
+        if bad:
+            raise ValueError(
+                f"method entry {self.name!r}: unknown regime(s) {bad}; known: {', '.join(REGIMES)}"
+            )
+        if self.method != "sft" and (self.steps < 1 or self.batch < 1):
+            raise ValueError(f"method entry {self.name!r}: steps and batch must be ≥ 1")
+
+    @property
+    def seeded(self) -> bool:
+        return self.method != "sft"
+
+    @property
+    def examples(self) -> int:
+        """Examples seen in training (steps × batch)."""
+        return self.steps * self.batch
+
+
+@dataclass
+class QuickSpec:
+    """What ``--quick`` changes (a small version of the same study).
+
+    Attributes:
+        seeds: seeds of every trained row.
+        steps: optimizer steps of every trained row (methods and controls alike, so budgets
+            still match); 0 keeps the entries' steps.
+        methods: the entries kept, by name (empty: all).
+        train: the training dataset's size.
+        eval: the held-out dataset's size.
+        limits: the judges' limits.
+    """
+
+    seeds: list[int] = field(default_factory=lambda: [0])
+    steps: int = 0
+    methods: list[str] = field(default_factory=list)
+    train: DataSpec | None = None
+    eval: DataSpec | None = None
+    limits: Limits | None = None
+
+
+@dataclass
+class StudyConfig:
+    """The whole study.
+
+    Attributes:
+        model: the SFT model every run starts from (an mmalign checkpoint directory).
+        out: output folder (``report.md``, ``results.json``, charts; runs under ``runs/``).
+        world: the ShapeWorld world config (JSON) both datasets are generated with.
+        train: the training dataset (seed 0: what the SFT model learned from).
+        eval: the held-out dataset (its own seed).
+        limits: the judges' limits on the held-out split.
+        seeds: seeds of every trained row (≥ 3 for a claim; mean ± std over them).
+        ranks: DeepSpeed ranks per training run.
+        wording: the held-out questions' wording passed to ``bars.measure`` when it takes one.
+        methods: the rows.
+        quick: what ``--quick`` changes.
+    """
+
+    model: str = "checkpoints/tiny-shapeworld"
+    out: str = "runs/study"
+    world: str = "configs/shapeworld/world.json"
+    train: DataSpec = field(default_factory=DataSpec)
+    eval: DataSpec = field(
+        default_factory=lambda: DataSpec(n_images=400, n_videos=60, seed=1234, val_frac=0.0, test_frac=0.8)
+    )
+    limits: Limits = field(default_factory=Limits)
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    ranks: int = 2
+    wording: str = "terse"
+    methods: list[MethodEntry] = field(default_factory=list)
+    quick: QuickSpec = field(default_factory=QuickSpec)
+
+    def __post_init__(self) -> None:
+        names = [m.name for m in self.methods]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"method entries named twice: {', '.join(dup)}")
+        if not self.seeds:
+            raise ValueError("seeds: at least one")
+        by_name = {m.name: m for m in self.methods}
+        for m in self.methods:
+            if m.batch % self.ranks:
+                raise ValueError(
+                    f"method entry {m.name!r}: batch {m.batch} is not a multiple of ranks {self.ranks}"
+                )
+            if m.method in ("sft", "control"):
+                continue
+            check_budget(m, by_name)
+
+    def entry(self, name: str) -> MethodEntry:
+        return next(m for m in self.methods if m.name == name)
+
+
+def check_budget(method: MethodEntry, by_name: dict[str, MethodEntry]) -> None:
+    """Refuse a method whose control is missing, not a control, or of another budget.
+
+    Raises:
+        ValueError: naming the entry, its control and both budgets.
+    """
+    if method.control is None:
+        raise ValueError(
+            f"method entry {method.name!r}: needs `control:` (a control entry of the same budget)"
+        )
+    control = by_name.get(method.control)
+    if control is None:
+        raise ValueError(f"method entry {method.name!r}: control {method.control!r} is not an entry")
+    if control.method != "control":
+        raise ValueError(
+            f"method entry {method.name!r}: control {method.control!r} is a {control.method!r} entry, not a control"
+        )
+    if (method.steps, method.batch) != (control.steps, control.batch):
+        raise ValueError(
+            f"method entry {method.name!r}: budget mismatch with its control {control.name!r}: "
+            f"{method.steps} steps × {method.batch} examples vs {control.steps} × {control.batch}"
+        )
+    missing = [r for r in method.regimes if r not in control.regimes]
+    if missing:
+        raise ValueError(
+            f"method entry {method.name!r}: its control {control.name!r} does not run in {missing}"
+        )
+
+
+def apply_quick(cfg: StudyConfig) -> StudyConfig:
+    """The ``--quick`` version of ``cfg``: its ``quick`` section applied (budgets re-checked)."""
+    q = cfg.quick
+    keep = set(q.methods) if q.methods else {m.name for m in cfg.methods}
+    unknown = keep - {m.name for m in cfg.methods}
+    if unknown:
+        raise ConfigError(f"quick.methods: unknown entries {sorted(unknown)}")
+    methods = []
+    for m in cfg.methods:
+        if m.name not in keep:
+            continue
+        steps = q.steps if (q.steps and m.method != "sft") else m.steps
+        methods.append(dataclasses.replace(m, steps=steps))
+    return dataclasses.replace(
+        cfg,
+        seeds=list(q.seeds),
+        methods=methods,
+        train=q.train or cfg.train,
+        eval=q.eval or cfg.eval,
+        limits=q.limits or cfg.limits,
+    )
+
+
+def study_from_dict(data: dict[str, Any]) -> StudyConfig:
+    """A :class:`StudyConfig` from a mapping (``ConfigError`` names a bad key or entry)."""
+    return from_dict(StudyConfig, data)
+
+
+def load_study(path: str | Path, quick: bool = False, out: str | None = None) -> StudyConfig:
+    """Load the study config from YAML; ``quick`` applies its ``quick`` section; ``out`` overrides it."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"study config not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    cfg = study_from_dict(data)
+    if quick:
+        cfg = apply_quick(cfg)
+    if out:
+        cfg = dataclasses.replace(cfg, out=out)
+    return cfg

@@ -1,0 +1,450 @@
+"""Each method of the study as the commands that build its data and train it (no work at import).
+
+A method kind (``MethodEntry.method``) maps to a planner that returns :class:`Command` s: builders
+(``data_builders/*.py``, ``python -m ...``) run once per study and regime, then the real training
+scripts (``train/sft.py``, ``train/dpo.py``, ``train/reward.py``, ``train/ppo.py``) launched under
+DeepSpeed with ``key=value`` overrides. A command whose ``done`` path exists is skipped, so a killed
+study resumes; a training run is done when its ``final/`` exists.
+
+What each method gets, per regime (issue 18: "what its paper assumes"):
+
+- ``control``: SFT continued on the regime's annotations (noisy ``llava/train.json`` or exact
+  ``llava/train_clean.json``), the first ``steps × batch`` records, one pass
+  (``configs/shapeworld/control.yaml``).
+- ``lrv``: the same SFT on the regime's annotations mixed with LRV-Instruction positive and
+  negative instructions at 1:1 (``data_builders/lrv.py`` on the exact scene graphs — the stand-in
+  for LRV's dense Visual-Genome captions); ``options.share`` of the examples are LRV's
+  (https://arxiv.org/abs/2306.14565).
+- ``povid``: POVID's two stages (https://arxiv.org/abs/2402.11411): stage 1 DPO on (regime
+  annotation, injected hallucination) pairs (``configs/dpo/tiny_shapeworld.yaml``), stage 2 the
+  two-term loss with the diffusion-noised image's answer (``configs/dpo/tiny_shapeworld_povid.yaml``);
+  pairs from ``data_builders/povid.py`` on the regime's annotations (chosen = those annotations).
+  ``options.stage1_share`` of the steps go to stage 1.
+- ``dpo``: DPO + SFT term on ShapeWorld (truth, injected hallucination) pairs
+  (``mmalign.preference.shapeworld_pairs``; ``configs/dpo/tiny_shapeworld.yaml``). The pairs come
+  from exact scene graphs in both regimes (the builder has no noisy mode).
+- ``align2llava``: Align²LLaVA (https://arxiv.org/abs/2409.18541): two Bradley–Terry reward models
+  on a small exact-labelled subset (``data_builders/align2llava.py pairs``, ``train/reward.py``), the
+  regime's first ``options.corpus`` records scored and cascaded to ``options.keep``, then SFT on
+  the curated subset (``options.subset: curated``) or on the whole corpus (``full``), same steps.
+  No style rewriting (``--rewrite none``: the inner-LLM rewrite of the tiny model is a no-op here).
+- ``rl``: ``train/ppo.py`` (``configs/ppo/tiny_shapeworld.yaml``; ``options.preset``: ``none`` =
+  PPO, ``remax``, ``rloo``, ``grpo``) on ``data_builders/shapeworld_rlhf.py prompts``, with the exact
+  judge as reward (``reward_fns:shapeworld_judge`` — an annotator who sees the scene, so exact) or
+  ``options.reward_model`` (a Fact-RM trained as in that builder's docstring). ``steps`` must be
+  iterations × optimizer steps per iteration and ``batch`` the responses per optimizer step
+  (step batch of prompts × ``num_samples``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mmalign.eval.study.config import MethodEntry
+
+CONTROL_CONFIG = "configs/shapeworld/control.yaml"
+DPO_CONFIG = "configs/dpo/tiny_shapeworld.yaml"
+POVID_CONFIG = "configs/dpo/tiny_shapeworld_povid.yaml"
+REWARD_CONFIG = "configs/reward/tiny_shapeworld.yaml"
+PPO_CONFIG = "configs/ppo/tiny_shapeworld.yaml"
+JUDGE = '[{spec: "mmalign.rl.reward_fns:shapeworld_judge"}]'
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subprocess of the study.
+
+    Attributes:
+        argv: the script (a path under the repository, or ``-m module``) and its arguments.
+        done: skip the command when this path exists.
+        ranks: 0 for a plain ``python`` process, else DeepSpeed ranks.
+        log: where its stdout/stderr go.
+        run: the training run folder (its ``metrics.jsonl`` gives the cost), if it trains.
+    """
+
+    argv: tuple[str, ...]
+    done: Path
+    ranks: int = 0
+    log: Path | None = None
+    run: Path | None = None
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where things are: the SFT model, the training dataset, built data and run folders."""
+
+    model: Path
+    train: Path
+    work: Path
+    runs: Path
+    ranks: int
+
+
+@dataclass
+class Plan:
+    """A trained row (entry × regime × seed): its commands and the checkpoint to measure."""
+
+    entry: str
+    regime: str
+    seed: int
+    commands: list[Command] = field(default_factory=list)
+    final: Path | None = None
+
+    @property
+    def runs(self) -> list[Path]:
+        return [c.run for c in self.commands if c.run is not None]
+
+
+def annotations(ctx: Context, regime: str) -> Path:
+    """The regime's SFT annotations: noisy ``llava/train.json`` or exact ``llava/train_clean.json``."""
+    return ctx.train / "llava" / ("train.json" if regime == "noisy" else "train_clean.json")
+
+
+def _source(path: Path, media_root: Path, max_records: int | None = None) -> dict:
+    src: dict = {"path": str(path), "media_root": str(media_root)}
+    if max_records is not None:
+        src["max_records"] = max_records
+    return src
+
+
+def _budget(entry: MethodEntry, ranks: int, steps: int | None = None) -> list[str]:
+    """Overrides shared by a method and its control: steps, batch, warmup, seed-independent logging."""
+    steps = steps if steps is not None else entry.steps
+    return [
+        f"max_steps={steps}",
+        f"strategy.micro_batch_size={entry.batch // ranks}",
+        "strategy.grad_accum=1",
+        f"optim.warmup_steps={max(1, min(10, steps // 10))}",
+        "save_every=0",
+        f"log_every={max(1, min(10, steps // 5))}",
+    ]
+
+
+def _train(
+    ctx: Context,
+    script: str,
+    config: str,
+    out: Path,
+    model: Path,
+    seed: int,
+    data: list[dict],
+    extra: list[str],
+) -> Command:
+    argv = (
+        script, "--config", config, f"model={model}", f"out={out}", f"seed={seed}",
+        f"data={json.dumps(data)}", *extra,
+    )  # fmt: skip
+    return Command(argv, out / "final" / "mmalign.json", ctx.ranks, out.with_suffix(".log"), out)
+
+
+def _run_dir(ctx: Context, entry: MethodEntry, regime: str, seed: int) -> Path:
+    return ctx.runs / f"{entry.name}-{regime}-s{seed}"
+
+
+def plan_control(ctx: Context, entry: MethodEntry, regime: str, seed: int) -> Plan:
+    out = _run_dir(ctx, entry, regime, seed)
+    data = [_source(annotations(ctx, regime), ctx.train, entry.examples)]
+    cmd = _train(ctx, "train/sft.py", CONTROL_CONFIG, out, ctx.model, seed, data, _budget(entry, ctx.ranks))
+    return Plan(entry.name, regime, seed, [cmd], out / "final")
+
+
+def plan_lrv(ctx: Context, entry: MethodEntry, regime: str, seed: int) -> Plan:
+    share = float(entry.options.get("share", 0.5))
+    per_image = int(entry.options.get("per_image", 6))
+    n_lrv = round(entry.examples * share)
+    built = ctx.work / "lrv"
+    build = Command(
+        (
+            "data_builders/lrv.py",
+            str(ctx.train / "scenes" / "train.jsonl"),
+            "--out",
+            str(built),
+            "--world",
+            str(ctx.train / "world.json"),
+            "--media-root",
+            str(ctx.train),
+            "--per-image",
+            str(per_image),
+            "--ratio",
+            str(entry.options.get("ratio", "1:1")),
+            "--limit",
+            str(math.ceil(1.2 * n_lrv / per_image) + 1),
+            "--no-progress",
+        ),  # fmt: skip
+        built / "summary.json",
+        log=ctx.work / "lrv.log",
+    )
+    out = _run_dir(ctx, entry, regime, seed)
+    data = [
+        _source(annotations(ctx, regime), ctx.train, entry.examples - n_lrv),
+        _source(built / "llava.jsonl", ctx.train, n_lrv),
+    ]
+    cmd = _train(ctx, "train/sft.py", CONTROL_CONFIG, out, ctx.model, seed, data, _budget(entry, ctx.ranks))
+    return Plan(entry.name, regime, seed, [build, cmd], out / "final")
+
+
+def plan_dpo(ctx: Context, entry: MethodEntry, regime: str, seed: int) -> Plan:
+    pairs = ctx.work / "pairs" / "train.jsonl"
+    build = Command(
+        (
+            "-m",
+            "mmalign.preference.shapeworld_pairs",
+            "--data",
+            str(ctx.train),
+            "--split",
+            "train",
+            "--out",
+            str(pairs),
+        ),
+        pairs,
+        log=ctx.work / "pairs.log",
+    )
+    out = _run_dir(ctx, entry, regime, seed)
+    data = [_source(pairs, ctx.train, entry.examples)]
+    cmd = _train(ctx, "train/dpo.py", DPO_CONFIG, out, ctx.model, seed, data, _budget(entry, ctx.ranks))
+    return Plan(entry.name, regime, seed, [build, cmd], out / "final")
+
+
+def plan_povid(ctx: Context, entry: MethodEntry, regime: str, seed: int) -> Plan:
+    s1 = round(entry.steps * float(entry.options.get("stage1_share", 0.5)))
+    s2 = entry.steps - s1
+    if s2 < 1:
+        raise ValueError(f"method entry {entry.name!r}: stage 2 gets no steps (stage1_share too high)")
+    built = ctx.work / f"povid-{regime}"
+    build = Command(
+        (
+            "data_builders/povid.py",
+            str(annotations(ctx, regime)),
+            "--out",
+            str(built),
+            "--scenes",
+            str(ctx.train / "scenes" / "train.jsonl"),
+            "--world",
+            str(ctx.train / "world.json"),
+            "--media-root",
+            str(ctx.train),
+            "--distort",
+            "disk",
+            "--t",
+            str(entry.options.get("t", 500)),
+            "--noisy-dir",
+            f"povid_noisy_{regime}",
+            "--limit",
+            str(math.ceil(1.5 * max(s1, s2) * entry.batch)),
+            "--no-progress",
+        ),  # fmt: skip
+        built / "summary.json",
+        log=ctx.work / f"povid-{regime}.log",
+    )
+    pairs = built / "povid.jsonl"
+    run = _run_dir(ctx, entry, regime, seed)
+    stage1, stage2 = run / "stage1", run / "stage2"
+    cmds = [build]
+    if s1 > 0:
+        data = [_source(pairs, ctx.train, s1 * entry.batch)]
+        cmds.append(
+            _train(
+                ctx, "train/dpo.py", DPO_CONFIG, stage1, ctx.model, seed, data, _budget(entry, ctx.ranks, s1)
+            )
+        )
+    start = stage1 / "final" if s1 > 0 else ctx.model
+    data = [_source(pairs, ctx.train, s2 * entry.batch)]
+    cmds.append(
+        _train(ctx, "train/dpo.py", POVID_CONFIG, stage2, start, seed, data, _budget(entry, ctx.ranks, s2))
+    )
+    return Plan(entry.name, regime, seed, cmds, stage2 / "final")
+
+
+def plan_align2llava(ctx: Context, entry: MethodEntry, regime: str, seed: int) -> Plan:
+    opts = entry.options
+    subset = opts.get("subset", "curated")
+    if subset not in ("curated", "full"):
+        raise ValueError(
+            f"method entry {entry.name!r}: options.subset must be curated or full, got {subset!r}"
+        )
+    corpus = int(opts.get("corpus", 4800))
+    corpus_file = annotations(ctx, regime)
+    out = _run_dir(ctx, entry, regime, seed)
+    extra = [*_budget(entry, ctx.ranks), *entry.overrides]
+    if subset == "full":
+        data = [_source(corpus_file, ctx.train, corpus)]
+        return Plan(
+            entry.name,
+            regime,
+            seed,
+            [_train(ctx, "train/sft.py", CONTROL_CONFIG, out, ctx.model, seed, data, extra)],
+            out / "final",
+        )
+    a2l = ctx.work / "a2l"
+    rm = a2l / "rm"
+    cmds = [
+        Command(
+            (
+                "data_builders/align2llava.py",
+                "pairs",
+                "--data",
+                str(ctx.train),
+                "--out",
+                str(rm),
+                "--n",
+                str(opts.get("rm_scenes", 400)),
+                "--seed",
+                "0",
+            ),
+            rm / "ga_pairs.jsonl",
+            log=a2l / "pairs.log",
+        )  # fmt: skip
+    ]
+    rm_steps = int(opts.get("rm_steps", 60))
+    for which, pairs in (("question", "fq_pairs.jsonl"), ("answer", "ga_pairs.jsonl")):
+        cmds.append(
+            Command(
+                (
+                    "train/reward.py",
+                    "--config",
+                    REWARD_CONFIG,
+                    f"model={ctx.model}",
+                    f"out={rm / which}",
+                    f"data={json.dumps([_source(rm / pairs, ctx.train)])}",
+                    "reward_prompt=null",
+                    f"max_steps={rm_steps}",
+                    "save_every=0",
+                    "eval_fraction=0.05",
+                    f"optim.warmup_steps={max(1, min(10, rm_steps // 10))}",
+                ),
+                rm / which / "final" / "mmalign.json",
+                ctx.ranks,
+                a2l / f"rm-{which}.log",
+            )  # fmt: skip
+        )
+    scores = a2l / f"score-{regime}"
+    cmds.append(
+        Command(
+            (
+                "data_builders/align2llava.py",
+                "score",
+                str(corpus_file),
+                "--out",
+                str(scores),
+                "--limit",
+                str(corpus),
+                "--question-rm",
+                str(rm / "question" / "final"),
+                "--answer-rm",
+                str(rm / "answer" / "final"),
+                "--media-root",
+                str(ctx.train),
+                "--no-progress",
+            ),
+            scores / "summary.json",
+            log=a2l / f"score-{regime}.log",
+        )  # fmt: skip
+    )
+    selected = a2l / f"selected-{regime}.jsonl"
+    cmds.append(
+        Command(
+            (
+                "data_builders/align2llava.py",
+                "select",
+                str(corpus_file),
+                "--scores",
+                str(scores / "scores.jsonl"),
+                "--out",
+                str(selected),
+                "--keep",
+                str(opts.get("keep", 0.1)),
+                "--question-keep",
+                str(opts.get("question_keep", 0.3)),
+            ),
+            selected,
+            log=a2l / f"select-{regime}.log",
+        )  # fmt: skip
+    )
+    cmds.append(
+        _train(
+            ctx, "train/sft.py", CONTROL_CONFIG, out, ctx.model, seed, [_source(selected, ctx.train)], extra
+        )
+    )
+    return Plan(entry.name, regime, seed, cmds, out / "final")
+
+
+def rl_iterations(entry: MethodEntry, ranks: int) -> tuple[int, list[str]]:
+    """Iterations of an ``rl`` entry whose ``steps`` and ``batch`` match its control, and its overrides.
+
+    Raises:
+        ValueError: ``steps`` is not a whole number of iterations, or ``batch`` is not PPO's step batch.
+    """
+    from mmalign.config import load_config
+    from mmalign.rl.config import PPOConfig
+
+    over = [f"preset={entry.options.get('preset', 'none')}", *entry.overrides]
+    cfg = load_config(PPOConfig, PPO_CONFIG, over)
+    try:
+        updates = cfg.updates_per_iteration(ranks)
+    except ValueError as exc:
+        raise ValueError(f"method entry {entry.name!r}: {exc}") from exc
+    responses = cfg.step_batch(ranks) * cfg.num_samples  # examples per optimizer step
+    if responses != entry.batch or entry.steps % updates:
+        raise ValueError(
+            f"method entry {entry.name!r}: {entry.steps} steps × {entry.batch} examples is not a whole number of "
+            f"RL iterations ({updates} optimizer steps of {responses} responses each); set overrides "
+            "(rollout_batch_size, num_samples, strategy.micro_batch_size) or steps to match"
+        )
+    return entry.steps // updates, over
+
+
+def plan_rl(ctx: Context, entry: MethodEntry, regime: str, seed: int) -> Plan:
+    rm = entry.options.get("reward_model")
+    if regime == "noisy" and not rm:
+        raise ValueError(
+            f"method entry {entry.name!r}: the judge reward is exact (clean regime only); the noisy regime needs "
+            "options.reward_model (a Fact-RM trained as data_builders/shapeworld_rlhf.py describes)"
+        )
+    iterations, over = rl_iterations(entry, ctx.ranks)
+    prompts = ctx.work / "rlhf"
+    build = Command(
+        ("data_builders/shapeworld_rlhf.py", "prompts", "--data", str(ctx.train), "--out", str(prompts)),
+        prompts / "ppo_prompts" / "train.jsonl",
+        log=ctx.work / "rlhf-prompts.log",
+    )
+    reward = (
+        [
+            f"reward_model={rm}",
+            f"reward_prompt={entry.options.get('reward_prompt', 'configs/prompts/fact_rlhf_reward.txt')}",
+        ]
+        if rm
+        else ["reward_model=null", f"reward_functions={JUDGE}"]
+    )
+    out = _run_dir(ctx, entry, regime, seed)
+    argv = (
+        "train/ppo.py", "--config", PPO_CONFIG, f"model={ctx.model}", f"out={out}", f"seed={seed}",
+        f"prompts={prompts / 'ppo_prompts' / 'train.jsonl'}", f"media_root={ctx.train}",
+        f"iterations={iterations}", "save_every=0", "log_every=1", *reward, *over,
+    )  # fmt: skip
+    cmd = Command(argv, out / "final" / "mmalign.json", ctx.ranks, out.with_suffix(".log"), out)
+    return Plan(entry.name, regime, seed, [build, cmd], out / "final")
+
+
+PLANNERS = {
+    "control": plan_control,
+    "lrv": plan_lrv,
+    "povid": plan_povid,
+    "dpo": plan_dpo,
+    "align2llava": plan_align2llava,
+    "rl": plan_rl,
+}
+
+
+def plan(ctx: Context, entry: MethodEntry, regime: str, seed: int) -> Plan:
+    """The commands of one trained row; the ``sft`` row has none (the SFT model itself)."""
+    if entry.method == "sft":
+        return Plan(entry.name, regime, seed, [], ctx.model)
+    p = PLANNERS[entry.method](ctx, entry, regime, seed)
+    if entry.overrides and entry.method not in ("rl", "align2llava"):
+        for i, c in enumerate(p.commands):
+            if c.run is not None:
+                p.commands[i] = Command((*c.argv, *entry.overrides), c.done, c.ranks, c.log, c.run)
+    return p

@@ -1,0 +1,265 @@
+"""Runs the study: datasets, every row's commands (resumable), held-out measurement, training cost.
+
+Launching follows ``scripts/quickstart.py``: ``python -m deepspeed.launcher.runner --num_gpus N
+--master_port <free port>`` through this interpreter, ``OMP_NUM_THREADS=1``, ``DS_ACCELERATOR=cpu``
+without CUDA. A command whose ``done`` path exists is skipped; measurements are cached per
+checkpoint (:func:`mmalign.eval.rlhf_study.cache_key`), so a killed study resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from mmalign.eval.bars import BarLimits
+from mmalign.eval.study.config import StudyConfig
+from mmalign.eval.study.methods import Command, Context, Plan, plan
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def generate_data(world: Path, out: Path, spec: Any) -> Path:
+    """A ShapeWorld dataset (``python -m mmalign.shapeworld generate`` in-process; a rerun is a no-op)."""
+    from mmalign.shapeworld import WorldConfig, generate
+
+    fields = json.loads(world.read_text())
+    cfg = WorldConfig.from_dict(fields.get("params", {}).get("config", fields))
+    generate(
+        out, spec.n_images, spec.n_videos, spec.seed, cfg,
+        val_frac=spec.val_frac, test_frac=spec.test_frac,
+        prior_per_group=spec.prior_per_group, progress=False,
+    )  # fmt: skip
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (Linux ``/proc``; empty elsewhere)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                todo += [int(c) for c in task.read_text().split()]
+            except OSError:
+                pass
+    return out
+
+
+def _hwm_gib(pid: int) -> float:
+    """Peak resident set (``VmHWM``) of one process in GiB; 0 when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return 0.0
+
+
+def _run_watched(argv: list[str], env: dict, log: Path) -> tuple[int, dict[str, float]]:
+    """Run ``argv``; returns its exit code and its cost seen from outside: ``wall_s`` (launch
+    included), ``cpu_s`` (all descendants, ``RUSAGE_CHILDREN``) and ``peak_gib`` (largest process's
+    ``VmHWM``, polled every 0.5 s)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start, peak = time.time(), 0.0
+    with open(log, "w") as f:
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+        while proc.poll() is None:
+            peak = max([peak, *(_hwm_gib(p) for p in _tree(proc.pid))])
+            time.sleep(0.5)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return proc.returncode, {"wall_s": time.time() - start, "cpu_s": cpu, "peak_gib": peak}
+
+
+def execute(cmd: Command) -> float:
+    """Run one command (skipped when ``cmd.done`` exists); returns its wall seconds (0 when skipped).
+
+    A training command's outside view of its cost is written to ``<run>/study_cost.json``.
+
+    Raises:
+        RuntimeError: it failed (the message names its log).
+    """
+    if cmd.done.exists():
+        return 0.0
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    if cmd.ranks:
+        if "DS_ACCELERATOR" not in env:
+            import torch
+
+            if not torch.cuda.is_available():
+                env["DS_ACCELERATOR"] = "cpu"
+        head = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(cmd.ranks),
+                "--master_port", str(_free_port())]  # fmt: skip
+        argv = [*head, str(ROOT / cmd.argv[0]), *cmd.argv[1:]]
+    elif cmd.argv[0] == "-m":
+        argv = [sys.executable, *cmd.argv]
+    else:
+        argv = [sys.executable, str(ROOT / cmd.argv[0]), *cmd.argv[1:]]
+    log = cmd.log or cmd.done.parent / "command.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print(f"$ {' '.join(argv)}  > {log}", flush=True)
+    rc, cost = _run_watched(argv, env, log)
+    if rc != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
+        raise RuntimeError(f"command failed (exit {rc}), see {log}:\n{tail}")
+    if cmd.run is not None:
+        (cmd.run / "study_cost.json").write_text(json.dumps(cost))
+    return cost["wall_s"]
+
+
+def measure_checkpoint(
+    folder: Path, data: Path, limits: BarLimits, cache: Path, wording: str
+) -> dict[str, Any]:
+    """Held-out measurement of one checkpoint: ``mmalign.eval.bars.measure`` plus CHAIR-s, cached.
+
+    CHAIR-s comes from the same captions as CHAIR-i when ``measure`` returns it; otherwise from a
+    second greedy caption pass on the same scenes with bars' caption prompt
+    (``mmalign.shapeworld.chair``).
+    """
+    import inspect
+
+    from mmalign.data.processor import MultimodalProcessor
+    from mmalign.eval import bars
+    from mmalign.eval.common import question
+    from mmalign.eval.rlhf_study import cache_key
+    from mmalign.models.checkpoint import load_model
+    from mmalign.shapeworld import Scene, chair
+    from mmalign.training.generation import generate_responses
+
+    key = {**cache_key(folder, data, limits), "wording": wording}
+    if cache.exists():
+        stored = json.loads(cache.read_text())
+        if stored.get("key") == key:
+            return stored["measured"]
+    start = time.time()
+    model, tokenizer = load_model(str(folder))
+    model.eval()
+    processor = MultimodalProcessor.for_model(model, tokenizer)
+    kwargs = {"wording": wording} if "wording" in inspect.signature(bars.measure).parameters else {}
+    measured = bars.measure(model, processor, str(data), limits, **kwargs)
+    if "chair_s" not in measured:
+        rows = [json.loads(x) for x in (data / "scenes" / "test.jsonl").read_text().splitlines() if x.strip()]
+        scenes = [Scene.from_dict(s) for s in rows if s.get("kind", "image") == "image"][: limits.n_images]
+        asks = [
+            question(f"images/{s.id}.png", bars.CAPTION_PROMPT, image=data / f"images/{s.id}.png")
+            for s in scenes
+        ]
+        captions = generate_responses(model, processor, asks, batch_size=limits.batch_size, max_new_tokens=80)
+        measured["chair_s"] = chair(captions, scenes)["chair_s"] if scenes else 0.0
+    measured["measure_s"] = time.time() - start
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"key": key, "measured": measured}, default=str))
+    return measured
+
+
+def training_cost(runs: list[Path]) -> dict[str, float]:
+    """Cost of a row's training runs (several stages added up; peak = the largest).
+
+    ``train_wall_s``: the training loop's own clock (``time`` in ``metrics.jsonl``, added over
+    restarts); ``launch_wall_s``: the whole subprocess (launcher, loading, saving) seen by the
+    runner. CPU seconds and peak memory come from ``metrics.jsonl`` where the trainer logs them
+    (RL runs: :func:`mmalign.eval.rl_compare.run_cost`), else from the runner's outside view
+    (``study_cost.json``: CPU of every descendant, the largest process's peak resident set).
+    """
+    from mmalign.eval.plots import read_metrics
+    from mmalign.eval.rl_compare import _across_restarts, run_cost
+
+    total = {"train_wall_s": 0.0, "launch_wall_s": 0.0, "train_cpu_s": 0.0, "peak_gib": 0.0}
+    if not runs:  # the SFT model: no training in the study
+        return dict.fromkeys(total, float("nan"))
+    for run in runs:
+        outside = (
+            json.loads((run / "study_cost.json").read_text()) if (run / "study_cost.json").exists() else {}
+        )
+        total["launch_wall_s"] += outside.get("wall_s", float("nan"))
+        try:
+            c = run_cost(run)
+            wall, cpu, peak = c["wall_s"], c["cpu_s"], c["peak_gib"]
+        except (ValueError, KeyError):
+            records = read_metrics(run)
+            times = [r["time"] for r in records if "time" in r]
+            wall = _across_restarts(times) if times else float("nan")
+            cpu, peak = outside.get("cpu_s", float("nan")), outside.get("peak_gib", float("nan"))
+        total["train_wall_s"] += wall
+        total["train_cpu_s"] += cpu
+        total["peak_gib"] = max(total["peak_gib"], peak) if peak == peak else float("nan")
+    return total
+
+
+def plans(cfg: StudyConfig, ctx: Context) -> list[Plan]:
+    """Every row of the study (entries × regimes × seeds; the SFT row once), checked before any run."""
+    out = []
+    for entry in cfg.methods:
+        if not entry.seeded:
+            out.append(plan(ctx, entry, "both", -1))
+            continue
+        for regime in entry.regimes:
+            out += [plan(ctx, entry, regime, seed) for seed in cfg.seeds]
+    return out
+
+
+def run_study(cfg: StudyConfig, root: Path = ROOT) -> dict[str, Any]:
+    """Generate data, run every command, measure every row; returns ``results`` (see ``report``).
+
+    Raises:
+        FileNotFoundError: the SFT model is missing.
+        RuntimeError: a command failed.
+    """
+    started = time.time()
+    out = (root / cfg.out).resolve()
+    model = (root / cfg.model).resolve()
+    if not (model / "mmalign.json").exists():
+        raise FileNotFoundError(f"the SFT model {model} is not an mmalign checkpoint")
+    world = root / cfg.world
+    train = generate_data(world, out / "data" / "train", cfg.train)
+    held_out = generate_data(world, out / "data" / "eval", cfg.eval)
+    ctx = Context(model, train, out / "work", out / "runs", cfg.ranks)
+    rows = plans(cfg, ctx)
+    done: set[Path] = set()
+    for p in rows:
+        for c in p.commands:
+            if c.done in done:
+                continue
+            execute(c)
+            done.add(c.done)
+    limits = BarLimits(cfg.limits.n_images, cfg.limits.n_videos, cfg.limits.n_prior, cfg.limits.batch_size)
+    results: list[dict[str, Any]] = []
+    for p in rows:
+        tag = f"{p.entry}-{p.regime}-s{p.seed}" if p.seed >= 0 else p.entry
+        assert p.final is not None
+        measured = measure_checkpoint(
+            p.final, held_out, limits, out / "measured" / f"{tag}.json", cfg.wording
+        )
+        entry = cfg.entry(p.entry)
+        results.append(
+            {
+                "entry": p.entry, "method": entry.method, "regime": p.regime, "seed": p.seed,
+                "control": entry.control, "subset": entry.options.get("subset"), "steps": entry.steps, "batch": entry.batch,
+                "checkpoint": str(p.final), "measured": measured, "cost": training_cost(p.runs),
+            }
+        )  # fmt: skip
+        print(f"{tag}: measured", file=sys.stderr, flush=True)
+    return {
+        "config": cfg.out,
+        "seeds": cfg.seeds,
+        "rows": results,
+        "train_data": str(train),
+        "eval_data": str(held_out),
+        "wall_s": time.time() - started,
+    }

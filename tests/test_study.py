@@ -1,0 +1,204 @@
+"""The efficacy study (issue 18): the "beats the control" rule, config refusals, and the study end
+to end at smoke size (slow: two 2-rank DeepSpeed-free rows — the SFT model and a real 2-step
+control continuation under DeepSpeed — measured on a tiny held-out split)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mmalign.config import ConfigError
+from mmalign.eval.study.config import apply_quick, load_study, study_from_dict
+from mmalign.eval.study.methods import Context, plan
+from mmalign.eval.study.report import aggregate, beats_control, format_report, mean_std, targets
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_CONFIG = ROOT / "configs" / "study" / "shapeworld.yaml"
+
+
+def test_beats_control_lower_is_better():
+    # better by 0.20, more than both stds (0.02, 0.05)
+    assert beats_control((0.10, 0.02), (0.30, 0.05), lower_is_better=True)
+    # better by 0.05 but the control's std is 0.06: not a win
+    assert not beats_control((0.25, 0.02), (0.30, 0.06), lower_is_better=True)
+    # better by 0.05 but the method's own std is 0.07: not a win
+    assert not beats_control((0.25, 0.07), (0.30, 0.01), lower_is_better=True)
+    # worse is never a win
+    assert not beats_control((0.40, 0.0), (0.30, 0.0), lower_is_better=True)
+    # exactly one std better is not "more than"
+    assert not beats_control((0.20, 0.10), (0.30, 0.0), lower_is_better=True)
+
+
+def test_beats_control_higher_is_better_and_nan():
+    assert beats_control((0.95, 0.01), (0.90, 0.02), lower_is_better=False)
+    assert not beats_control((0.90, 0.01), (0.95, 0.02), lower_is_better=False)
+    # the same numbers read as a hallucination rate: the lower control wins, not the method
+    assert not beats_control((0.95, 0.01), (0.90, 0.02), lower_is_better=True)
+    assert not beats_control((float("nan"), 0.0), (0.9, 0.0), lower_is_better=False)
+
+
+def test_mean_std():
+    assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0)
+    assert mean_std([0.5]) == (0.5, 0.0)
+    assert math.isnan(mean_std([])[0])
+
+
+def _study(methods: list[dict]) -> dict:
+    return {"seeds": [0], "methods": methods}
+
+
+CONTROL = {"name": "control", "method": "control", "steps": 60, "batch": 32}
+
+
+def test_config_refuses_unknown_method():
+    with pytest.raises(ConfigError, match=r"'magic'.*unknown method 'dpo_plus_plus'"):
+        study_from_dict(
+            _study([CONTROL, {"name": "magic", "method": "dpo_plus_plus", "steps": 60, "control": "control"}])
+        )
+
+
+def test_config_refuses_budget_mismatch():
+    entry = {"name": "povid-long", "method": "povid", "steps": 90, "batch": 32, "control": "control"}
+    with pytest.raises(
+        ConfigError, match=r"'povid-long'.*budget mismatch.*'control'.*90 steps × 32 examples vs 60 × 32"
+    ):
+        study_from_dict(_study([CONTROL, entry]))
+    entry = {"name": "lrv-wide", "method": "lrv", "steps": 60, "batch": 64, "control": "control"}
+    with pytest.raises(ConfigError, match=r"'lrv-wide'.*budget mismatch"):
+        study_from_dict(_study([CONTROL, entry]))
+
+
+def test_config_refuses_missing_or_wrong_control():
+    with pytest.raises(ConfigError, match=r"'dpo'.*needs `control:`"):
+        study_from_dict(_study([CONTROL, {"name": "dpo", "method": "dpo", "steps": 60}]))
+    with pytest.raises(ConfigError, match=r"'lrv'.*control 'dpo' is a 'dpo' entry"):
+        study_from_dict(
+            _study(
+                [
+                    CONTROL,
+                    {"name": "dpo", "method": "dpo", "steps": 60, "control": "control"},
+                    {"name": "lrv", "method": "lrv", "steps": 60, "control": "dpo"},
+                ]
+            )
+        )
+    with pytest.raises(ConfigError, match=r"'dpo'.*does not run in \['noisy'\]"):
+        study_from_dict(
+            _study(
+                [
+                    {**CONTROL, "regimes": ["clean"]},
+                    {"name": "dpo", "method": "dpo", "steps": 60, "control": "control"},
+                ]
+            )
+        )
+
+
+def test_shipped_config_plans_every_row(tmp_path):
+    """The shipped study and its quick version load, keep budgets matched, and plan every command
+    (RL iterations resolved from the PPO config) without running anything."""
+    for quick in (False, True):
+        cfg = load_study(SHIPPED_CONFIG, quick=quick)
+        if not quick:
+            assert len(cfg.seeds) >= 3
+        ctx = Context(ROOT / cfg.model, tmp_path / "train", tmp_path / "work", tmp_path / "runs", cfg.ranks)
+        for entry in cfg.methods:
+            for regime in entry.regimes:
+                p = plan(ctx, entry, regime, 0)
+                assert p.final is not None
+                trains = [c for c in p.commands if c.run is not None]
+                assert bool(trains) == (entry.method != "sft")
+                for c in trains:
+                    assert (ROOT / c.argv[0]).exists() and (ROOT / c.argv[2]).exists()
+    quick = apply_quick(load_study(SHIPPED_CONFIG))
+    assert {"sft", "control", "dpo", "povid"} <= {m.name for m in quick.methods}
+
+
+def test_targets_on_hand_made_rows():
+    def row(method, yes, men, qa, control="control", std=0.0):
+        r = {"n": 3, "method": method, "control": control, "subset": None}
+        r.update(prior_yes=(yes, std), prior_mention=(men, std), clear_qa=(qa, std))
+        return r
+
+    rows = {
+        "sft": row("sft", 0.96, 0.5, 0.95, control=None),
+        "control": row("control", 0.9, 0.3, 0.95, control=None, std=0.02),
+        "povid": row("povid", 0.05, 0.2, 0.945, std=0.01),
+        "lrv": row("lrv", 0.5, 0.3, 0.90),
+    }
+    judged = {name: met for name, met, _ in targets(rows)}
+    assert judged['povid: false "yes" ≤ 0.1× SFT'] is True
+    assert judged['povid: beats control on false "yes"'] is True
+    assert judged["povid: clear QA ≥ SFT − 1 point"] is True
+    assert judged['lrv: false "yes" ≤ 0.3× SFT'] is False
+    assert judged["lrv: clear QA ≥ SFT − 1 point"] is False
+
+
+def _tiny_study(tmp_path: Path) -> Path:
+    cfg = {
+        "model": "checkpoints/tiny-shapeworld",
+        "out": str(tmp_path / "study"),
+        "world": "configs/shapeworld/world.json",
+        "train": {"n_images": 120, "n_videos": 0, "seed": 0, "prior_per_group": 5},
+        "eval": {
+            "n_images": 40,
+            "n_videos": 6,
+            "seed": 77,
+            "val_frac": 0.0,
+            "test_frac": 0.8,
+            "prior_per_group": 6,
+        },
+        "limits": {"n_images": 6, "n_videos": 4, "n_prior": 6, "batch_size": 16},
+        "seeds": [0],
+        "methods": [
+            {"name": "sft", "method": "sft"},
+            {"name": "control", "method": "control", "regimes": ["noisy"], "steps": 2, "batch": 4},
+        ],
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(json.dumps(cfg))  # JSON is YAML
+    return path
+
+
+@pytest.mark.slow
+def test_study_end_to_end_smoke(tmp_path):
+    """Two rows (the SFT model, a 2-step control under 2-rank DeepSpeed), one seed: the report,
+    results, charts; the control really trained; a rerun skips the finished run."""
+    config = _tiny_study(tmp_path)
+    cmd = [sys.executable, str(ROOT / "eval" / "study.py"), "--config", str(config)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / "study"
+    results = json.loads((out / "results.json").read_text())
+    assert [(r["entry"], r["regime"]) for r in results["rows"]] == [("sft", "both"), ("control", "noisy")]
+    control = results["rows"][1]
+    final = Path(control["checkpoint"])
+    assert (final / "mmalign.json").exists()
+    for row in results["rows"]:
+        m = row["measured"]
+        assert 0.0 <= m["prior_yes"] <= 1.0 and 0.0 <= m["chair_s"] <= 1.0
+        assert m["n"]["prior_violating"] == 6
+    assert control["cost"]["train_wall_s"] > 0 and control["cost"]["peak_gib"] > 0
+    # the control really trained: its LLM weights differ from the SFT model's
+    from safetensors.torch import load_file
+
+    def llm_weights(folder: Path) -> dict:
+        return {k: v for f in sorted((folder / "llm").glob("*.safetensors")) for k, v in load_file(f).items()}
+
+    mine, base = llm_weights(final), llm_weights(ROOT / "checkpoints" / "tiny-shapeworld")
+    assert any(not (mine[k] == base[k]).all() for k in base)
+    report = (out / "report.md").read_text()
+    assert "## Regime: noisy" in report and "| CHAIR-s |" in report and "control (n=1)" in report
+    assert (out / "charts" / "prior_yes.png").stat().st_size > 1000
+    # resume: nothing is retrained, measurements come from the cache
+    stamp = (final / "mmalign.json").stat().st_mtime_ns
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (final / "mmalign.json").stat().st_mtime_ns == stamp
+    assert "$ " not in again.stdout  # no command was launched
+    # the report module reads what the runner wrote
+    assert "control" in aggregate(results)["noisy"]
+    assert format_report(results).startswith("# Efficacy study")
