@@ -265,7 +265,7 @@ def plan_align2llava(ctx: Context, entry: MethodEntry, regime: str, seed: int) -
         raise ValueError(
             f"method entry {entry.name!r}: options.subset must be curated or full, got {subset!r}"
         )
-    corpus = int(opts.get("corpus", 4800))
+    corpus = int(opts.get("corpus", entry.examples))
     corpus_file = annotations(ctx, regime)
     out = _run_dir(ctx, entry, regime, seed)
     extra = [*_budget(entry, ctx.ranks), *entry.overrides]

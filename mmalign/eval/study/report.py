@@ -112,6 +112,7 @@ def aggregate(results: Mapping[str, Any]) -> dict[str, dict[str, dict[str, Any]]
             first = runs[0]
             agg: dict[str, Any] = {
                 "n": len(runs), "control": first["control"], "method": first["method"], "subset": first.get("subset"),
+                "corpus": first.get("corpus"), "examples": first.get("steps", 0) * first.get("batch", 0),
             }  # fmt: skip
             for key, _, _ in METRICS:
                 agg[key] = mean_std([v[key] for v in values])
@@ -191,20 +192,23 @@ def targets(rows: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, bool | Non
         out.append((f"{name}: clear QA ≥ SFT − 1 point", qa >= s_qa - 0.01, f"{qa:.3f} vs SFT {s_qa:.3f}"))
     curated = [n for n, r in rows.items() if r["method"] == "align2llava" and r.get("subset") != "full"]
     full = [n for n, r in rows.items() if r["method"] == "align2llava" and r.get("subset") == "full"]
-    if curated and full:
-        c, f = rows[curated[0]], rows[full[0]]
+    for name in curated:
+        c = rows[name]
+        if full:
+            ref, label = full[0], full[0]
+        elif c.get("corpus") == c.get("examples") and c["control"] in rows:
+            # the control IS SFT on the full corpus (its first steps × batch records, one pass), same steps
+            ref, label = c["control"], f"{c['control']} (= SFT on the full corpus, same steps)"
+        else:
+            out.append((f"{name}: curated vs full", None, "needs a `subset: full` entry"))
+            continue
+        f = rows[ref]
         for key in ("prior_yes", "clear_qa"):
             (cm, cs), (fm, fs) = c[key], f[key]
             met = abs(cm - fm) <= max(cs, fs)
             out.append(
-                (
-                    f"{curated[0]} within one std of {full[0]} ({key})",
-                    met,
-                    f"{_fmt(c[key])} vs {_fmt(f[key])}",
-                )
+                (f"{name} within one std of {label} ({key})", met, f"{_fmt(c[key])} vs {_fmt(f[key])}")
             )
-    elif curated or full:
-        out.append(("Align²LLaVA curated vs full", None, "needs both a curated and a full entry"))
     return out
 
 

@@ -168,37 +168,36 @@ def measure_checkpoint(
     return measured
 
 
-def training_cost(runs: list[Path]) -> dict[str, float]:
-    """Cost of a row's training runs (several stages added up; peak = the largest).
+def training_cost(runs: list[Path]) -> dict[str, Any]:
+    """Cost of a row's training runs (stages added up; peak = the largest), the same way for every row.
 
     ``train_wall_s``: the training loop's own clock (``time`` in ``metrics.jsonl``, added over
-    restarts); ``launch_wall_s``: the whole subprocess (launcher, loading, saving) seen by the
-    runner. CPU seconds and peak memory come from ``metrics.jsonl`` where the trainer logs them
-    (RL runs: :func:`mmalign.eval.rl_compare.run_cost`), else from the runner's outside view
-    (``study_cost.json``: CPU of every descendant, the largest process's peak resident set).
+    restarts); ``launch_wall_s``, ``train_cpu_s``, ``peak_gib``: the runner's outside view of each
+    subprocess (``study_cost.json``: launcher, loading and saving included; CPU of every
+    descendant; the largest process's peak resident set) — the SFT and DPO trainers do not log CPU
+    or memory. RL runs also get :func:`mmalign.eval.rl_compare.run_cost` under ``rl`` (generated
+    tokens, response length, the trainer's own peak and CPU).
     """
     from mmalign.eval.plots import read_metrics
     from mmalign.eval.rl_compare import _across_restarts, run_cost
 
-    total = {"train_wall_s": 0.0, "launch_wall_s": 0.0, "train_cpu_s": 0.0, "peak_gib": 0.0}
+    keys = ("train_wall_s", "launch_wall_s", "train_cpu_s", "peak_gib")
     if not runs:  # the SFT model: no training in the study
-        return dict.fromkeys(total, float("nan"))
+        return dict.fromkeys(keys, float("nan"))
+    total: dict[str, Any] = dict.fromkeys(keys, 0.0)
     for run in runs:
         outside = (
             json.loads((run / "study_cost.json").read_text()) if (run / "study_cost.json").exists() else {}
         )
+        times = [r["time"] for r in read_metrics(run) if "time" in r]
+        total["train_wall_s"] += _across_restarts(times) if times else float("nan")
         total["launch_wall_s"] += outside.get("wall_s", float("nan"))
+        total["train_cpu_s"] += outside.get("cpu_s", float("nan"))
+        total["peak_gib"] = max(total["peak_gib"], outside.get("peak_gib", float("nan")))
         try:
-            c = run_cost(run)
-            wall, cpu, peak = c["wall_s"], c["cpu_s"], c["peak_gib"]
+            total["rl"] = run_cost(run)
         except (ValueError, KeyError):
-            records = read_metrics(run)
-            times = [r["time"] for r in records if "time" in r]
-            wall = _across_restarts(times) if times else float("nan")
-            cpu, peak = outside.get("cpu_s", float("nan")), outside.get("peak_gib", float("nan"))
-        total["train_wall_s"] += wall
-        total["train_cpu_s"] += cpu
-        total["peak_gib"] = max(total["peak_gib"], peak) if peak == peak else float("nan")
+            pass
     return total
 
 
@@ -250,7 +249,8 @@ def run_study(cfg: StudyConfig, root: Path = ROOT) -> dict[str, Any]:
         results.append(
             {
                 "entry": p.entry, "method": entry.method, "regime": p.regime, "seed": p.seed,
-                "control": entry.control, "subset": entry.options.get("subset"), "steps": entry.steps, "batch": entry.batch,
+                "control": entry.control, "steps": entry.steps, "batch": entry.batch,
+                "subset": entry.options.get("subset"), "corpus": entry.options.get("corpus", entry.examples),
                 "checkpoint": str(p.final), "measured": measured, "cost": training_cost(p.runs),
             }
         )  # fmt: skip
