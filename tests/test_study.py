@@ -151,7 +151,7 @@ def _tiny_study(tmp_path: Path) -> Path:
             "test_frac": 0.8,
             "prior_per_group": 6,
         },
-        "limits": {"n_images": 6, "n_videos": 4, "n_prior": 6, "batch_size": 16},
+        "limits": {"n_images": 6, "n_videos": 4, "n_prior": 6, "batch_size": 16, "n_mmhal": 8},
         "seeds": [0],
         "methods": [
             {"name": "sft", "method": "sft"},
@@ -180,7 +180,8 @@ def test_study_end_to_end_smoke(tmp_path):
     for row in results["rows"]:
         m = row["measured"]
         assert 0.0 <= m["prior_yes"] <= 1.0 and 0.0 <= m["chair_s"] <= 1.0
-        assert m["n"]["prior_violating"] == 6
+        assert m["n"]["prior_violating"] == 6 and m["n"]["mmhal"] == 8
+        assert 0.0 <= m["mmhal"] <= 6.0
     assert control["cost"]["train_wall_s"] > 0 and control["cost"]["peak_gib"] > 0
     # the control really trained: its LLM weights differ from the SFT model's
     from safetensors.torch import load_file

@@ -55,12 +55,18 @@ class DataSpec:
 
 @dataclass
 class Limits:
-    """How much of the held-out split each model is judged on (``mmalign.eval.bars.BarLimits``)."""
+    """How much of the held-out split each model is judged on.
+
+    Attributes:
+        n_images, n_videos, n_prior, batch_size: ``mmalign.eval.bars.BarLimits``.
+        n_mmhal: MMHal-style records rated exactly (``mmalign.eval.mmhal.shapeworld_records``); 0: none.
+    """
 
     n_images: int = 200
     n_videos: int = 100
     n_prior: int = 100
     batch_size: int = 32
+    n_mmhal: int = 48
 
 
 @dataclass

@@ -42,7 +42,8 @@ METRICS: tuple[tuple[str, str, str | None], ...] = (
     ("video_existence", "video QA: existence", "higher"),
     ("video_prior_yes", 'video: prior false "yes", violating clips', "lower"),
     ("video_prior_mention", "video: descriptions naming the absent partner, violating", "lower"),
-    ("mmhal", "MMHal-style exact rating", "higher"),
+    ("mmhal", "MMHal-style exact rating (0-6)", "higher"),
+    ("mmhal_hallucination_rate", "MMHal-style hallucination rate (rating < 3)", "lower"),
     ("caption_words", "mean answer length (caption words)", None),
     ("train_wall_s", "training wall time, training loop (s)", None),
     ("launch_wall_s", "training wall time, whole subprocesses (s)", None),
@@ -233,8 +234,8 @@ def format_report(results: Mapping[str, Any], charts: Sequence[Path] = ()) -> st
             lines.append(f"- {name}: **{mark}** ({evidence})")
         lines.append("")
     lines += [
-        "Not measured: MMHal-style exact rating (no ShapeWorld version of MMHal's 0–6 rating exists in "
-        "`mmalign.eval`). A metric `bars.measure` did not return is n/a.",
+        "MMHal-style rating: `mmalign.eval.mmhal.exact_rating` on ShapeWorld MMHal records (5 = correct and "
+        "hallucination-free; 6 is never given). A metric that was not measured is n/a.",
         "",
         f"Study wall time: {results['wall_s']:.0f} s (including data building and measurement).",
     ]

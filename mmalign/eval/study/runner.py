@@ -124,13 +124,15 @@ def execute(cmd: Command) -> float:
 
 
 def measure_checkpoint(
-    folder: Path, data: Path, limits: BarLimits, cache: Path, wording: str
+    folder: Path, data: Path, limits: BarLimits, cache: Path, wording: str, n_mmhal: int = 0
 ) -> dict[str, Any]:
     """Held-out measurement of one checkpoint: ``mmalign.eval.bars.measure`` plus CHAIR-s, cached.
 
     CHAIR-s comes from the same captions as CHAIR-i when ``measure`` returns it; otherwise from a
     second greedy caption pass on the same scenes with bars' caption prompt
-    (``mmalign.shapeworld.chair``).
+    (``mmalign.shapeworld.chair``). With ``n_mmhal`` > 0, the MMHal-style exact rating (0–6) of
+    greedy answers to that many ShapeWorld MMHal records (``mmalign.eval.mmhal.shapeworld_records``,
+    ``exact_rating``): ``mmhal`` (average) and ``mmhal_hallucination_rate`` (share rated < 3).
     """
     import inspect
 
@@ -142,7 +144,7 @@ def measure_checkpoint(
     from mmalign.shapeworld import Scene, chair
     from mmalign.training.generation import generate_responses
 
-    key = {**cache_key(folder, data, limits), "wording": wording}
+    key = {**cache_key(folder, data, limits), "wording": wording, "n_mmhal": n_mmhal}
     if cache.exists():
         stored = json.loads(cache.read_text())
         if stored.get("key") == key:
@@ -162,6 +164,15 @@ def measure_checkpoint(
         ]
         captions = generate_responses(model, processor, asks, batch_size=limits.batch_size, max_new_tokens=80)
         measured["chair_s"] = chair(captions, scenes)["chair_s"] if scenes else 0.0
+    if n_mmhal > 0:
+        from mmalign.eval.common import GenerationOptions
+        from mmalign.eval.mmhal import run_mmhal, shapeworld_records
+
+        gen = GenerationOptions(batch_size=limits.batch_size, max_new_tokens=64)
+        rated = run_mmhal(model, processor, shapeworld_records(data, "test", n=n_mmhal), gen)
+        measured["mmhal"] = rated["average"]
+        measured["mmhal_hallucination_rate"] = rated["hallucination_rate"]
+        measured["n"]["mmhal"] = rated["n"]
     measured["measure_s"] = time.time() - start
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({"key": key, "measured": measured}, default=str))
@@ -243,7 +254,7 @@ def run_study(cfg: StudyConfig, root: Path = ROOT) -> dict[str, Any]:
         tag = f"{p.entry}-{p.regime}-s{p.seed}" if p.seed >= 0 else p.entry
         assert p.final is not None
         measured = measure_checkpoint(
-            p.final, held_out, limits, out / "measured" / f"{tag}.json", cfg.wording
+            p.final, held_out, limits, out / "measured" / f"{tag}.json", cfg.wording, cfg.limits.n_mmhal
         )
         entry = cfg.entry(p.entry)
         results.append(
