@@ -111,6 +111,12 @@ BARS: tuple[Bar, ...] = (
     ),
     Bar("video_prior_yes", 'video prior: false "yes" to partner, violating', None, "-"),
     Bar("video_prior_yes_control", 'video prior: false "yes" to partner, control', None, "-"),
+    Bar(
+        "video_prior_yes_x",
+        "video prior: false-yes violating >= 5x control",
+        _ratio_ok("video_prior_yes", "video_prior_yes_control"),
+        "yes",
+    ),
     *(
         bar
         for split in POPE_SPLITS
@@ -311,6 +317,7 @@ def measure_wordings(
             for group, suffix in (("violating", ""), ("control", "_control")):
                 rows = [a for c, a in zip(clips, said_v, strict=True) if c["group"] == group]
                 out[f"video_prior_yes{suffix}"] = _rate([answer_yes_no(a) is True for a in rows])
+            out["video_prior_yes_x"] = out["video_prior_yes"] / max(out["video_prior_yes_control"], 1e-9)
 
         for split, split_probes in pope.items():
             said_pope = gen(
