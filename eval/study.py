@@ -2,7 +2,7 @@
 same-budget SFT continuation a user would otherwise run, in a noisy and a clean data regime.
 
     python eval/study.py --config configs/study/shapeworld.yaml            # the study (≥ 3 seeds)
-    python eval/study.py --config configs/study/shapeworld.yaml --quick    # a small version (1 seed)
+    python eval/study.py --config configs/study/shapeworld.yaml --quick    # a small version (1 seed; what make quickstart shows)
     python eval/study.py --config configs/study/shapeworld.yaml --quick --out runs/study_quick
     python eval/study.py --config configs/study/shapeworld.yaml --plan     # print the commands only
 
@@ -11,19 +11,19 @@ its control, the issue's targets judged, wall time), ``<out>/results.json`` (eve
 measurement and training cost) and one PNG bar chart per metric under ``<out>/charts/``
 (default ``out``: ``runs/study``). Training runs are subprocesses of ``train/*.py`` under DeepSpeed
 (2 CPU ranks), kept under ``<out>/runs``; a finished run (``final/`` exists) is skipped, so a
-killed study resumes. The logic is :mod:`mmalign.eval.study`.
+killed study resumes. Every model is measured in both question wordings (natural, as users and
+POPE ask, in the tables; terse kept in ``results.json``). The logic is :mod:`mmalign.eval.study`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from mmalign.config import ConfigError
 from mmalign.eval.study.config import load_study
 from mmalign.eval.study.methods import Context
-from mmalign.eval.study.report import format_report, plot_metrics
+from mmalign.eval.study.report import write_study
 from mmalign.eval.study.runner import ROOT, plans, run_study
 
 
@@ -34,15 +34,21 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="the config's quick section: one seed, few steps"
     )
     parser.add_argument("--out", help="output folder (default: the config's out)")
+    parser.add_argument(
+        "--train-data",
+        help="the training dataset folder (default: the config's train_dir, else <out>/data/train); "
+        "generated there from the config's train section when missing",
+    )
     parser.add_argument("--plan", action="store_true", help="print every command and exit")
     args = parser.parse_args(argv)
     try:
-        cfg = load_study(args.config, quick=args.quick, out=args.out)
+        cfg = load_study(args.config, quick=args.quick, out=args.out, train_dir=args.train_data)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"error: {exc}") from exc
     out = (ROOT / cfg.out).resolve()
     if args.plan:
-        ctx = Context(ROOT / cfg.model, out / "data" / "train", out / "work", out / "runs", cfg.ranks)
+        train = (ROOT / cfg.train_dir).resolve() if cfg.train_dir else out / "data" / "train"
+        ctx = Context(ROOT / cfg.model, train, out / "work", out / "runs", cfg.ranks)
         try:
             rows = plans(cfg, ctx)
         except ValueError as exc:
@@ -56,14 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         results = run_study(cfg)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from exc
-    charts_dir = out / "charts"
-    charts_dir.mkdir(parents=True, exist_ok=True)
-    charts = plot_metrics(results, charts_dir)
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    report = format_report(results, charts)
-    (out / "report.md").write_text(report)
-    print(report)
-    print(f"report: {out / 'report.md'}; results: {out / 'results.json'}; charts: {charts_dir}/")
+    print(write_study(results, out))
+    print(f"report: {out / 'report.md'}; results: {out / 'results.json'}; charts: {out / 'charts'}/")
     return 0
 
 

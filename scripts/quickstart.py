@@ -13,15 +13,19 @@
    DeepSpeed ZeRO-2, 2 CPU ranks; then a temporal mixer over video tokens trained on per-cell
    motion (``temporal.yaml``, one process) and a last SFT stage that reads it, with the LLM grown
    by one identity block (``sft_motion.yaml``);
-3. (truth, injected hallucination) preference pairs from the train split's exact scene graphs;
-4. a **control continuation**: SFT on the pairs' chosen answers with DPO's budget and optimizer
-   (``configs/shapeworld/control.yaml``, ZeRO-3, 2 ranks) — what the data alone does;
-5. DPO + SFT term on the pairs (``configs/dpo/tiny_shapeworld.yaml``, ZeRO-3, 2 ranks);
-6. the quality bars of the SFT model, the control and DPO side by side (``eval/bars.py``), written
-   to ``runs/bars.md`` / ``runs/bars.json``, and a PNG of the loss curves.
+3. the **quick efficacy study** (issue 18; ``python eval/study.py --config
+   configs/study/shapeworld.yaml --quick --train-data runs/shapeworld --out runs/study``), one seed,
+   on this dataset: from the SFT model, 60 optimizer steps of 32 examples each for SFT continued on
+   the noisy training annotations (the *control*, what a user would otherwise run), the same on the
+   exact annotations (the *clean oracle*), DPO + SFT term on (exact truth, injected hallucination)
+   pairs and POVID (both stages) on the noisy annotations; every model measured on a held-out split
+   with its own seed in both question wordings. Prints the table of headline metrics (natural
+   wording) and writes ``runs/study/report.md`` (every metric, ✓ where a row beats its control,
+   the issue's targets judged), ``runs/study/results.json``, ``runs/study/charts/`` and
+   ``runs/loss_curves.png``.
 
-A step whose output exists is skipped (delete the folder to redo it). ``--fast`` shrinks every
-step for a smoke run.
+A step whose output exists is skipped (delete the folder to redo it; the study resumes run by run).
+``--fast`` shrinks every step for a smoke run (its numbers mean nothing).
 """
 
 from __future__ import annotations
@@ -33,16 +37,22 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
 
 from mmalign.eval.plots import plot_loss_curves
+from mmalign.eval.study.config import DataSpec, Limits, StudyConfig, load_study
+from mmalign.eval.study.methods import Context
+from mmalign.eval.study.report import summary_table, write_study
+from mmalign.eval.study.runner import plans, run_study
 from mmalign.shapeworld import WorldConfig, generate
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "checkpoints" / "tiny-shapeworld"
 WORLD = ROOT / "configs" / "shapeworld" / "world.json"
+STUDY = ROOT / "configs" / "study" / "shapeworld.yaml"
 
 
 def outputs(runs: Path, from_scratch: bool = False) -> list[Path]:
@@ -52,16 +62,45 @@ def outputs(runs: Path, from_scratch: bool = False) -> list[Path]:
     these, to files in the repository, to outputs of the commands they show, or to the user's own
     folders; the slow quickstart test checks that each of them exists after a run.
     """
-    data = runs / "shapeworld"
-    made = [data, data / "pairs" / "train.jsonl"]
+    data, study = runs / "shapeworld", runs / "study"
+    made = [data]
     if from_scratch:
         made.append(runs / "shapeworld-terse")
         for stage in ("sft", "sft-video", "sft-focus", "sft-motion", "sft-wording"):
             made += [runs / stage, runs / stage / "final", runs / stage / "metrics.jsonl"]
         made += [runs / "tiny-base", runs / "temporal"]
-    for stage in ("control", "dpo"):
-        made += [runs / stage, runs / stage / "final", runs / stage / "metrics.jsonl"]
-    return made + [runs / "bars.md", runs / "bars.json", runs / "loss_curves.png"]
+    made += [study, study / "report.md", study / "results.json", study / "charts" / "prior_yes.png"]
+    for run in study_runs(study_config(runs, SHIPPED)):
+        made += [run, run / "final", run / "metrics.jsonl"]
+    return made + [runs / "loss_curves.png"]
+
+
+def study_config(runs: Path, model: Path, fast: bool = False, steps: int = 0, ranks: int = 2) -> StudyConfig:
+    """The quick study on the quickstart's dataset (``runs/shapeworld``) from ``model``, written to
+    ``runs/study``; ``fast``: smoke sizes; ``steps``: every trained row's optimizer steps (0: the
+    config's)."""
+    cfg = load_study(STUDY, quick=True, out=str(runs / "study"), train_dir=str(runs / "shapeworld"))
+    cfg = replace(cfg, model=str(model), ranks=ranks)
+    if fast:
+        steps = steps or 4
+        cfg = replace(
+            cfg,
+            train=DataSpec(n_images=400, n_videos=40, seed=0, prior_per_group=20),
+            eval=DataSpec(n_images=40, n_videos=8, seed=1234, val_frac=0.0, test_frac=0.8, prior_per_group=6),
+            limits=Limits(n_images=8, n_videos=4, n_prior=6, batch_size=16, n_mmhal=8),
+        )
+    if steps:
+        cfg = replace(cfg, methods=[replace(m, steps=steps if m.seeded else m.steps) for m in cfg.methods])
+    return cfg
+
+
+def study_runs(cfg: StudyConfig) -> list[Path]:
+    """The training run folders of the study's rows (each has ``final/`` and ``metrics.jsonl``)."""
+    out = Path(cfg.out)
+    ctx = Context(
+        Path(cfg.model), Path(cfg.train_dir or out / "data" / "train"), out / "work", out / "runs", cfg.ranks
+    )
+    return [run for p in plans(cfg, ctx) for run in p.runs]
 
 
 def banner(title: str) -> None:
@@ -175,21 +214,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--from-scratch", action="store_true", help="train the SFT model instead of using the shipped one"
     )
-    parser.add_argument("--steps", type=int, default=150, help="DPO and control-continuation steps")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=0,
+        help="optimizer steps of every study row (default: the config's quick steps)",
+    )
     args = parser.parse_args(argv)
     runs = Path(args.runs).resolve()
     data = runs / "shapeworld"
     fast = args.fast
     n_images, n_videos = (400, 40) if fast else (8000, 1000)
-    steps = 8 if fast else args.steps
     start = time.time()
 
-    banner(f"1/6 ShapeWorld → {data}")
+    banner(f"1/3 ShapeWorld → {data}")
     cfg = WorldConfig.from_dict(json.loads(WORLD.read_text()))
     summary = generate(data, n_images, n_videos, 0, cfg, prior_per_group=20 if fast else 100)
     print("already there, skipped" if summary.get("skipped") else f"counts: {json.dumps(summary['counts'])}")
 
-    banner("2/6 the SFT model")
+    banner("2/3 the SFT model")
     if args.from_scratch:
         terse = runs / "shapeworld-terse"  # the same scenes, terse questions, no video noise: stages 0-5
         terse_cfg = WorldConfig.from_dict(
@@ -203,90 +246,18 @@ def main(argv: list[str] | None = None) -> int:
         sft_model = SHIPPED
     print(f"SFT model: {sft_model}")
 
-    banner("3/6 preference pairs (truth vs injected hallucination) from the train split's scene graphs")
-    pairs = data / "pairs" / "train.jsonl"
-    if pairs.exists():
-        print("already there, skipped")
-    else:
-        run(
-            [
-                "-m",
-                "mmalign.preference.shapeworld_pairs",
-                "--data",
-                str(data),
-                "--split",
-                "train",
-                "--out",
-                str(pairs),
-            ]
-        )
-
-    # Same data, same budget: both runs see the first steps × 32 pairs once (2 ranks × 16).
-    budget = [
-        f"max_steps={steps}",
-        f"data=[{{path: {pairs}, media_root: {data}, max_records: {steps * 32}}}]",
-    ]
-    stages = {"control": runs / "control", "dpo": runs / "dpo"}
-    banner(
-        f"4/6 control continuation: SFT on the pairs' chosen answers, {steps} steps (ZeRO-3) → {stages['control']}"
+    banner("3/3 the quick efficacy study: SFT | control | clean oracle | DPO | POVID (eval/study.py --quick)")
+    study = study_config(runs, sft_model, fast, args.steps, args.ranks)
+    results = run_study(study)
+    report = write_study(results, study.out)
+    print(summary_table(results))
+    print(
+        f"\n{len(results['rows'])} models, {study.methods[-1].steps} steps of 32 each, one seed (a smoke "
+        f"run: the full study has 3 seeds); every metric and the targets in {Path(study.out) / 'report.md'} "
+        f"({len(report.splitlines())} lines)"
     )
-    if (stages["control"] / "final" / "mmalign.json").exists():
-        print("already there, skipped")
-    else:
-        launch(
-            "train/sft.py",
-            [
-                "--config",
-                "configs/shapeworld/control.yaml",
-                f"model={sft_model}",
-                f"out={stages['control']}",
-                *budget,
-            ],
-            args.ranks,
-        )
-
-    banner(f"5/6 DPO + SFT term on the pairs, {steps} steps (ZeRO-3) → {stages['dpo']}")
-    if (stages["dpo"] / "final" / "mmalign.json").exists():
-        print("already there, skipped")
-    else:
-        launch(
-            "train/dpo.py",
-            [
-                "--config",
-                "configs/dpo/tiny_shapeworld.yaml",
-                f"model={sft_model}",
-                f"out={stages['dpo']}",
-                *budget,
-            ],
-            args.ranks,
-        )
-
-    banner("6/6 quality bars: SFT model, control, DPO (exact judges on held-out scenes)")
-    n_eval = ["--n-images", "40", "--n-videos", "20", "--n-prior", "20"] if fast else []
-    table = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "eval" / "bars.py"),
-            "--model",
-            f"sft={sft_model}",
-            "--model",
-            f"control={stages['control'] / 'final'}",
-            "--model",
-            f"dpo={stages['dpo'] / 'final'}",
-            "--data",
-            str(data),
-            "--out",
-            str(runs / "bars.json"),
-            *n_eval,
-        ],
-        check=True,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    ).stdout
-    print(table)
-    (runs / "bars.md").write_text(table)
-    curves = {name: path for name, path in stages.items()}
+    trained = [Path(r["checkpoint"]).parent for r in results["rows"] if r["method"] != "sft"]
+    curves = {run.relative_to(Path(study.out) / "runs").as_posix(): run for run in trained}
     if args.from_scratch:
         curves = {
             "sft": runs / "sft",
@@ -297,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             **curves,
         }
     png = plot_loss_curves(curves, runs / "loss_curves.png")
-    print(f"\nbars: {runs / 'bars.md'}; loss curves: {png}")
+    print(f"loss curves: {png}")
     print(f"quickstart done in {time.time() - start:.0f} s; outputs under {runs}/")
     return 0
 

@@ -65,7 +65,8 @@ def test_assemble_from_local_clip_and_llm(tmp_path):
 @pytest.mark.multiproc
 @pytest.mark.parametrize("from_scratch", [False, True], ids=["shipped", "from-scratch"])
 def test_quickstart_fast_end_to_end(tmp_path, from_scratch):
-    """The quickstart's smoke size: data, SFT model, pairs, control, DPO, the bars table."""
+    """The quickstart's smoke size: data, SFT model, then the quick efficacy study (SFT | control |
+    clean oracle | DPO | POVID) with its report and headline table."""
     cmd = [
         sys.executable,
         str(ROOT / "scripts" / "quickstart.py"),
@@ -79,7 +80,7 @@ def test_quickstart_fast_end_to_end(tmp_path, from_scratch):
         env=dist_env(),
         capture_output=True,
         text=True,
-        timeout=1200,
+        timeout=1800,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     runs = tmp_path / "runs"
@@ -90,11 +91,7 @@ def test_quickstart_fast_end_to_end(tmp_path, from_scratch):
         sys.path.pop(0)
     missing = [str(p) for p in quickstart.outputs(runs, from_scratch) if not p.exists()]
     assert not missing, f"quickstart.outputs() names paths the run did not create: {missing}"
-    stages = (
-        ("sft", "sft-video", "sft-focus", "sft-motion", "control", "dpo")
-        if from_scratch
-        else ("control", "dpo")
-    )
+    stages = ("sft", "sft-video", "sft-focus", "sft-motion", "sft-wording") if from_scratch else ()
     for stage in stages:
         assert (runs / stage / "final" / "mmalign.json").exists()
         assert len((runs / stage / "metrics.jsonl").read_text().splitlines()) >= 1
@@ -106,9 +103,26 @@ def test_quickstart_fast_end_to_end(tmp_path, from_scratch):
         assert motion["video_mixer_layers"] == 2  # stage 4's mixer travels into the final model
         losses = [json.loads(x)["loss"] for x in (runs / "sft" / "metrics.jsonl").read_text().splitlines()]
         assert losses[-1] < losses[0]
-    bars = json.loads((runs / "bars.json").read_text())
-    assert list(bars) == ["sft", "control", "dpo"]
-    assert all(m["n"]["captions"] == 40 and m["n"]["prior_violating"] == 20 for m in bars.values())
-    table = (runs / "bars.md").read_text()
-    assert table.startswith("| bar | required | sft | control | dpo |") and "video: motion direction" in table
+    results = json.loads((runs / "study" / "results.json").read_text())
+    rows = [(r["entry"], r["regime"]) for r in results["rows"]]
+    assert rows == [
+        ("sft", "both"),
+        ("control", "noisy"),
+        ("control", "clean"),
+        ("dpo", "clean"),
+        ("povid", "noisy"),
+    ]
+    sft_model = runs / "sft-wording" / "final" if from_scratch else ROOT / "checkpoints" / "tiny-shapeworld"
+    assert results["rows"][0]["checkpoint"] == str(sft_model.resolve())
+    for r in results["rows"]:
+        assert (
+            set(r["measured_wordings"]) == {"natural", "terse"} and r["measured"]["n"]["prior_violating"] == 6
+        )
+        if r["method"] != "sft":  # the trainers' own cost log
+            assert r["cost"]["train_cpu_s"] > 0 and r["cost"]["peak_above_start_gib"] > 0
+    assert (
+        "| metric | sft | control (noisy) | control (clean: oracle) | dpo (clean) | povid (noisy) |"
+        in proc.stdout
+    )
+    assert "## Regime: noisy" in (runs / "study" / "report.md").read_text()
     assert (runs / "loss_curves.png").stat().st_size > 10_000

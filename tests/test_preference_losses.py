@@ -211,3 +211,40 @@ def test_shapeworld_pairs_are_truth_vs_injection(tmp_path):
     for s in noisy:
         chosen = [p.chosen for p in pairs if p.id == f"{s.id}-inject"]
         assert all(partner not in c for c in chosen for partner in s.noise_partners)
+
+
+def test_shapeworld_pairs_noisy_annotation_names_the_invented_partner(tmp_path):
+    """``annotation="noisy"``: the chosen answers follow the training annotation (a noisy scene's
+    invented partner named and "present"); ``exact`` (the default) never names it."""
+    from mmalign.preference.shapeworld_pairs import build_pairs
+    from mmalign.shapeworld import Scene, WorldConfig, generate
+
+    data = tmp_path / "sw"
+    cfg = WorldConfig(
+        annotation_noise=1.0, cooccurrence={"star": ("circle", 0.0), "triangle": ("square", 0.0)}
+    )
+    generate(data, n_images=16, n_videos=0, seed=5, cfg=cfg, progress=False)
+    scenes = [
+        Scene.from_dict(s)
+        for s in map(json.loads, (data / "scenes" / "train.jsonl").read_text().splitlines())
+    ]
+    noisy = [s for s in scenes if s.noise_partners]
+    assert noisy
+    by_mode = {
+        mode: {r["id"]: r for r in build_pairs(data, "train", annotation=mode)} for mode in ("exact", "noisy")
+    }
+    for s in noisy:
+        for partner in s.noise_partners:
+            assert partner not in s.shapes()  # invented: absent from the scene
+            exact = by_mode["exact"][f"{s.id}-inject"]["conversations"][-1]["value"]
+            noisy_text = by_mode["noisy"][f"{s.id}-inject"]["conversations"][-1]["value"]
+            assert partner not in exact and partner in noisy_text
+        # exact: the absent question asks about an invented partner (chosen "no"); noisy: the
+        # annotation says they are there, so it asks about another shape
+        absent = by_mode["exact"][f"{s.id}-absent"]["conversations"]
+        assert any(p in absent[0]["value"] for p in s.noise_partners) and absent[-1]["value"] == "no"
+        noisy_absent = by_mode["noisy"].get(f"{s.id}-absent")
+        if noisy_absent is not None:
+            assert not any(p in noisy_absent["conversations"][0]["value"] for p in s.noise_partners)
+    with pytest.raises(ValueError, match="annotation"):
+        build_pairs(data, "train", annotation="guessed")

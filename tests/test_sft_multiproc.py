@@ -134,6 +134,9 @@ def test_zero3_sft_trains_what_it_should(base, uninterrupted):
     metrics = [json.loads(line) for line in (uninterrupted / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == list(range(1, 13))
     assert all(m["tok/s"] > 0 for m in metrics)
+    # the cost the RL loop logs too (mmalign.eval.study reads it): peak memory and CPU of all ranks
+    assert all(m["memory/peak_gib"] > m["memory/peak_above_start_gib"] > 0 for m in metrics)
+    assert all(0 < a["cpu_s"] <= b["cpu_s"] for a, b in zip(metrics, metrics[1:], strict=False))
     lrs = [m["lr"] for m in metrics]
     assert (
         lrs[0] == pytest.approx(0.75e-3) and lrs[3] == pytest.approx(3e-3) and lrs[11] == pytest.approx(3e-4)

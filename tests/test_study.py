@@ -115,6 +115,21 @@ def test_shipped_config_plans_every_row(tmp_path):
                     assert (ROOT / c.argv[0]).exists() and (ROOT / c.argv[2]).exists()
     quick = apply_quick(load_study(SHIPPED_CONFIG))
     assert {"sft", "control", "dpo", "povid"} <= {m.name for m in quick.methods}
+    # the quickstart's rows: control in both regimes (noisy; clean = the oracle), DPO clean, POVID noisy
+    regimes = {m.name: m.regimes for m in quick.methods if m.seeded}
+    assert regimes == {"control": ["noisy", "clean"], "dpo": ["clean"], "povid": ["noisy"]}
+    assert quick.wordings[0] == "natural" and set(quick.wordings) == {"natural", "terse"}
+
+
+def test_config_wordings_and_quick_regimes_refused():
+    with pytest.raises(ConfigError, match="wordings"):
+        study_from_dict({**_study([CONTROL]), "wordings": ["natural", "shouting"]})
+    with pytest.raises(ConfigError, match="wording"):  # the old single-choice knob is gone
+        study_from_dict({**_study([CONTROL]), "wording": "terse"})
+    dpo = {"name": "dpo", "method": "dpo", "steps": 60, "control": "control"}
+    cfg = study_from_dict({**_study([CONTROL, dpo]), "quick": {"regimes": {"control": ["noisy"]}}})
+    with pytest.raises(ConfigError, match=r"quick: .*'dpo'.*does not run in \['clean'\]"):
+        apply_quick(cfg)
 
 
 def test_targets_on_hand_made_rows():
@@ -183,6 +198,11 @@ def test_study_end_to_end_smoke(tmp_path):
         assert m["n"]["prior_violating"] == 6 and m["n"]["mmhal"] == 8
         assert 0.0 <= m["mmhal"] <= 6.0
     assert control["cost"]["train_wall_s"] > 0 and control["cost"]["peak_gib"] > 0
+    assert (
+        control["cost"]["train_cpu_s"] > 0 and control["cost"]["peak_above_start_gib"] > 0
+    )  # the trainer's log
+    assert all(set(r["measured_wordings"]) == {"natural", "terse"} for r in results["rows"])
+    assert results["rows"][0]["measured"] == results["rows"][0]["measured_wordings"]["natural"]
     # the control really trained: its LLM weights differ from the SFT model's
     from safetensors.torch import load_file
 

@@ -45,7 +45,7 @@ def _reward_kind(cfg: Mapping[str, Any]) -> str:
     return "+".join(parts) or "none"
 
 
-def _across_restarts(values: list[float]) -> float:
+def across_restarts(values: list[float]) -> float:
     """The total of a per-process counter (``cpu_s``, ``time``) over a run that was resumed: it
     restarts from the new process's start, so each process's last value is added up (a drop
     marks a restart)."""
@@ -101,8 +101,8 @@ def run_cost(run: str | Path) -> dict[str, Any]:
         "response_length": sum(r["response/length"] for r in records) / len(records),
         "peak_gib": max(r["memory/peak_gib"] for r in records),
         "peak_above_start_gib": max(r["memory/peak_above_start_gib"] for r in records),
-        "cpu_s": _across_restarts([r["cpu_s"] for r in records]),
-        "wall_s": _across_restarts([r["time"] for r in records]),
+        "cpu_s": across_restarts([r["cpu_s"] for r in records]),
+        "wall_s": across_restarts([r["time"] for r in records]),
     }
 
 

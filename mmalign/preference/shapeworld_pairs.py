@@ -1,8 +1,20 @@
 """(truth, injected hallucination) preference pairs from exact ShapeWorld scene graphs.
 
 A simple POVID-style injector (the full builder with image distortion is its own tool): the
-chosen answer is always the *exact* scene's text (never the noisy training annotation); the
-rejected answer is the same text with one hallucination injected:
+chosen answer is the scene's text as the annotation describes it, the rejected answer the same
+text with one hallucination injected. ``annotation``:
+
+* ``exact`` (default) — the exact scene graph (never the noisy training annotation): an upper
+  bound, a preference annotator who sees the scene.
+* ``noisy`` — the noisy annotation the SFT model learned (``llava/train.json``): a train scene's
+  invented co-occurrence partners (``scene.noise_partners``, the world's ``annotation_noise``)
+  count as present, with the same invented cell and attributes as in the training text
+  (:func:`mmalign.shapeworld.captions.annotated_objects` with ``noisy=True``), so the chosen
+  caption names them (as its own sentence rather than the training text's "next to" clause),
+  "Is there a <partner>?" is answered "yes", and the injected shape is one absent from the
+  annotation. This is what a method gets in the study's noisy regime.
+
+The kinds:
 
 * ``caption`` — the detailed caption with an extra object in a free cell. The injected shape is
   the co-occurrence partner of a present trigger when it is absent (the prior-driven
@@ -21,6 +33,8 @@ facts LLaVA-RLHF's factually augmented reward prompt lists (``configs/reward/tin
 Launch::
 
     python -m mmalign.preference.shapeworld_pairs --data runs/shapeworld --split train --out runs/shapeworld/pairs/train.jsonl
+
+(``--annotation noisy`` for the noisy annotation's pairs.)
 """
 
 from __future__ import annotations
@@ -32,12 +46,14 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from mmalign.shapeworld.captions import caption_prompt, detailed_caption
+from mmalign.shapeworld.captions import annotated_objects, caption_prompt, detailed_caption
 from mmalign.shapeworld.qa import existence_question
 from mmalign.shapeworld.vocab import SIZES
 from mmalign.shapeworld.world import Obj, Scene, WorldConfig, place_in_cell, sample_color
 
 KINDS = ("caption", "attribute", "existence")
+#: What the chosen answers follow: the exact scene graph, or the noisy training annotation.
+ANNOTATIONS = ("exact", "noisy")
 
 
 def injected_shape(scene: Scene, cfg: WorldConfig, rng: random.Random) -> str | None:
@@ -96,11 +112,25 @@ def _record(rid: str, image: str, question: str, chosen: str, rejected: str, kin
     return rec
 
 
+def annotated_scene(scene: Scene, cfg: WorldConfig, annotation: str = "exact") -> Scene:
+    """The scene as the annotation describes it: ``exact`` — its true objects; ``noisy`` — those
+    plus its invented partners as objects (the training text's view); no noise partners left."""
+    if annotation not in ANNOTATIONS:
+        raise ValueError(f"annotation must be one of {ANNOTATIONS}, got {annotation!r}")
+    objects = annotated_objects(scene, cfg, noisy=annotation == "noisy")
+    return replace(scene, objects=objects, noise_partners=[])
+
+
 def scene_pairs(
-    scene: Scene, image: str, cfg: WorldConfig, seed: int, kinds: tuple[str, ...] = KINDS
+    scene: Scene,
+    image: str,
+    cfg: WorldConfig,
+    seed: int,
+    kinds: tuple[str, ...] = KINDS,
+    annotation: str = "exact",
 ) -> Iterator[dict]:
-    """POVID-format pair records for one scene (exact truth as chosen)."""
-    clean = replace(scene, noise_partners=[])
+    """POVID-format pair records for one scene (the ``annotation``'s view of it as chosen)."""
+    clean = annotated_scene(scene, cfg, annotation)
     truth = detailed_caption(clean, cfg)
     rng = random.Random(f"{seed}:pairs:{scene.id}")
     if "caption" in kinds and (fake := inject_object(clean, cfg, rng)) is not None:
@@ -134,8 +164,11 @@ def scene_pairs(
             yield _record(f"{scene.id}-present", image, q, "yes", "no", "existence", truth)
 
 
-def build_pairs(data: str | Path, split: str = "train", kinds: tuple[str, ...] = KINDS) -> list[dict]:
-    """Pairs for every image scene of ``data/scenes/{split}.jsonl`` (paths relative to ``data``)."""
+def build_pairs(
+    data: str | Path, split: str = "train", kinds: tuple[str, ...] = KINDS, annotation: str = "exact"
+) -> list[dict]:
+    """Pairs for every image scene of ``data/scenes/{split}.jsonl`` (paths relative to ``data``);
+    ``annotation``: ``exact`` or ``noisy`` (see the module docstring; val/test scenes have no noise)."""
     data = Path(data)
     world = json.loads((data / "world.json").read_text())["params"]
     cfg = WorldConfig.from_dict(world["config"])
@@ -155,7 +188,7 @@ def build_pairs(data: str | Path, split: str = "train", kinds: tuple[str, ...] =
             image = rec["image"]
         except (KeyError, TypeError) as exc:
             raise ValueError(f"{path}:{lineno}: not a ShapeWorld image scene ({exc})") from exc
-        out.extend(scene_pairs(scene, image, cfg, int(world.get("seed", 0)), kinds))
+        out.extend(scene_pairs(scene, image, cfg, int(world.get("seed", 0)), kinds, annotation))
     return out
 
 
@@ -165,12 +198,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="train")
     parser.add_argument("--out", required=True, help="JSONL file (POVID format, paths relative to --data)")
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated subset of {KINDS}")
+    parser.add_argument(
+        "--annotation",
+        choices=ANNOTATIONS,
+        default="exact",
+        help="chosen answers from the exact scene graph (default) or the noisy training annotation",
+    )
     args = parser.parse_args(argv)
     kinds = tuple(k for k in args.kinds.split(",") if k)
     unknown = set(kinds) - set(KINDS)
     if unknown:
         parser.error(f"unknown kinds {sorted(unknown)}")
-    records = build_pairs(args.data, args.split, kinds)
+    records = build_pairs(args.data, args.split, kinds, args.annotation)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")

@@ -159,10 +159,25 @@ class TrainingRun:
         if self.strategy.is_main:
             prune_checkpoints(self.ckpt_dir, self.cfg.keep_last)
 
+    def usage(self) -> dict[str, float]:
+        """The run's cost so far, over all ranks (a collective: every rank calls it):
+        ``memory/peak_gib`` (the largest rank's peak, GiB: resident set on CPU, allocated memory
+        on GPU), ``memory/peak_above_start_gib`` (the same above what the process held before any
+        model was loaded: interpreter, libraries, process group) and ``cpu_s`` (CPU seconds of
+        all ranks since their processes started)."""
+        usage = process_usage(self.strategy.device.type)
+        above = usage["peak_gib"] - self._start_usage["peak_gib"]
+        return {
+            "memory/peak_gib": self.strategy.all_reduce_max(usage["peak_gib"]),
+            "memory/peak_above_start_gib": self.strategy.all_reduce_max(above),
+            "cpu_s": self.strategy.all_reduce_sum(usage["cpu_s"]),
+        }
+
     def train(self, step_fn: StepFn, engine: Any = None) -> None:
         """The loop from :attr:`start_step`: per optimizer step, ``grad_accum`` micro-batches of
         ``step_fn`` → backward → step; metrics averaged over micro-batches and ranks every
-        ``log_every`` steps; a checkpoint every ``save_every`` steps."""
+        ``log_every`` steps, with the cost so far (:meth:`usage`: peak memory, CPU seconds), as
+        the RL loop logs it; a checkpoint every ``save_every`` steps."""
         s, cfg, accum = self.strategy, self.cfg, self.cfg.strategy.grad_accum
         (engine or s.engine).train()
         tokens, t_last = 0, time.time()
@@ -185,6 +200,7 @@ class TrainingRun:
                 total = s.all_reduce_sum(tokens)  # every rank joins the collective, whatever it counted
                 if total:
                     record["tok/s"] = total / max(elapsed, 1e-9)
+                record.update(self.usage())  # every rank joins its collectives
                 record["epoch"] = self.order.epoch_of(done)
                 self.log.log(done, record)
                 tokens, t_last = 0, time.time()
@@ -197,11 +213,8 @@ class TrainingRun:
 
         ``iteration_fn(iteration, indices)`` gets this rank's example indices of the iteration
         (``order.micro_batch(iteration, 0, rank)``) and returns its metrics, already averaged over
-        the ranks; they are logged every ``log_every`` iterations with the cost so far —
-        ``memory/peak_gib`` (the largest rank's peak, GiB: resident set on CPU, allocated memory
-        on GPU), ``memory/peak_above_start_gib`` (the same above what the process held before any
-        model was loaded: interpreter, libraries, process group) and ``cpu_s`` (CPU seconds of
-        all ranks since this process started) — and a checkpoint (with :attr:`state`) is saved
+        the ranks; they are logged every ``log_every`` iterations with the cost so far
+        (:meth:`usage`, measured every iteration) and a checkpoint (with :attr:`state`) is saved
         every ``save_every`` iterations.
         """
         assert self.order is not None and self.log is not None, "plan() and begin() first"
@@ -209,11 +222,7 @@ class TrainingRun:
         for iteration in range(self.start_step, self.total_steps):
             self.step, self.micro = iteration, 0
             record = iteration_fn(iteration, self.order.micro_batch(iteration, 0, rank))
-            usage = process_usage(self.strategy.device.type)  # every rank joins both collectives
-            record["memory/peak_gib"] = self.strategy.all_reduce_max(usage["peak_gib"])
-            above = usage["peak_gib"] - self._start_usage["peak_gib"]
-            record["memory/peak_above_start_gib"] = self.strategy.all_reduce_max(above)
-            record["cpu_s"] = self.strategy.all_reduce_sum(usage["cpu_s"])
+            record.update(self.usage())  # every rank joins its collectives
             done = iteration + 1
             if done % cfg.log_every == 0 or done == self.total_steps:
                 record["epoch"] = self.order.epoch_of(done)

@@ -25,6 +25,8 @@ METHODS = ("sft", "control", "lrv", "povid", "dpo", "align2llava", "rl")
 #: ``noisy``: the training annotations the SFT model learned (``llava/train.json``, noise included);
 #: ``clean``: exact annotations (``llava/train_clean.json``, exact-scene-graph builders).
 REGIMES = ("noisy", "clean")
+#: Wordings of the held-out questions (``mmalign.eval.bars.measure_wordings``).
+WORDINGS = ("natural", "terse")
 
 
 @dataclass
@@ -126,6 +128,8 @@ class QuickSpec:
         steps: optimizer steps of every trained row (methods and controls alike, so budgets
             still match); 0 keeps the entries' steps.
         methods: the entries kept, by name (empty: all).
+        regimes: per entry name, the regimes it keeps (an entry not named keeps all of its own).
+        train_dir: the training dataset's folder (see :attr:`StudyConfig.train_dir`).
         train: the training dataset's size.
         eval: the held-out dataset's size.
         limits: the judges' limits.
@@ -134,6 +138,8 @@ class QuickSpec:
     seeds: list[int] = field(default_factory=lambda: [0])
     steps: int = 0
     methods: list[str] = field(default_factory=list)
+    regimes: dict[str, list[str]] = field(default_factory=dict)
+    train_dir: str | None = None
     train: DataSpec | None = None
     eval: DataSpec | None = None
     limits: Limits | None = None
@@ -148,11 +154,16 @@ class StudyConfig:
         out: output folder (``report.md``, ``results.json``, charts; runs under ``runs/``).
         world: the ShapeWorld world config (JSON) both datasets are generated with.
         train: the training dataset (seed 0: what the SFT model learned from).
+        train_dir: where the training dataset is: an existing ``generate`` folder used as it is
+            (e.g. the quickstart's ``runs/shapeworld``, the same data as :attr:`train`), or
+            generated there from :attr:`train` when missing; None: ``<out>/data/train``.
         eval: the held-out dataset (its own seed).
         limits: the judges' limits on the held-out split.
         seeds: seeds of every trained row (≥ 3 for a claim; mean ± std over them).
         ranks: DeepSpeed ranks per training run.
-        wording: the held-out questions' wording passed to ``bars.measure`` when it takes one.
+        wordings: the held-out questions' wordings (``bars.measure_wordings``, captions generated
+            once); the first is the one the report's tables, charts and targets use (``natural``:
+            what users and POPE ask), ``results.json`` keeps every one.
         methods: the rows.
         quick: what ``--quick`` changes.
     """
@@ -167,7 +178,8 @@ class StudyConfig:
     limits: Limits = field(default_factory=Limits)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     ranks: int = 2
-    wording: str = "terse"
+    wordings: list[str] = field(default_factory=lambda: list(WORDINGS))
+    train_dir: str | None = None
     methods: list[MethodEntry] = field(default_factory=list)
     quick: QuickSpec = field(default_factory=QuickSpec)
 
@@ -178,6 +190,9 @@ class StudyConfig:
             raise ValueError(f"method entries named twice: {', '.join(dup)}")
         if not self.seeds:
             raise ValueError("seeds: at least one")
+        bad = [w for w in self.wordings if w not in WORDINGS]
+        if bad or not self.wordings or len(set(self.wordings)) < len(self.wordings):
+            raise ValueError(f"wordings: distinct entries of {', '.join(WORDINGS)}, got {self.wordings}")
         by_name = {m.name: m for m in self.methods}
         for m in self.methods:
             if m.batch % self.ranks:
@@ -225,23 +240,28 @@ def apply_quick(cfg: StudyConfig) -> StudyConfig:
     """The ``--quick`` version of ``cfg``: its ``quick`` section applied (budgets re-checked)."""
     q = cfg.quick
     keep = set(q.methods) if q.methods else {m.name for m in cfg.methods}
-    unknown = keep - {m.name for m in cfg.methods}
+    unknown = (keep | set(q.regimes)) - {m.name for m in cfg.methods}
     if unknown:
-        raise ConfigError(f"quick.methods: unknown entries {sorted(unknown)}")
+        raise ConfigError(f"quick.methods / quick.regimes: unknown entries {sorted(unknown)}")
     methods = []
     for m in cfg.methods:
         if m.name not in keep:
             continue
         steps = q.steps if (q.steps and m.method != "sft") else m.steps
-        methods.append(dataclasses.replace(m, steps=steps))
-    return dataclasses.replace(
-        cfg,
-        seeds=list(q.seeds),
-        methods=methods,
-        train=q.train or cfg.train,
-        eval=q.eval or cfg.eval,
-        limits=q.limits or cfg.limits,
-    )
+        regimes = [r for r in m.regimes if r in q.regimes.get(m.name, m.regimes)]
+        methods.append(dataclasses.replace(m, steps=steps, regimes=regimes))
+    try:  # budgets and regimes re-checked
+        return dataclasses.replace(
+            cfg,
+            seeds=list(q.seeds),
+            methods=methods,
+            train_dir=q.train_dir or cfg.train_dir,
+            train=q.train or cfg.train,
+            eval=q.eval or cfg.eval,
+            limits=q.limits or cfg.limits,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"quick: {exc}") from exc
 
 
 def study_from_dict(data: dict[str, Any]) -> StudyConfig:
@@ -249,8 +269,11 @@ def study_from_dict(data: dict[str, Any]) -> StudyConfig:
     return from_dict(StudyConfig, data)
 
 
-def load_study(path: str | Path, quick: bool = False, out: str | None = None) -> StudyConfig:
-    """Load the study config from YAML; ``quick`` applies its ``quick`` section; ``out`` overrides it."""
+def load_study(
+    path: str | Path, quick: bool = False, out: str | None = None, train_dir: str | None = None
+) -> StudyConfig:
+    """Load the study config from YAML; ``quick`` applies its ``quick`` section; ``out`` and
+    ``train_dir`` override the config's."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"study config not found: {path}")
@@ -260,4 +283,6 @@ def load_study(path: str | Path, quick: bool = False, out: str | None = None) ->
         cfg = apply_quick(cfg)
     if out:
         cfg = dataclasses.replace(cfg, out=out)
+    if train_dir:
+        cfg = dataclasses.replace(cfg, train_dir=train_dir)
     return cfg

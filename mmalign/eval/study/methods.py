@@ -20,9 +20,10 @@ What each method gets, per regime (issue 18: "what its paper assumes"):
   two-term loss with the diffusion-noised image's answer (``configs/dpo/tiny_shapeworld_povid.yaml``);
   pairs from ``data_builders/povid.py`` on the regime's annotations (chosen = those annotations).
   ``options.stage1_share`` of the steps go to stage 1.
-- ``dpo``: DPO + SFT term on ShapeWorld (truth, injected hallucination) pairs
-  (``mmalign.preference.shapeworld_pairs``; ``configs/dpo/tiny_shapeworld.yaml``). The pairs come
-  from exact scene graphs in both regimes (the builder has no noisy mode).
+- ``dpo``: DPO + SFT term on ShapeWorld (annotation, injected hallucination) pairs
+  (``mmalign.preference.shapeworld_pairs``; ``configs/dpo/tiny_shapeworld.yaml``): in the noisy
+  regime the chosen answers follow the noisy training annotation (``--annotation noisy``: the
+  invented partners named), in the clean one the exact scene graphs.
 - ``align2llava``: Align²LLaVA (https://arxiv.org/abs/2409.18541): two Bradley–Terry reward models
   on a small exact-labelled subset (``data_builders/align2llava.py pairs``, ``train/reward.py``), the
   regime's first ``options.corpus`` records scored and cascaded to ``options.keep``, then SFT on
@@ -187,7 +188,8 @@ def plan_lrv(ctx: Context, entry: MethodEntry, regime: str, seed: int) -> Plan:
 
 
 def plan_dpo(ctx: Context, entry: MethodEntry, regime: str, seed: int) -> Plan:
-    pairs = ctx.work / "pairs" / "train.jsonl"
+    annotation = "noisy" if regime == "noisy" else "exact"
+    pairs = ctx.work / f"pairs-{regime}" / "train.jsonl"
     build = Command(
         (
             "-m",
@@ -196,11 +198,13 @@ def plan_dpo(ctx: Context, entry: MethodEntry, regime: str, seed: int) -> Plan:
             str(ctx.train),
             "--split",
             "train",
+            "--annotation",
+            annotation,
             "--out",
             str(pairs),
-        ),
+        ),  # fmt: skip
         pairs,
-        log=ctx.work / "pairs.log",
+        log=ctx.work / f"pairs-{regime}.log",
     )
     out = _run_dir(ctx, entry, regime, seed)
     data = [_source(pairs, ctx.train, entry.examples)]

@@ -9,6 +9,7 @@ overlapping error bars. With one seed the spread is unknown (std 0) and the rule
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -49,6 +50,7 @@ METRICS: tuple[tuple[str, str, str | None], ...] = (
     ("launch_wall_s", "training wall time, whole subprocesses (s)", None),
     ("train_cpu_s", "training CPU time, all ranks (s)", None),
     ("peak_gib", "training peak memory, largest rank (GiB)", None),
+    ("peak_above_start_gib", "  of which above the process before loading models (GiB)", None),
 )
 DIRECTION = {k: d for k, _, d in METRICS}
 
@@ -225,8 +227,16 @@ def format_report(results: Mapping[str, Any], charts: Sequence[Path] = ()) -> st
         f"Held-out data: `{results['eval_data']}` (its own seed); training data: `{results['train_data']}`.",
         "",
     ]
+    wordings = results.get("wordings") or []
+    if wordings:
+        lines += [
+            f"Questions asked in the **{wordings[0]}** wording (tables, targets and charts); `results.json` "
+            f"also holds every row measured in {', '.join(wordings)} (`measured_wordings`).",
+            "",
+        ]
     if len(seeds) < 3:
         lines += ["**Fewer than 3 seeds: no claim can be made from these numbers (a smoke run).**", ""]
+    lines += ["At a glance:", "", summary_table(results), ""]
     for regime, rows in table.items():
         lines += [f"## Regime: {regime}", "", regime_table(rows), "", "Targets:", ""]
         for name, met, evidence in targets(rows):
@@ -280,3 +290,61 @@ def plot_metrics(results: Mapping[str, Any], out: str | Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
     return written
+
+
+#: The headline metrics of :func:`summary_table` (the quickstart prints it).
+HEADLINE = (
+    "prior_yes", "prior_yes_control", "prior_mention", "chair_i", "chair_s", "pope_adversarial_f1",
+    "pope_adversarial_yes_ratio", "existence", "color", "count", "clear_qa", "mmhal", "train_wall_s",
+)  # fmt: skip
+
+
+def summary_table(results: Mapping[str, Any], keys: Sequence[str] = HEADLINE) -> str:
+    """Markdown: one row per headline metric, one column per row of the study and regime (the SFT
+    model once; a control in the clean regime labelled the clean oracle); ✓ as in the report."""
+    table = aggregate(results)
+    labels = {k: label for k, label, _ in METRICS}
+    cols: list[tuple[str, str, str]] = []  # (regime, entry, label)
+    for regime, rows in table.items():
+        for name, r in rows.items():
+            if r["method"] == "sft":
+                if not any(c[1] == name for c in cols):
+                    cols.append((regime, name, name))
+                continue
+            oracle = r["method"] == "control" and regime == "clean"
+            cols.append((regime, name, f"{name} ({regime}{': oracle' if oracle else ''})"))
+    # the SFT model, the controls (noisy, then the clean oracle), then the methods in config order
+    order = list(dict.fromkeys(r["entry"] for r in results["rows"]))
+    kind = {"sft": 0, "control": 1}
+    regimes = list(table)
+    cols.sort(
+        key=lambda c: (kind.get(table[c[0]][c[1]]["method"], 2), order.index(c[1]), regimes.index(c[0]))
+    )
+    lines = ["| metric | " + " | ".join(c[2] for c in cols) + " |", "|---|" + "---|" * len(cols)]
+    for key in keys:
+        cells = []
+        for regime, name, _ in cols:
+            rows = table[regime]
+            cell = _fmt(rows[name][key])
+            ctrl, direction = rows[name]["control"], DIRECTION[key]
+            if (
+                direction
+                and ctrl in rows
+                and beats_control(rows[name][key], rows[ctrl][key], direction == "lower")
+            ):
+                cell += " ✓"
+            cells.append(cell)
+        lines.append(f"| {labels[key]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_study(results: Mapping[str, Any], out: str | Path) -> str:
+    """Write ``results.json``, the charts (``charts/``) and ``report.md`` under ``out``; returns the report."""
+    out = Path(out)
+    charts_dir = out / "charts"
+    charts_dir.mkdir(parents=True, exist_ok=True)
+    charts = plot_metrics(results, charts_dir)
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    report = format_report(results, charts)
+    (out / "report.md").write_text(report)
+    return report

@@ -9,11 +9,13 @@ checkpoint (:func:`mmalign.eval.rlhf_study.cache_key`), so a killed study resume
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,18 +126,22 @@ def execute(cmd: Command) -> float:
 
 
 def measure_checkpoint(
-    folder: Path, data: Path, limits: BarLimits, cache: Path, wording: str, n_mmhal: int = 0
-) -> dict[str, Any]:
-    """Held-out measurement of one checkpoint: ``mmalign.eval.bars.measure`` plus CHAIR-s, cached.
+    folder: Path,
+    data: Path,
+    limits: BarLimits,
+    cache: Path,
+    wordings: Sequence[str] = ("natural", "terse"),
+    n_mmhal: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """Held-out measurement of one checkpoint in each of ``wordings``, cached: ``{wording: result}``.
 
-    CHAIR-s comes from the same captions as CHAIR-i when ``measure`` returns it; otherwise from a
-    second greedy caption pass on the same scenes with bars' caption prompt
-    (``mmalign.shapeworld.chair``). With ``n_mmhal`` > 0, the MMHal-style exact rating (0–6) of
-    greedy answers to that many ShapeWorld MMHal records (``mmalign.eval.mmhal.shapeworld_records``,
+    ``mmalign.eval.bars.measure_wordings`` (the captions generated once, the questions asked in
+    each wording) plus, added to every wording's result since they do not depend on it: CHAIR-s
+    from a greedy caption pass on the same scenes with bars' caption prompt
+    (``mmalign.shapeworld.chair``) and, with ``n_mmhal`` > 0, the MMHal-style exact rating (0–6)
+    of greedy answers to that many ShapeWorld MMHal records (``mmalign.eval.mmhal.shapeworld_records``,
     ``exact_rating``): ``mmhal`` (average) and ``mmhal_hallucination_rate`` (share rated < 3).
     """
-    import inspect
-
     from mmalign.data.processor import MultimodalProcessor
     from mmalign.eval import bars
     from mmalign.eval.common import question
@@ -144,7 +150,7 @@ def measure_checkpoint(
     from mmalign.shapeworld import Scene, chair
     from mmalign.training.generation import generate_responses
 
-    key = {**cache_key(folder, data, limits), "wording": wording, "n_mmhal": n_mmhal}
+    key = {**cache_key(folder, data, limits), "wordings": list(wordings), "n_mmhal": n_mmhal}
     if cache.exists():
         stored = json.loads(cache.read_text())
         if stored.get("key") == key:
@@ -153,58 +159,72 @@ def measure_checkpoint(
     model, tokenizer = load_model(str(folder))
     model.eval()
     processor = MultimodalProcessor.for_model(model, tokenizer)
-    kwargs = {"wording": wording} if "wording" in inspect.signature(bars.measure).parameters else {}
-    measured = bars.measure(model, processor, str(data), limits, **kwargs)
-    if "chair_s" not in measured:
-        rows = [json.loads(x) for x in (data / "scenes" / "test.jsonl").read_text().splitlines() if x.strip()]
-        scenes = [Scene.from_dict(s) for s in rows if s.get("kind", "image") == "image"][: limits.n_images]
-        asks = [
-            question(f"images/{s.id}.png", bars.CAPTION_PROMPT, image=data / f"images/{s.id}.png")
-            for s in scenes
-        ]
-        captions = generate_responses(model, processor, asks, batch_size=limits.batch_size, max_new_tokens=80)
-        measured["chair_s"] = chair(captions, scenes)["chair_s"] if scenes else 0.0
+    measured = bars.measure_wordings(model, processor, str(data), limits, wordings=tuple(wordings))
+    shared: dict[str, Any] = {"n": {}}
+    rows = [json.loads(x) for x in (data / "scenes" / "test.jsonl").read_text().splitlines() if x.strip()]
+    scenes = [Scene.from_dict(s) for s in rows if s.get("kind", "image") == "image"][: limits.n_images]
+    asks = [
+        question(f"images/{s.id}.png", bars.CAPTION_PROMPT, image=data / f"images/{s.id}.png") for s in scenes
+    ]
+    captions = generate_responses(model, processor, asks, batch_size=limits.batch_size, max_new_tokens=80)
+    shared["chair_s"] = chair(captions, scenes)["chair_s"] if scenes else 0.0
     if n_mmhal > 0:
         from mmalign.eval.common import GenerationOptions
         from mmalign.eval.mmhal import run_mmhal, shapeworld_records
 
         gen = GenerationOptions(batch_size=limits.batch_size, max_new_tokens=64)
         rated = run_mmhal(model, processor, shapeworld_records(data, "test", n=n_mmhal), gen)
-        measured["mmhal"] = rated["average"]
-        measured["mmhal_hallucination_rate"] = rated["hallucination_rate"]
-        measured["n"]["mmhal"] = rated["n"]
-    measured["measure_s"] = time.time() - start
+        shared["mmhal"] = rated["average"]
+        shared["mmhal_hallucination_rate"] = rated["hallucination_rate"]
+        shared["n"]["mmhal"] = rated["n"]
+    shared["measure_s"] = time.time() - start
+    for result in measured.values():
+        result.update({k: v for k, v in shared.items() if k != "n"})
+        result.setdefault("n", {}).update(shared["n"])
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({"key": key, "measured": measured}, default=str))
     return measured
 
 
 def training_cost(runs: list[Path]) -> dict[str, Any]:
-    """Cost of a row's training runs (stages added up; peak = the largest), the same way for every row.
+    """Cost of a row's training runs (stages added up; peaks = the largest), the same way for every row.
 
-    ``train_wall_s``: the training loop's own clock (``time`` in ``metrics.jsonl``, added over
-    restarts); ``launch_wall_s``, ``train_cpu_s``, ``peak_gib``: the runner's outside view of each
-    subprocess (``study_cost.json``: launcher, loading and saving included; CPU of every
-    descendant; the largest process's peak resident set) — the SFT and DPO trainers do not log CPU
-    or memory. RL runs also get :func:`mmalign.eval.rl_compare.run_cost` under ``rl`` (generated
-    tokens, response length, the trainer's own peak and CPU).
+    From each trainer's own ``metrics.jsonl`` (SFT, DPO, reward and RL loops all log
+    ``memory/peak_gib``, ``memory/peak_above_start_gib`` and ``cpu_s`` at each log step):
+    ``train_wall_s`` (the loop's clock ``time``), ``train_cpu_s`` (CPU seconds of all ranks), both
+    added over restarts (:func:`mmalign.eval.rl_compare.across_restarts`), ``peak_gib`` (the
+    largest rank's peak) and ``peak_above_start_gib``. ``launch_wall_s`` is the runner's outside
+    view of each subprocess (``study_cost.json``: launcher, loading and saving included), which
+    is also the fallback for CPU and peak memory of a run logged before the trainers measured
+    them. RL runs also get :func:`mmalign.eval.rl_compare.run_cost` under ``rl``.
     """
     from mmalign.eval.plots import read_metrics
-    from mmalign.eval.rl_compare import _across_restarts, run_cost
+    from mmalign.eval.rl_compare import across_restarts, run_cost
 
-    keys = ("train_wall_s", "launch_wall_s", "train_cpu_s", "peak_gib")
+    keys = ("train_wall_s", "launch_wall_s", "train_cpu_s", "peak_gib", "peak_above_start_gib")
     if not runs:  # the SFT model: no training in the study
         return dict.fromkeys(keys, float("nan"))
     total: dict[str, Any] = dict.fromkeys(keys, 0.0)
+    nan = float("nan")
     for run in runs:
         outside = (
             json.loads((run / "study_cost.json").read_text()) if (run / "study_cost.json").exists() else {}
         )
-        times = [r["time"] for r in read_metrics(run) if "time" in r]
-        total["train_wall_s"] += _across_restarts(times) if times else float("nan")
-        total["launch_wall_s"] += outside.get("wall_s", float("nan"))
-        total["train_cpu_s"] += outside.get("cpu_s", float("nan"))
-        total["peak_gib"] = max(total["peak_gib"], outside.get("peak_gib", float("nan")))
+        records = read_metrics(run)
+
+        def logged(key: str, records: list[dict] = records) -> list[float]:
+            return [r[key] for r in records if key in r]
+
+        times, cpu = logged("time"), logged("cpu_s")
+        peaks, above = logged("memory/peak_gib"), logged("memory/peak_above_start_gib")
+        total["train_wall_s"] += across_restarts(times) if times else nan
+        total["launch_wall_s"] += outside.get("wall_s", nan)
+        total["train_cpu_s"] += across_restarts(cpu) if cpu else outside.get("cpu_s", nan)
+        for key, peak in (
+            ("peak_gib", max(peaks) if peaks else outside.get("peak_gib", nan)),
+            ("peak_above_start_gib", max(above) if above else nan),
+        ):
+            total[key] = max(total[key], peak) if not math.isnan(peak) else nan  # NaN stays NaN
         try:
             total["rl"] = run_cost(run)
         except (ValueError, KeyError):
@@ -237,7 +257,9 @@ def run_study(cfg: StudyConfig, root: Path = ROOT) -> dict[str, Any]:
     if not (model / "mmalign.json").exists():
         raise FileNotFoundError(f"the SFT model {model} is not an mmalign checkpoint")
     world = root / cfg.world
-    train = generate_data(world, out / "data" / "train", cfg.train)
+    train = (root / cfg.train_dir).resolve() if cfg.train_dir else out / "data" / "train"
+    if not (cfg.train_dir and (train / "world.json").exists()):  # a given dataset is used as it is
+        generate_data(world, train, cfg.train)
     held_out = generate_data(world, out / "data" / "eval", cfg.eval)
     ctx = Context(model, train, out / "work", out / "runs", cfg.ranks)
     rows = plans(cfg, ctx)
@@ -253,8 +275,8 @@ def run_study(cfg: StudyConfig, root: Path = ROOT) -> dict[str, Any]:
     for p in rows:
         tag = f"{p.entry}-{p.regime}-s{p.seed}" if p.seed >= 0 else p.entry
         assert p.final is not None
-        measured = measure_checkpoint(
-            p.final, held_out, limits, out / "measured" / f"{tag}.json", cfg.wording, cfg.limits.n_mmhal
+        by_wording = measure_checkpoint(
+            p.final, held_out, limits, out / "measured" / f"{tag}.json", cfg.wordings, cfg.limits.n_mmhal
         )
         entry = cfg.entry(p.entry)
         results.append(
@@ -262,13 +284,15 @@ def run_study(cfg: StudyConfig, root: Path = ROOT) -> dict[str, Any]:
                 "entry": p.entry, "method": entry.method, "regime": p.regime, "seed": p.seed,
                 "control": entry.control, "steps": entry.steps, "batch": entry.batch,
                 "subset": entry.options.get("subset"), "corpus": entry.options.get("corpus", entry.examples),
-                "checkpoint": str(p.final), "measured": measured, "cost": training_cost(p.runs),
+                "checkpoint": str(p.final), "wording": cfg.wordings[0], "measured": by_wording[cfg.wordings[0]],
+                "measured_wordings": by_wording, "cost": training_cost(p.runs),
             }
         )  # fmt: skip
         print(f"{tag}: measured", file=sys.stderr, flush=True)
     return {
         "config": cfg.out,
         "seeds": cfg.seeds,
+        "wordings": list(cfg.wordings),
         "rows": results,
         "train_data": str(train),
         "eval_data": str(held_out),
