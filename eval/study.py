@@ -9,7 +9,7 @@ same-budget SFT continuation a user would otherwise run, in a noisy and a clean 
 Writes ``<out>/report.md`` (a markdown table per regime: mean ± std over seeds, ✓ where a row beats
 its control, the issue's targets judged, wall time), ``<out>/results.json`` (every run's held-out
 measurement and training cost) and one PNG bar chart per metric under ``<out>/charts/``
-(default ``out``: ``runs/study``). Training runs are subprocesses of ``train/*.py`` under DeepSpeed
+(default ``out``: the config's, ``runs/study-full``; the quickstart's quick study writes ``runs/study``). Training runs are subprocesses of ``train/*.py`` under DeepSpeed
 (2 CPU ranks), kept under ``<out>/runs``; a finished run (``final/`` exists) is skipped, so a
 killed study resumes. Every model is measured in both question wordings (natural, as users and
 POPE ask, in the tables; terse kept in ``results.json``). The logic is :mod:`mmalign.eval.study`.
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         results = run_study(cfg)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:  # OSError: e.g. a folder holding another dataset
         raise SystemExit(f"error: {exc}") from exc
     print(write_study(results, out))
     print(f"report: {out / 'report.md'}; results: {out / 'results.json'}; charts: {out / 'charts'}/")

@@ -71,6 +71,19 @@ def test_config_refuses_budget_mismatch():
     entry = {"name": "lrv-wide", "method": "lrv", "steps": 60, "batch": 64, "control": "control"}
     with pytest.raises(ConfigError, match=r"'lrv-wide'.*budget mismatch"):
         study_from_dict(_study([CONTROL, entry]))
+    # an override cannot change the budget behind the check, nor an option leave its range
+    sneaky = {
+        "name": "povid",
+        "method": "povid",
+        "steps": 60,
+        "control": "control",
+        "overrides": ["max_steps=600"],
+    }
+    with pytest.raises(ConfigError, match=r"'povid'.*override 'max_steps=600'"):
+        study_from_dict(_study([CONTROL, sneaky]))
+    wide = {"name": "lrv", "method": "lrv", "steps": 60, "control": "control", "options": {"share": 1.5}}
+    with pytest.raises(ConfigError, match=r"'lrv'.*options.share must be in \[0.0, 1.0\]"):
+        study_from_dict(_study([CONTROL, wide]))
 
 
 def test_config_refuses_missing_or_wrong_control():
@@ -223,3 +236,18 @@ def test_study_end_to_end_smoke(tmp_path):
     # the report module reads what the runner wrote
     assert "control" in aggregate(results)["noisy"]
     assert format_report(results).startswith("# Efficacy study")
+
+
+def test_finished_command_is_reused_only_with_the_same_arguments(tmp_path):
+    from mmalign.eval.study.methods import Command
+    from mmalign.eval.study.runner import execute
+
+    src = tmp_path / "in.json"
+    src.write_text('{"b": 1, "a": 2}')
+    out = tmp_path / "out.json"
+    cmd = Command(("-m", "json.tool", "--sort-keys", str(src), str(out)), out, log=tmp_path / "tool.log")
+    assert execute(cmd) > 0 and out.read_text().index('"a"') < out.read_text().index('"b"')
+    assert execute(cmd) == 0.0  # finished, same arguments: skipped
+    changed = Command(("-m", "json.tool", str(src), str(out)), out, log=tmp_path / "tool.log")
+    with pytest.raises(ValueError, match="made by another command"):
+        execute(changed)

@@ -26,6 +26,7 @@ far it lowers the prior rows below the control while keeping the clear rows.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,7 +162,8 @@ def _ask(root: Path, media: str, text: str, video: bool = False) -> Example:
 
 
 def _rate(flags: Sequence[bool]) -> float:
-    return sum(flags) / len(flags) if flags else 0.0
+    """Share of true flags; NaN (not measured) for none — never a 0.0 that reads as a result."""
+    return sum(flags) / len(flags) if flags else math.nan
 
 
 def _restyled(item: Mapping[str, Any], wording: str | None, variant: int) -> str:
@@ -241,7 +243,8 @@ def measure_wordings(
     common: dict[str, Any] = {"n": {}}
 
     captions = gen([_ask(root, f"images/{s.id}.png", CAPTION_PROMPT) for s in scenes], 80, "captions")
-    common["chair_i"] = chair(captions, scenes)["chair_i"] if scenes else 0.0
+    judged = chair(captions, scenes) if scenes else {"chair_i": math.nan, "chair_s": math.nan}
+    common["chair_i"], common["chair_s"] = judged["chair_i"], judged["chair_s"]
     common["n"]["captions"] = len(scenes)
 
     qa = _jsonl(root / "qa" / "test.jsonl")
@@ -346,11 +349,17 @@ def measure_wordings(
 
 def passes(measured: Mapping[str, float]) -> dict[str, bool | None]:
     """Pass/fail of every bar (``None`` for rows without a requirement or not measured)."""
-    return {b.key: (b.check(measured) if b.check and b.key in measured else None) for b in BARS}
+    return {b.key: (b.check(measured) if b.check and not _missing(measured, b.key) else None) for b in BARS}
+
+
+def _missing(measured: Mapping[str, Any], key: str) -> bool:
+    """Not measured: absent, or NaN (an empty group, e.g. a dataset without videos)."""
+    value = measured.get(key)
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _cell(bar: Bar, m: Mapping[str, Any]) -> str:
-    if bar.key not in m:
+    if _missing(m, bar.key):
         return "-"
     value = m[bar.key]
     if bar.key.endswith("_x"):

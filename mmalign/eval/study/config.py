@@ -108,6 +108,21 @@ class MethodEntry:
             )
         if self.method != "sft" and (self.steps < 1 or self.batch < 1):
             raise ValueError(f"method entry {self.name!r}: steps and batch must be ≥ 1")
+        # the budget is steps × batch; an override must not change it behind the check
+        fixed = ("data", "seed", "model", "out") + (
+            () if self.method == "rl" else ("max_steps", "strategy.micro_batch_size", "strategy.grad_accum")
+        )
+        for item in self.overrides:
+            if item.split("=", 1)[0].strip() in fixed:
+                raise ValueError(
+                    f"method entry {self.name!r}: override {item!r} changes what the study sets "
+                    f"({', '.join(fixed)}); use steps / batch / options instead"
+                )
+        for key, low, high in (("share", 0.0, 1.0), ("stage1_share", 0.0, 1.0), ("keep", 0.0, 1.0)):
+            if key in self.options and not low <= float(self.options[key]) <= high:
+                raise ValueError(f"method entry {self.name!r}: options.{key} must be in [{low}, {high}]")
+        if "per_image" in self.options and int(self.options["per_image"]) < 1:
+            raise ValueError(f"method entry {self.name!r}: options.per_image must be ≥ 1")
 
     @property
     def seeded(self) -> bool:
@@ -195,6 +210,8 @@ class StudyConfig:
             raise ValueError(f"wordings: distinct entries of {', '.join(WORDINGS)}, got {self.wordings}")
         by_name = {m.name: m for m in self.methods}
         for m in self.methods:
+            if self.ranks < 1:
+                raise ValueError(f"ranks must be ≥ 1, got {self.ranks}")
             if m.batch % self.ranks:
                 raise ValueError(
                     f"method entry {m.name!r}: batch {m.batch} is not a multiple of ranks {self.ranks}"

@@ -156,11 +156,15 @@ def plan_lrv(ctx: Context, entry: MethodEntry, regime: str, seed: int) -> Plan:
     share = float(entry.options.get("share", 0.5))
     per_image = int(entry.options.get("per_image", 6))
     n_lrv = round(entry.examples * share)
-    built = ctx.work / "lrv"
+    # What the paper assumes: LRV builds from the dataset's dense captions. In the noisy regime these
+    # are the training annotation's (dense/train.jsonl names the invented partners); in the clean
+    # regime the exact scene graphs.
+    built = ctx.work / f"lrv-{regime}"
+    source = "dense/train.jsonl" if regime == "noisy" else "scenes/train.jsonl"
     build = Command(
         (
             "data_builders/lrv.py",
-            str(ctx.train / "scenes" / "train.jsonl"),
+            str(ctx.train / source),
             "--out",
             str(built),
             "--world",
@@ -176,7 +180,7 @@ def plan_lrv(ctx: Context, entry: MethodEntry, regime: str, seed: int) -> Plan:
             "--no-progress",
         ),  # fmt: skip
         built / "summary.json",
-        log=ctx.work / "lrv.log",
+        log=ctx.work / f"lrv-{regime}.log",
     )
     out = _run_dir(ctx, entry, regime, seed)
     data = [

@@ -94,10 +94,25 @@ def execute(cmd: Command) -> float:
 
     A training command's outside view of its cost is written to ``<run>/study_cost.json``.
 
+    The command line is kept beside its log (``<log>.argv.json``): a finished command is reused only
+    when it was run with the same arguments (steps, batch, data, options…); one made with others
+    is refused rather than reported under the new config (an older output without the file is
+    adopted as it is).
+
     Raises:
         RuntimeError: it failed (the message names its log).
+        ValueError: its output exists but was made by a different command.
     """
+    log = cmd.log or cmd.done.parent / "command.log"
+    stamp = log.with_name(log.name + ".argv.json")
     if cmd.done.exists():
+        if stamp.exists() and json.loads(stamp.read_text()) != list(cmd.argv):
+            raise ValueError(
+                f"{cmd.done} was made by another command than this config's (see {stamp}); "
+                "delete it or choose another --out"
+            )
+        if not stamp.exists():
+            stamp.write_text(json.dumps(list(cmd.argv)))
         return 0.0
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     if cmd.ranks:
@@ -113,13 +128,13 @@ def execute(cmd: Command) -> float:
         argv = [sys.executable, *cmd.argv]
     else:
         argv = [sys.executable, str(ROOT / cmd.argv[0]), *cmd.argv[1:]]
-    log = cmd.log or cmd.done.parent / "command.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     print(f"$ {' '.join(argv)}  > {log}", flush=True)
     rc, cost = _run_watched(argv, env, log)
     if rc != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
         raise RuntimeError(f"command failed (exit {rc}), see {log}:\n{tail}")
+    stamp.write_text(json.dumps(list(cmd.argv)))
     if cmd.run is not None:
         (cmd.run / "study_cost.json").write_text(json.dumps(cost))
     return cost["wall_s"]
@@ -136,21 +151,27 @@ def measure_checkpoint(
     """Held-out measurement of one checkpoint in each of ``wordings``, cached: ``{wording: result}``.
 
     ``mmalign.eval.bars.measure_wordings`` (the captions generated once, the questions asked in
-    each wording) plus, added to every wording's result since they do not depend on it: CHAIR-s
-    from a greedy caption pass on the same scenes with bars' caption prompt
-    (``mmalign.shapeworld.chair``) and, with ``n_mmhal`` > 0, the MMHal-style exact rating (0–6)
+    each wording; CHAIR-i and CHAIR-s of its caption pass) plus, added to every wording's result
+    since it does not depend on it, with ``n_mmhal`` > 0, the MMHal-style exact rating (0–6)
     of greedy answers to that many ShapeWorld MMHal records (``mmalign.eval.mmhal.shapeworld_records``,
     ``exact_rating``): ``mmhal`` (average) and ``mmhal_hallucination_rate`` (share rated < 3).
     """
     from mmalign.data.processor import MultimodalProcessor
     from mmalign.eval import bars
-    from mmalign.eval.common import question
     from mmalign.eval.rlhf_study import cache_key
     from mmalign.models.checkpoint import load_model
-    from mmalign.shapeworld import Scene, chair
-    from mmalign.training.generation import generate_responses
 
-    key = {**cache_key(folder, data, limits), "wordings": list(wordings), "n_mmhal": n_mmhal}
+    eval_world = (
+        json.loads((data / "world.json").read_text()).get("params")
+        if (data / "world.json").exists()
+        else None
+    )
+    key = {
+        **cache_key(folder, data, limits),
+        "eval_params": eval_world,  # a regenerated held-out set is measured again
+        "wordings": list(wordings),
+        "n_mmhal": n_mmhal,
+    }
     if cache.exists():
         stored = json.loads(cache.read_text())
         if stored.get("key") == key:
@@ -161,13 +182,6 @@ def measure_checkpoint(
     processor = MultimodalProcessor.for_model(model, tokenizer)
     measured = bars.measure_wordings(model, processor, str(data), limits, wordings=tuple(wordings))
     shared: dict[str, Any] = {"n": {}}
-    rows = [json.loads(x) for x in (data / "scenes" / "test.jsonl").read_text().splitlines() if x.strip()]
-    scenes = [Scene.from_dict(s) for s in rows if s.get("kind", "image") == "image"][: limits.n_images]
-    asks = [
-        question(f"images/{s.id}.png", bars.CAPTION_PROMPT, image=data / f"images/{s.id}.png") for s in scenes
-    ]
-    captions = generate_responses(model, processor, asks, batch_size=limits.batch_size, max_new_tokens=80)
-    shared["chair_s"] = chair(captions, scenes)["chair_s"] if scenes else 0.0
     if n_mmhal > 0:
         from mmalign.eval.common import GenerationOptions
         from mmalign.eval.mmhal import run_mmhal, shapeworld_records
