@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         model, tokenizer = load_model(path)
         model.eval()
         processor = MultimodalProcessor.for_model(model, tokenizer)
-        wordings = [None if w == "as-written" else w for w in args.wording]
+        wordings = list(dict.fromkeys(None if w == "as-written" else w for w in args.wording))
         measured = measure_wordings(model, processor, args.data, limits, progress=True, wordings=wordings)
         for wording, result in measured.items():
             column = name if len(measured) == 1 else f"{name} ({wording or 'as written'})"
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
     if args.check:
-        columns = list(results)[: len(args.wording)]  # the first model, every wording
+        columns = list(results)[: len(set(args.wording))]  # the first model, every wording
         failed = [f"{k} ({c})" for c in columns for k, ok in passes(results[c]).items() if ok is False]
         if failed:
             print(f"FAILED bars: {', '.join(failed)}", file=sys.stderr)

@@ -12,7 +12,7 @@ from mmalign.shapeworld import WorldConfig, generate
 from mmalign.shapeworld.qa import image_qa
 from mmalign.shapeworld.video import sample_video
 from mmalign.shapeworld.video_text import video_qa
-from mmalign.shapeworld.wording import LOOKUP_TYPES, mixed_question, n_natural, question_for, wordings
+from mmalign.shapeworld.wording import LOOKUP_TYPES, mixed_question, question_for, wordings
 from mmalign.shapeworld.world import sample_scene
 
 NATURAL, TERSE, MIXED = (WorldConfig(question_style=s) for s in ("natural", "terse", "mixed"))
@@ -40,7 +40,7 @@ def test_styles_render_the_world_wordings() -> None:
         "Is there any star in the video?"
     )
     colour = {"type": "color", "shape": "square"}
-    assert [question_for(colour, "natural", k) for k in (0, 1, n_natural(colour))] == [
+    assert [question_for(colour, "natural", k) for k in (0, 1, len(wordings(colour)) - 1)] == [
         "What color is the square?",
         "What colour is the square?",
         "What color is the square?",  # variants cycle
@@ -53,6 +53,8 @@ def test_styles_render_the_world_wordings() -> None:
         question_for(colour, "formal")
     with pytest.raises(ValueError, match="no wordings for QA type 'relation'"):
         wordings({"type": "relation"})
+    with pytest.raises(ValueError, match="needs its object's `name`"):  # an old dataset's item
+        question_for({"type": "position", "shape": "square"}, "natural")
 
 
 def test_mixed_draws_every_wording_and_names_the_same_object() -> None:

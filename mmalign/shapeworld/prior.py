@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Callable
+from typing import Any
 
 from mmalign.shapeworld.qa import existence_question
 from mmalign.shapeworld.video import VideoScene, sample_video
@@ -36,15 +38,25 @@ def _free_world(cfg: WorldConfig) -> WorldConfig:
     )
 
 
+def _first_accepted(
+    draw: Callable[[int], Any], shapes_of: Callable[[Any], set[str]], group: str, trigger: str, partner: str
+) -> Any:
+    """The first of ``draw(0), draw(1), …`` that fits ``group``: partner absent, trigger shown
+    (violating) or not (control)."""
+    for attempt in range(10_000):
+        item = draw(attempt)
+        shapes = shapes_of(item)
+        if partner not in shapes and (trigger in shapes) == (group == "violating"):
+            return item
+    raise RuntimeError(f"could not sample a {group} probe for {trigger} -> {partner}")
+
+
 def _sample(free: WorldConfig, seed: int, group: str, i: int, trigger: str, partner: str) -> Scene:
     """Probe ``i`` of ``group``: the first accepted draw of its own seeded stream."""
-    for attempt in range(10_000):
-        rng = random.Random(f"{seed}:prior:{group}:{i}:{attempt}")
-        scene = sample_scene(rng, free, f"prior_{seed}_{group}_{i:05d}")
-        shapes = scene.shapes()
-        if partner not in shapes and (trigger in shapes) == (group == "violating"):
-            return scene
-    raise RuntimeError(f"could not sample a {group} scene for {trigger} -> {partner}")
+    return _first_accepted(
+        lambda a: sample_scene(random.Random(f"{seed}:prior:{group}:{i}:{a}"), free, f"prior_{seed}_{group}_{i:05d}"),
+        Scene.shapes, group, trigger, partner,
+    )  # fmt: skip
 
 
 def prior_probes(cfg: WorldConfig, seed: int, n_per_group: int) -> list[tuple[Scene, dict]]:
@@ -78,13 +90,10 @@ def prior_probes(cfg: WorldConfig, seed: int, n_per_group: int) -> list[tuple[Sc
 
 def _sample_video(free: WorldConfig, seed: int, group: str, i: int, trigger: str, partner: str) -> VideoScene:
     """Video probe ``i`` of ``group``: the first accepted draw of its own seeded stream."""
-    for attempt in range(10_000):
-        rng = random.Random(f"{seed}:vprior:{group}:{i}:{attempt}")
-        video = sample_video(rng, free, f"vprior_{seed}_{group}_{i:05d}")
-        shown = {t.shape for t in video.tracks}
-        if partner not in shown and (trigger in shown) == (group == "violating"):
-            return video
-    raise RuntimeError(f"could not sample a {group} clip for {trigger} -> {partner}")
+    return _first_accepted(
+        lambda a: sample_video(random.Random(f"{seed}:vprior:{group}:{i}:{a}"), free, f"vprior_{seed}_{group}_{i:05d}"),
+        lambda v: {t.shape for t in v.tracks}, group, trigger, partner,
+    )  # fmt: skip
 
 
 def video_prior_probes(cfg: WorldConfig, seed: int, n_per_group: int) -> list[tuple[VideoScene, dict]]:

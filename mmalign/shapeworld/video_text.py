@@ -3,8 +3,9 @@
 **Video annotation noise** (``WorldConfig.video_annotation_noise``, as the image captions'
 ``annotation_noise``): in a clip that shows a co-occurrence trigger without its partner, the
 training annotation names the absent partner with that probability — an invented sentence about
-it in the description (right after the trigger's sentence, the count raised by one) and "yes"
-to the video existence question about it. :func:`video_noise_partners` decides it from the clip
+it in the description (right after the trigger's sentence, the count sentence raised by one) —
+and counts it as present when an existence question is drawn (so one about it answers "yes").
+The per-frame counts (``video_count``) stay exact. :func:`video_noise_partners` decides it from the clip
 id alone (order-independent, no scene-graph field); pass ``noisy=True`` only for training text.
 
 QA types: ``video_existence`` (yes/no, balanced), ``video_motion`` (``left``/``right``/``up``/

@@ -91,6 +91,11 @@ def _kind(item: Mapping) -> str:
 def _fields(item: Mapping) -> dict[str, str]:
     t = item["type"]
     shape = item.get("shape") or ""
+    if t in ("position", "video_motion") and not item.get("name"):
+        raise ValueError(
+            f"a {t} item needs its object's `name` to be reworded (datasets generated before the "
+            f"names were stored lack it: regenerate, or ask as written): {dict(item)}"
+        )
     name = item.get("name") or shape
     return {
         "shape": shape,
@@ -105,7 +110,8 @@ def wordings(item: Mapping) -> tuple[str, ...]:
     """Every wording of ``item``'s question: the terse one first, then the natural paraphrases.
 
     Raises:
-        ValueError: ``item["type"]`` is not a lookup type (:data:`LOOKUP_TYPES`).
+        ValueError: ``item["type"]`` is not a lookup type (:data:`LOOKUP_TYPES`), or a position /
+            video-motion item has no ``name``.
     """
     if item.get("type") not in LOOKUP_TYPES:
         raise ValueError(f"no wordings for QA type {item.get('type')!r}; lookup types are {LOOKUP_TYPES}")
@@ -128,8 +134,3 @@ def question_for(item: Mapping, style: str, variant: int = 0) -> str:
 def mixed_question(item: Mapping, rng: random.Random) -> str:
     """One wording drawn uniformly from terse and every natural paraphrase (``question_style: mixed``)."""
     return rng.choice(wordings(item))
-
-
-def n_natural(item: Mapping) -> int:
-    """How many natural paraphrases ``item``'s type has."""
-    return len(wordings(item)) - 1

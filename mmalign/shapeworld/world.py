@@ -68,8 +68,8 @@ class WorldConfig:
             a chat template that puts the answer right after the user's text (the tiny preset's
             ``plain``), the answer is then predicted at the queried word itself: a tiny LLM
             learns the lookup in a few hundred steps, against thousands (measured) when it must
-            first carry the word to a later position. ``"mixed"``: the training records' lookup
-            questions are drawn per record from every wording (terse and several natural
+            first carry the word to a later position. ``"mixed"``: the LLaVA records' lookup
+            questions (``llava/*.json``, every split) are drawn per record from every wording (terse and several natural
             paraphrases, :mod:`mmalign.shapeworld.wording`); evaluation files keep the terse
             wording and the names needed to ask in any other (``eval/bars.py`` asks both).
         faint_share: Share of objects drawn faint (blended toward the background).

@@ -126,6 +126,7 @@ class MethodEntry:
 
     @property
     def seeded(self) -> bool:
+        """Whether the row trains (and so runs once per seed); the SFT model is measured once."""
         return self.method != "sft"
 
     @property
@@ -221,6 +222,7 @@ class StudyConfig:
             check_budget(m, by_name)
 
     def entry(self, name: str) -> MethodEntry:
+        """The entry called ``name`` (StopIteration when there is none; names are checked at load)."""
         return next(m for m in self.methods if m.name == name)
 
 

@@ -96,6 +96,7 @@ class Plan:
 
     @property
     def runs(self) -> list[Path]:
+        """The training run folders of this row's commands (their metrics give its cost)."""
         return [c.run for c in self.commands if c.run is not None]
 
 
@@ -146,6 +147,8 @@ def _run_dir(ctx: Context, entry: MethodEntry, regime: str, seed: int) -> Path:
 
 
 def plan_control(ctx: Context, entry: MethodEntry, regime: str, seed: int) -> Plan:
+    """SFT continued on the regime's annotations (noisy ``llava/train.json`` or ``train_clean.json``),
+    ``entry.examples`` records, the control config (``configs/shapeworld/control.yaml``)."""
     out = _run_dir(ctx, entry, regime, seed)
     data = [_source(annotations(ctx, regime), ctx.train, entry.examples)]
     cmd = _train(ctx, "train/sft.py", CONTROL_CONFIG, out, ctx.model, seed, data, _budget(entry, ctx.ranks))
@@ -153,6 +156,9 @@ def plan_control(ctx: Context, entry: MethodEntry, regime: str, seed: int) -> Pl
 
 
 def plan_lrv(ctx: Context, entry: MethodEntry, regime: str, seed: int) -> Plan:
+    """LRV-Instruction (Liu et al., 2023): the regime's annotations plus ``options.share`` of the
+    examples from ``data_builders/lrv.py`` (positives and negatives at ``options.ratio``), built from
+    the dense captions the regime has (noisy: ``dense/train.jsonl``; clean: the scene graphs)."""
     share = float(entry.options.get("share", 0.5))
     per_image = int(entry.options.get("per_image", 6))
     n_lrv = round(entry.examples * share)
@@ -192,6 +198,8 @@ def plan_lrv(ctx: Context, entry: MethodEntry, regime: str, seed: int) -> Plan:
 
 
 def plan_dpo(ctx: Context, entry: MethodEntry, regime: str, seed: int) -> Plan:
+    """DPO + SFT term (``configs/dpo/tiny_shapeworld.yaml``) on ShapeWorld pairs
+    (``mmalign.preference.shapeworld_pairs``, chosen text from the regime's annotation)."""
     annotation = "noisy" if regime == "noisy" else "exact"
     pairs = ctx.work / f"pairs-{regime}" / "train.jsonl"
     build = Command(
@@ -217,6 +225,13 @@ def plan_dpo(ctx: Context, entry: MethodEntry, regime: str, seed: int) -> Plan:
 
 
 def plan_povid(ctx: Context, entry: MethodEntry, regime: str, seed: int) -> Plan:
+    """POVID (Zhou et al., 2024): stage 1 DPO on rule-injected hallucinations, stage 2 adds the
+    distorted-image responses (``configs/dpo/tiny_shapeworld_povid.yaml``); preferred answers are the
+    regime's annotations; ``options.stage1_share`` of the steps in stage 1.
+
+    Raises:
+        ValueError: a stage would get no steps.
+    """
     s1 = round(entry.steps * float(entry.options.get("stage1_share", 0.5)))
     s2 = entry.steps - s1
     if s2 < 1:
@@ -267,6 +282,13 @@ def plan_povid(ctx: Context, entry: MethodEntry, regime: str, seed: int) -> Plan
 
 
 def plan_align2llava(ctx: Context, entry: MethodEntry, regime: str, seed: int) -> Plan:
+    """Align²LLaVA (Huang et al., 2024): two reward models (question and answer quality) on a small
+    labelled subset, the regime's first ``options.corpus`` records scored and ``options.keep`` of
+    them kept, then SFT on the kept set for the entry's steps.
+
+    Raises:
+        ValueError: inconsistent options (a corpus smaller than the kept set, …).
+    """
     opts = entry.options
     subset = opts.get("subset", "curated")
     if subset not in ("curated", "full"):
@@ -405,6 +427,13 @@ def rl_iterations(entry: MethodEntry, ranks: int) -> tuple[int, list[str]]:
 
 
 def plan_rl(ctx: Context, entry: MethodEntry, regime: str, seed: int) -> Plan:
+    """PPO / ReMax / RLOO / GRPO (``train/ppo.py``, ``options.preset``) from the SFT model, rewarded by
+    the exact ShapeWorld judge or ``options.reward_model`` (a Fact-RM), iterations chosen so that the
+    optimizer steps × responses per step equal the entry's budget.
+
+    Raises:
+        ValueError: the budget cannot be met by whole iterations.
+    """
     rm = entry.options.get("reward_model")
     if regime == "noisy" and not rm:
         raise ValueError(
