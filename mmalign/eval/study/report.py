@@ -131,6 +131,14 @@ def _fmt(ms: tuple[float, float]) -> str:
     return f"{m:.0f} ± {s:.0f}" if big else f"{m:.3f} ± {s:.3f}"
 
 
+def _marked(rows: dict[str, dict[str, Any]], name: str, key: str, direction: str | None) -> str:
+    """``rows[name][key]`` formatted, with ✓ when it beats its control's (:func:`beats_control`)."""
+    cell, ctrl = _fmt(rows[name][key]), rows[name]["control"]
+    if direction and ctrl in rows and beats_control(rows[name][key], rows[ctrl][key], direction == "lower"):
+        cell += " ✓"
+    return cell
+
+
 def regime_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
     """Markdown: one row per metric, one column per entry; ✓ where the entry beats its control."""
     names = list(rows)
@@ -141,15 +149,7 @@ def regime_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
     for key, label, direction in METRICS:
         cells = []
         for n in names:
-            cell = _fmt(rows[n][key])
-            ctrl = rows[n]["control"]
-            if (
-                direction
-                and ctrl in rows
-                and beats_control(rows[n][key], rows[ctrl][key], direction == "lower")
-            ):
-                cell += " ✓"
-            cells.append(cell)
+            cells.append(_marked(rows, n, key, direction))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -324,16 +324,7 @@ def summary_table(results: Mapping[str, Any], keys: Sequence[str] = HEADLINE) ->
     for key in keys:
         cells = []
         for regime, name, _ in cols:
-            rows = table[regime]
-            cell = _fmt(rows[name][key])
-            ctrl, direction = rows[name]["control"], DIRECTION[key]
-            if (
-                direction
-                and ctrl in rows
-                and beats_control(rows[name][key], rows[ctrl][key], direction == "lower")
-            ):
-                cell += " ✓"
-            cells.append(cell)
+            cells.append(_marked(table[regime], name, key, DIRECTION[key]))
         lines.append(f"| {labels[key]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
