@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mmalign.config import ConfigError
-from mmalign.eval.study.config import apply_quick, load_study, study_from_dict
+from mmalign.eval.study.config import MethodEntry, apply_quick, load_study, study_from_dict
 from mmalign.eval.study.methods import Context, plan
 from mmalign.eval.study.report import aggregate, beats_control, format_report, mean_std, targets
 
@@ -251,3 +251,98 @@ def test_finished_command_is_reused_only_with_the_same_arguments(tmp_path):
     changed = Command(("-m", "json.tool", str(src), str(out)), out, log=tmp_path / "tool.log")
     with pytest.raises(ValueError, match="made by another command"):
         execute(changed)
+
+
+def _ppo_fact(**options) -> dict:
+    return {
+        "name": "ppo-fact",
+        "method": "rl",
+        "regimes": ["noisy"],
+        "steps": 16,
+        "batch": 32,
+        "control": "control-rl",
+        "options": {"preset": "none", "reward_model": "build", **options},
+        "overrides": ["rollout_batch_size=64", "num_samples=1", "strategy.micro_batch_size=16"],
+    }
+
+
+CONTROL_RL = {"name": "control-rl", "method": "control", "steps": 16, "batch": 32}
+
+
+def test_ppo_fact_builds_its_fact_rm_once_and_rewards_ppo_with_it(tmp_path):
+    """The shipped ppo-fact row (noisy): PPO prompts, the SFT model's judged samples, the Fact-RM
+    (2 ranks, shared by the seeds), then PPO on that RM's final folder with the captions prompt."""
+    from mmalign.eval.study.runner import plans
+
+    cfg = load_study(SHIPPED_CONFIG)
+    entry = cfg.entry("ppo-fact")
+    assert entry.regimes == ["noisy"] and "noisy" in cfg.entry(entry.control).regimes
+    ctx = Context(ROOT / cfg.model, tmp_path / "train", tmp_path / "work", tmp_path / "runs", cfg.ranks)
+    by_seed = [plan(ctx, entry, "noisy", seed) for seed in cfg.seeds]
+    p = by_seed[0]
+    prompts, prefs, rm, ppo = p.commands
+    assert prompts.argv[:2] == ("data_builders/shapeworld_rlhf.py", "prompts")
+    assert prefs.argv[:2] == ("data_builders/shapeworld_rlhf.py", "prefs") and prefs.ranks == 0
+    assert prefs.argv[2:4] == ("--data", str(ctx.train)) and str(ctx.model) in prefs.argv
+    assert str(ctx.work / "rlhf" / "ppo_prompts") in prefs.argv  # the prompts just built
+    assert rm.argv[:3] == ("train/reward.py", "--config", "configs/reward/tiny_shapeworld_rlhf_fact.yaml")
+    assert rm.ranks == 2 and rm.done == ctx.work / "fact-rm" / "final" / "mmalign.json"
+    assert f"out={ctx.work / 'fact-rm'}" in rm.argv and f"model={ctx.model}" in rm.argv
+    data = json.loads(next(a for a in rm.argv if a.startswith("data="))[5:])
+    assert data == [
+        {
+            "path": str(ctx.work / "rlhf" / "rlhf_prefs" / "train.jsonl"),
+            "media_root": str(ctx.train),
+            "format": "llava_rlhf",
+        }
+    ]
+    assert "reward_prompt=configs/prompts/fact_rlhf_reward.txt" in rm.argv
+    assert {"max_steps=40", "strategy.micro_batch_size=8"} <= set(rm.argv)
+    assert ppo.argv[0] == "train/ppo.py" and ppo.run == ctx.runs / "ppo-fact-noisy-s0"
+    assert f"reward_model={ctx.work / 'fact-rm' / 'final'}" in ppo.argv
+    assert "reward_prompt=configs/prompts/fact_rlhf_reward.txt" in ppo.argv
+    assert "iterations=4" in ppo.argv and "preset=none" in ppo.argv
+    assert not any(a.startswith("reward_functions=") for a in ppo.argv)
+    assert p.runs == [ppo.run] and p.final == ppo.run / "final"
+    # shared by the seeds: the same prefs and RM commands (one done path, same argv); PPO per seed
+    for other in by_seed[1:]:
+        assert [(c.done, c.argv) for c in other.commands[:3]] == [(c.done, c.argv) for c in p.commands[:3]]
+        assert other.commands[3].done != ppo.done
+    # the whole shipped study plans (shared commands agree); only ppo-fact's rows hold the RM
+    rows = plans(cfg, ctx)
+    holders = [(r.entry, r.seed) for r in rows for c in r.commands if c.done == rm.done]
+    assert holders == [("ppo-fact", seed) for seed in cfg.seeds]
+
+
+def test_reward_model_build_refused_where_it_makes_no_sense(tmp_path):
+    ctx = Context(ROOT / "checkpoints/tiny-shapeworld", tmp_path / "t", tmp_path / "w", tmp_path / "r", 2)
+    cfg = study_from_dict(_study([{**CONTROL_RL}, {**_ppo_fact(), "regimes": ["noisy", "clean"]}]))
+    entry = cfg.entry("ppo-fact")
+    assert len(plan(ctx, entry, "noisy", 0).commands) == 4
+    with pytest.raises(ValueError, match=r"'ppo-fact'.*build is for the noisy regime only.*exact judge"):
+        plan(ctx, entry, "clean", 0)
+    bad = MethodEntry(**{**_ppo_fact(rm_batch=15), "regimes": ["noisy"]})
+    with pytest.raises(ValueError, match=r"'ppo-fact'.*rm_batch a positive multiple of ranks 2"):
+        plan(ctx, bad, "noisy", 0)
+    odd = MethodEntry(**_ppo_fact(reward_model=True))
+    with pytest.raises(ValueError, match=r"'ppo-fact'.*reward-model folder or 'build'"):
+        plan(ctx, odd, "noisy", 0)
+    # the noisy regime still needs a reward model; the message names the build option
+    judge = MethodEntry(**{**_ppo_fact(), "options": {"preset": "none"}})
+    with pytest.raises(ValueError, match=r"noisy regime needs options.reward_model.*'build'"):
+        plan(ctx, judge, "noisy", 0)
+
+
+def test_shared_command_planned_twice_with_different_options_refused(tmp_path):
+    """Two entries building the one Fact-RM with different sizes would silently share the first's."""
+    from mmalign.eval.study.runner import plans
+
+    ctx = Context(ROOT / "checkpoints/tiny-shapeworld", tmp_path / "t", tmp_path / "w", tmp_path / "r", 2)
+    same = study_from_dict(_study([CONTROL_RL, _ppo_fact(), {**_ppo_fact(), "name": "ppo-fact-b"}]))
+    assert len(plans(same, ctx)) == 4  # control-rl in both regimes, the two PPO rows in noisy
+    other = {**_ppo_fact(rm_steps=80), "name": "ppo-fact-long"}
+    cfg = study_from_dict(_study([CONTROL_RL, _ppo_fact(), other]))
+    with pytest.raises(
+        ValueError, match=r"fact-rm/final/mmalign.json is planned by ppo-fact .* ppo-fact-long"
+    ):
+        plans(cfg, ctx)

@@ -34,7 +34,10 @@ What each method gets, per regime (issue 18: "what its paper assumes"):
   judge as reward (``reward_fns:shapeworld_judge`` — an annotator who sees the scene, so exact) or
   ``options.reward_model`` (a Fact-RM trained as in that builder's docstring). ``steps`` must be
   iterations × optimizer steps per iteration and ``batch`` the responses per optimizer step
-  (step batch of prompts × ``num_samples``).
+  (step batch of prompts × ``num_samples``). ``options.reward_model: build`` (noisy regime only)
+  has the study build that Fact-RM itself, once per study (:func:`plan_fact_rm`): LLaVA-RLHF's
+  preferences (https://arxiv.org/abs/2309.14525) from a simulated annotator who sees the scene,
+  on the SFT model's own sampled answers, and a reward model that reads the exact captions.
 """
 
 from __future__ import annotations
@@ -51,6 +54,10 @@ DPO_CONFIG = "configs/dpo/tiny_shapeworld.yaml"
 POVID_CONFIG = "configs/dpo/tiny_shapeworld_povid.yaml"
 REWARD_CONFIG = "configs/reward/tiny_shapeworld.yaml"
 PPO_CONFIG = "configs/ppo/tiny_shapeworld.yaml"
+FACT_RM_CONFIG = "configs/reward/tiny_shapeworld_rlhf_fact.yaml"
+FACT_PROMPT = "configs/prompts/fact_rlhf_reward.txt"
+#: ``options.reward_model`` value asking the study to build the Fact-RM (:func:`plan_fact_rm`).
+BUILD = "build"
 JUDGE = '[{spec: "mmalign.rl.reward_fns:shapeworld_judge"}]'
 
 
@@ -426,19 +433,116 @@ def rl_iterations(entry: MethodEntry, ranks: int) -> tuple[int, list[str]]:
     return entry.steps // updates, over
 
 
-def plan_rl(ctx: Context, entry: MethodEntry, regime: str, seed: int) -> Plan:
-    """PPO / ReMax / RLOO / GRPO (``train/ppo.py``, ``options.preset``) from the SFT model, rewarded by
-    the exact ShapeWorld judge or ``options.reward_model`` (a Fact-RM), iterations chosen so that the
-    optimizer steps × responses per step equal the entry's budget.
+def plan_fact_rm(ctx: Context, entry: MethodEntry, prompts: Path) -> tuple[list[Command], Path]:
+    """The commands that build a Fact-RM for ``entry`` once per study, and the folder PPO loads.
+
+    LLaVA-RLHF's factually augmented reward model (Sun et al., 2023,
+    https://arxiv.org/abs/2309.14525): human preferences between two answers of the SFT model, and
+    a reward model shown the image's ground-truth captions. Here (``data_builders/shapeworld_rlhf.py``,
+    README "The Fact-RLHF study on ShapeWorld"):
+
+    1. ``shapeworld_rlhf.py prefs``: K = 2 sampled answers (temperature 1.0) of the SFT model
+       (``ctx.model``) to each PPO prompt of ``prompts/ppo_prompts/{train,test}.jsonl`` (the
+       study's training data, ``ctx.train``), the better and the worse by a simulated annotator
+       who sees the scene graph → LLaVA-RLHF pair records in ``prompts/rlhf_prefs/train.jsonl``
+       (ties dropped); done when ``rlhf_prefs/stats.json`` exists.
+    2. ``train/reward.py`` (``configs/reward/tiny_shapeworld_rlhf_fact.yaml``; reward prompt
+       ``options.reward_prompt``, default ``configs/prompts/fact_rlhf_reward.txt``: the exact
+       caption) on those pairs, ``options.rm_steps`` optimizer steps of ``options.rm_batch`` pairs
+       over ``ctx.ranks`` ranks, 5 % of the pairs held out (``eval/accuracy`` in its metrics), into
+       ``ctx.work / "fact-rm"``.
+
+    Both depend on neither the regime nor the seed (the annotator sees the scene; the captions are
+    exact), so every seed's plan holds the same two commands (same ``done`` paths, same argv) and
+    the runner runs them once, seed 0 (like Align²LLaVA's reward models). Their cost is not in a
+    row's training cost (``Command.run`` unset, as for Align²LLaVA's shared reward models).
+
+    Size (on 2 CPU cores, at most ~8 min for both; estimated, not run at this size): the prefs
+    builder samples every PPO prompt (1,916 train + 288 test on the study's 8000-image data; the
+    README's run took 27.5 s for the train split, ``rlhf_prefs/stats.json``; ~1 min with loading
+    and the test split) — kept whole, since the reward model's cost is its steps × pairs per step
+    whatever the pool, and the whole pool (~730 pairs) spares it repeats. The reward model is the
+    cost: 7.5 s (the reward config's note) to 18 s (the README's run: 64 steps in 19.6 min, beside
+    other jobs) per step of 32 pairs, the ~490-token reward prompt preceding each answer, plus ~30 s
+    of launch. Default 40 steps of 16 pairs = 640 pairs (~0.9 epoch of the ~690 kept for
+    training): ~2.5–6 min, so prefs + RM ≈ 3.5–7.5 min. The README's Fact-RM had 64 steps of 32 and
+    its training loss had barely moved after 20 (warm-up 10), so this one is weaker; its held-out
+    accuracy is logged in ``fact-rm/metrics.jsonl`` (``eval/accuracy``).
+
+    Returns:
+        The commands (prefs, reward training) and the reward model's ``final`` folder.
 
     Raises:
-        ValueError: the budget cannot be met by whole iterations.
+        ValueError: ``options.rm_steps`` < 1, or ``options.rm_batch`` not a positive multiple of
+            ``ctx.ranks``.
+    """
+    steps = int(entry.options.get("rm_steps", 40))
+    batch = int(entry.options.get("rm_batch", 16))
+    if steps < 1 or batch < 1 or batch % ctx.ranks:
+        raise ValueError(
+            f"method entry {entry.name!r}: options.rm_steps must be ≥ 1 and options.rm_batch a positive "
+            f"multiple of ranks {ctx.ranks}, got rm_steps {steps}, rm_batch {batch}"
+        )
+    prefs = Command(
+        (
+            "data_builders/shapeworld_rlhf.py", "prefs", "--data", str(ctx.train), "--out", str(prompts),
+            "--prompts", str(prompts / "ppo_prompts"), "--model", str(ctx.model), "--k", "2", "--seed", "0",
+        ),
+        prompts / "rlhf_prefs" / "stats.json",
+        log=ctx.work / "fact-rm-prefs.log",
+    )  # fmt: skip
+    out = ctx.work / "fact-rm"
+    data = [{**_source(prompts / "rlhf_prefs" / "train.jsonl", ctx.train), "format": "llava_rlhf"}]
+    rm = Command(
+        (
+            "train/reward.py", "--config", FACT_RM_CONFIG, f"model={ctx.model}", f"out={out}", "seed=0",
+            f"data={json.dumps(data)}",
+            f"reward_prompt={entry.options.get('reward_prompt', FACT_PROMPT)}",
+            f"max_steps={steps}", f"strategy.micro_batch_size={batch // ctx.ranks}", "strategy.grad_accum=1",
+            f"optim.warmup_steps={max(1, min(10, steps // 10))}", "eval_fraction=0.05", "save_every=0",
+            f"log_every={max(1, min(10, steps // 5))}",
+        ),
+        out / "final" / "mmalign.json",
+        ctx.ranks,
+        out.with_suffix(".log"),
+    )  # fmt: skip
+    return [prefs, rm], out / "final"
+
+
+def plan_rl(ctx: Context, entry: MethodEntry, regime: str, seed: int) -> Plan:
+    """PPO / ReMax / RLOO / GRPO (``train/ppo.py``, ``options.preset``) from the SFT model, rewarded by
+    the exact ShapeWorld judge or ``options.reward_model`` (a Fact-RM folder, or ``build``: the
+    study builds one, :func:`plan_fact_rm`), iterations chosen so that the optimizer steps ×
+    responses per step equal the entry's budget.
+
+    With a reward model the reward prompt is ``options.reward_prompt`` (default
+    ``configs/prompts/fact_rlhf_reward.txt``: the scene's exact caption, LLaVA-RLHF's factual
+    augmentation, https://arxiv.org/abs/2309.14525).
+
+    Raises:
+        ValueError: the budget cannot be met by whole iterations; the noisy regime without a reward
+            model; ``reward_model`` not a string; ``reward_model: build`` in the clean regime (the
+            built Fact-RM does not depend on the regime, so that row would repeat the noisy one;
+            the clean regime has the exact judge); bad ``rm_steps`` / ``rm_batch``.
     """
     rm = entry.options.get("reward_model")
+    if rm is not None and not isinstance(rm, str):
+        raise ValueError(
+            f"method entry {entry.name!r}: options.reward_model must be a reward-model folder or "
+            f"{BUILD!r}, got {rm!r}"
+        )
     if regime == "noisy" and not rm:
         raise ValueError(
             f"method entry {entry.name!r}: the judge reward is exact (clean regime only); the noisy regime needs "
-            "options.reward_model (a Fact-RM trained as data_builders/shapeworld_rlhf.py describes)"
+            f"options.reward_model (a Fact-RM folder, or {BUILD!r} to train one from the SFT model's judged "
+            "samples as data_builders/shapeworld_rlhf.py describes)"
+        )
+    if rm == BUILD and regime != "noisy":
+        raise ValueError(
+            f"method entry {entry.name!r}: options.reward_model: {BUILD} is for the noisy regime only: the "
+            "Fact-RM it builds does not depend on the regime (an annotator who sees the scene judges the SFT "
+            "model's own samples; the reward prompt's captions are exact), so a clean row would repeat the "
+            "noisy one; in the clean regime use the exact judge (no reward_model) in another entry"
         )
     iterations, over = rl_iterations(entry, ctx.ranks)
     prompts = ctx.work / "rlhf"
@@ -447,11 +551,13 @@ def plan_rl(ctx: Context, entry: MethodEntry, regime: str, seed: int) -> Plan:
         prompts / "ppo_prompts" / "train.jsonl",
         log=ctx.work / "rlhf-prompts.log",
     )
+    cmds = [build]
+    if rm == BUILD:
+        fact, final = plan_fact_rm(ctx, entry, prompts)
+        cmds += fact
+        rm = str(final)
     reward = (
-        [
-            f"reward_model={rm}",
-            f"reward_prompt={entry.options.get('reward_prompt', 'configs/prompts/fact_rlhf_reward.txt')}",
-        ]
+        [f"reward_model={rm}", f"reward_prompt={entry.options.get('reward_prompt', FACT_PROMPT)}"]
         if rm
         else ["reward_model=null", f"reward_functions={JUDGE}"]
     )
@@ -461,8 +567,8 @@ def plan_rl(ctx: Context, entry: MethodEntry, regime: str, seed: int) -> Plan:
         f"prompts={prompts / 'ppo_prompts' / 'train.jsonl'}", f"media_root={ctx.train}",
         f"iterations={iterations}", "save_every=0", "log_every=1", *reward, *over,
     )  # fmt: skip
-    cmd = Command(argv, out / "final" / "mmalign.json", ctx.ranks, out.with_suffix(".log"), out)
-    return Plan(entry.name, regime, seed, [build, cmd], out / "final")
+    cmds.append(Command(argv, out / "final" / "mmalign.json", ctx.ranks, out.with_suffix(".log"), out))
+    return Plan(entry.name, regime, seed, cmds, out / "final")
 
 
 PLANNERS = {

@@ -247,7 +247,15 @@ def training_cost(runs: list[Path]) -> dict[str, Any]:
 
 
 def plans(cfg: StudyConfig, ctx: Context) -> list[Plan]:
-    """Every row of the study (entries × regimes × seeds; the SFT row once), checked before any run."""
+    """Every row of the study (entries × regimes × seeds; the SFT row once), checked before any run.
+
+    A command shared by rows (a builder, a reward model built once per study) runs once, for the
+    first row that plans it; rows that plan the same ``done`` path must plan the same command.
+
+    Raises:
+        ValueError: a row cannot be planned, or two rows plan different commands with one ``done``
+            path (e.g. two ``reward_model: build`` entries with different ``rm_steps``).
+    """
     out = []
     for entry in cfg.methods:
         if not entry.seeded:
@@ -255,6 +263,15 @@ def plans(cfg: StudyConfig, ctx: Context) -> list[Plan]:
             continue
         for regime in entry.regimes:
             out += [plan(ctx, entry, regime, seed) for seed in cfg.seeds]
+    first: dict[Path, tuple[Plan, Command]] = {}
+    for p in out:
+        for c in p.commands:
+            q, d = first.setdefault(c.done, (p, c))
+            if d.argv != c.argv:
+                raise ValueError(
+                    f"{c.done} is planned by {q.entry} ({q.regime}, seed {q.seed}) and by {p.entry} "
+                    f"({p.regime}, seed {p.seed}) with different arguments; give them the same options"
+                )
     return out
 
 
