@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from mmalign.eval.isrt_proof import (  # noqa: E402
     ProofPlan,
+    control_command,
     control_records,
     dpo_budget,
     format_report,
@@ -43,7 +44,6 @@ from mmalign.eval.isrt_proof import (  # noqa: E402
     judge_targets,
     plan_commands,
 )  # fmt: skip
-from mmalign.eval.study.methods import Command  # noqa: E402
 from mmalign.eval.study.runner import execute  # noqa: E402
 
 
@@ -81,7 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format-steps", type=int, default=300)
     parser.add_argument("--n-clips", type=int, default=100, help="held-out test clips")
     parser.add_argument("--n-prior", type=int, default=100, help="held-out prior probes per group")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes: a check that everything runs")
+    parser.add_argument("--no-oracle", action="store_true", help="skip the exact-judge run (upper bound)")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny sizes, oracle judge (so that DPO and the control get pairs): a check that everything runs",
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         args.iterations, args.per_iteration, args.format_steps, args.n_clips, args.n_prior = 1, 16, 4, 8, 4
@@ -90,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = ProofPlan(
         data=data, out=out, model=(ROOT / args.model).resolve(), isrt_config=ROOT / args.isrt_config,
         format_config=ROOT / args.format_config, iterations=args.iterations, per_iteration=args.per_iteration,
-        modes=tuple(args.modes.split(",")), format_steps=args.format_steps,
-        extra=("context_max_new_tokens=16", "max_new_tokens=8") if args.smoke else (),
+        modes=tuple(args.modes.split(",")), oracle=not args.no_oracle, format_steps=args.format_steps,
+        extra=("context_max_new_tokens=16", "max_new_tokens=8", "judge=oracle", "temperature=2.0") if args.smoke else (),
     )  # fmt: skip
     if plan.modes[0] != "retrospective":
         parser.error("--modes must start with retrospective (the main run: the control's budget)")
@@ -100,49 +105,49 @@ def main(argv: list[str] | None = None) -> int:
     for cmd in plan_commands(plan):
         execute(cmd)
 
-    # 4: the control — the main run's prompts with their training annotations, DPO's steps
-    main_run = plan.run(plan.modes[0])
-    records = control_records(main_run, out / "data" / "pool.jsonl", plan.iterations)
-    budget = dpo_budget(main_run, plan.iterations)
-    control_data = out / "data" / "control.json"
-    control_data.write_text(json.dumps(records))
-    control = out / "control"
-    execute(Command(
-        ("train/sft.py", "--config", "configs/shapeworld/control.yaml", f"model={plan.start}", f"out={control}",
-         f'data=[{{"path": "{control_data}", "media_root": "{data}"}}]', f"max_steps={max(budget['steps'], 1)}",
-         "strategy.micro_batch_size=8", "strategy.zero_stage=3", "optim.warmup_steps=2", "log_every=1"),
-        control / "final", ranks=2, log=out / "logs" / "control.log", run=control,
-    ))  # fmt: skip
+    # 4: the controls — a run's pairs' prompts with their training annotations, DPO's steps
+    budgets, controls = {}, {}
+    for name in plan.controlled:
+        records = control_records(plan.run(name), out / "data" / "pool.jsonl", plan.iterations)
+        budgets[name] = {**dpo_budget(plan.run(name), plan.iterations), "records": len(records)}
+        if not records:
+            print(f"no control for {name}: the run made no pairs (DPO never stepped)", flush=True)
+            continue
+        data_file = out / "data" / f"control-{name}.json"
+        data_file.write_text(json.dumps(records))
+        cmd = control_command(plan, name, data_file, budgets[name]["steps"])
+        execute(cmd)
+        controls[f"control ({name})"] = cmd.done
 
     # 5: held-out measurement
-    measured_dir = out / "measured"
+    main_run = plan.run(plan.modes[0])
     models = {"sft": plan.model, "start": plan.start}
     for t in range(plan.iterations):
         models[f"retro t{t + 1}"] = iterate_model(main_run, t)
-    for mode in plan.modes[1:]:
-        models[f"{mode} t{plan.iterations}"] = iterate_model(plan.run(mode), plan.iterations - 1)
-    models["control"] = control / "final"
+    for name in list(plan.runs)[1:]:
+        models[f"{name} t{plan.iterations}"] = iterate_model(plan.run(name), plan.iterations - 1)
+    models.update(controls)
     measured = {}
     for name, folder in models.items():
         folder = folder if folder.is_absolute() else ROOT / folder
-        cache = measured_dir / (name.replace(" ", "_") + ".json")
+        cache = out / "measured" / (name.replace(" ", "_").replace("(", "").replace(")", "") + ".json")
         measured[name] = measure(folder, data, cache, args.n_clips, args.n_prior)
 
     # 6: report
-    rows = {mode: iteration_rows(plan.run(mode), data) for mode in plan.modes}
+    rows = {name: iteration_rows(plan.run(name), data) for name in plan.runs}
     last = f"retro t{plan.iterations}"
     targets = judge_targets(rows, measured, last)
     notes = [
         f"Pool: {args.per_iteration} label-free prompts per iteration from `{args.data}` train clips; "
         f"{plan.iterations} iterations per mode; held-out: {args.n_clips} test clips, {args.n_prior} + "
-        f"{args.n_prior} video prior probes. Control: {len(records)} records (the retrospective run's "
-        f"pairs' prompts with their training annotations), {budget['steps']} optimizer steps (DPO's).",
+        f"{args.n_prior} video prior probes. Controls (a run's pairs' prompts with their training "
+        f"annotations, DPO's optimizer steps): {json.dumps(budgets)}.",
         "Start model = the shipped SFT model + the judge/revise format continuation "
         "(`configs/isrt/judge_format.yaml`); targets compare the last iterate with it.",
     ]
     (out / "report.md").write_text(format_report(rows, measured, targets, notes))
     (out / "results.json").write_text(json.dumps(
-        {"rows": rows, "measured": measured, "targets": targets, "control_budget": budget}, indent=1, default=str
+        {"rows": rows, "measured": measured, "targets": targets, "control_budgets": budgets}, indent=1, default=str
     ))  # fmt: skip
     _plot(rows, measured, plan, out / "iterations.png")
     print((out / "report.md").read_text())
@@ -167,8 +172,8 @@ def _plot(rows: dict, measured: dict, plan: ProofPlan, path: Path) -> None:
     names = [n for n in names if n in measured]
     for key, ax in (("prior/yes", axes[1]), ("desc/chair_i", axes[2])):
         ax.plot(range(len(names)), [measured[n][key] for n in names], "o-", label="i-SRT (retrospective)")
-        if "control" in measured:
-            ax.axhline(measured["control"][key], color="gray", ls="--", label="control")
+        if "control (retrospective)" in measured:
+            ax.axhline(measured["control (retrospective)"][key], color="gray", ls="--", label="control")
         ax.set(title=f"held-out {key}", xticks=range(len(names)))
         ax.set_xticklabels(names, fontsize=7)
         ax.legend()

@@ -207,13 +207,28 @@ def test_proof_runs_end_to_end_at_smoke_size(noisy_data, tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = (out / "report.md").read_text()
-    for part in ("context = retrospective", "context = none", "## Held-out clips", "## Targets", "control"):
+    for part in (
+        "### retrospective",
+        "### none",
+        "### oracle",
+        "## Held-out clips",
+        "## Targets",
+        "control (oracle)",
+    ):
         assert part in report
     results = json.loads((out / "results.json").read_text())
-    assert set(results["measured"]) == {"sft", "start", "retro t1", "none t1", "control"}
+    assert set(results["measured"]) == {
+        "sft",
+        "start",
+        "retro t1",
+        "none t1",
+        "oracle t1",
+        "control (retrospective)",
+        "control (oracle)",
+    }
     for m in results["measured"].values():
         assert 0.0 <= m["qa/accuracy"] <= 1.0 and m["n"]["clips"] == 8
-    assert results["control_budget"]["steps"] >= 0
+    assert results["control_budgets"]["oracle"]["steps"] > 0  # the oracle decides: pairs, DPO steps
     assert (out / "iterations.png").stat().st_size > 0
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)  # resumes: all cached
     assert again.returncode == 0 and "$ " not in again.stdout

@@ -42,7 +42,10 @@ class ProofPlan:
         isrt_config / format_config: the i-SRT and format-continuation configs.
         iterations: i-SRT iterations per run (≥ 3 for the proof).
         per_iteration: prompts drawn per iteration.
-        modes: context modes run (the first is the main run, the control's budget).
+        modes: context modes run with the self judge (the first, ``retrospective``, is the main
+            run).
+        oracle: also run the exact ShapeWorld judge with retrospective context (``oracle``): what
+            the loop does when the judge is right (an upper bound, not i-SRT).
         format_steps: optimizer steps of the format continuation.
         extra: overrides passed to every i-SRT run (``key=value``).
     """
@@ -55,6 +58,7 @@ class ProofPlan:
     iterations: int = 3
     per_iteration: int = 256
     modes: tuple[str, ...] = MODES
+    oracle: bool = True
     format_steps: int = 300
     extra: tuple[str, ...] = ()
 
@@ -63,8 +67,21 @@ class ProofPlan:
         """The i-SRT start model (shipped model + judge/revise formats)."""
         return self.out / "format" / "final"
 
-    def run(self, mode: str) -> Path:
-        return self.out / f"isrt-{mode}"
+    @property
+    def runs(self) -> dict[str, tuple[str, str]]:
+        """Each i-SRT run's name → (judge, context): the self-judge modes, then ``oracle``."""
+        out = {mode: ("self", mode) for mode in self.modes}
+        if self.oracle:
+            out["oracle"] = ("oracle", "retrospective")
+        return out
+
+    @property
+    def controlled(self) -> tuple[str, ...]:
+        """The runs that get a same-budget control: the main run and the oracle run."""
+        return tuple(n for n in (self.modes[0], "oracle") if n in self.runs)
+
+    def run(self, name: str) -> Path:
+        return self.out / f"isrt-{name}"
 
 
 def plan_commands(p: ProofPlan) -> list[Command]:
@@ -86,16 +103,26 @@ def plan_commands(p: ProofPlan) -> list[Command]:
                  '"tasks": ["existence", "color", "count", "position", "caption"]}]'),
                 p.start, ranks=2, log=logs / "format.log", run=p.out / "format"),
     ]  # fmt: skip
-    for mode in p.modes:
-        run = p.run(mode)
+    for name, (judge, context) in p.runs.items():
+        run = p.run(name)
         cmds.append(
             Command(("train/isrt.py", "--config", str(p.isrt_config), f"model={p.start}", f"out={run}",
-                     f"context={mode}", f"iterations={p.iterations}", f"pool.path={data_dir / 'pool.jsonl'}",
+                     f"judge={judge}", f"context={context}", f"iterations={p.iterations}", f"pool.path={data_dir / 'pool.jsonl'}",
                      "pool.shapeworld=null", f"pool.media_root={p.data}", f"pool.per_iteration={p.per_iteration}",
                      "eval.shapeworld=null", *p.extra),
-                    run / f"iter_{p.iterations - 1}" / "dpo.done", ranks=2, log=logs / f"isrt-{mode}.log", run=run)
+                    run / f"iter_{p.iterations - 1}" / "dpo.done", ranks=2, log=logs / f"isrt-{name}.log", run=run)
         )  # fmt: skip
     return cmds
+
+
+def control_command(p: ProofPlan, name: str, data_file: Path, steps: int) -> Command:
+    """SFT from the start model on ``data_file`` (:func:`control_records` of run ``name``) with
+    DPO's optimizer steps and micro-batch (8 per rank, ZeRO-3, configs/shapeworld/control.yaml)."""
+    out = p.out / f"control-{name}"
+    argv = ("train/sft.py", "--config", "configs/shapeworld/control.yaml", f"model={p.start}", f"out={out}",
+            f'data=[{{"path": "{data_file}", "media_root": "{p.data}"}}]', f"max_steps={steps}",
+            "strategy.micro_batch_size=8", "strategy.zero_stage=3", "optim.warmup_steps=2", "log_every=1")  # fmt: skip
+    return Command(argv, out / "final", ranks=2, log=p.out / "logs" / f"control-{name}.log", run=out)
 
 
 def control_records(run: Path, pool: Path, iterations: int) -> list[dict[str, Any]]:
@@ -251,7 +278,7 @@ def format_report(
     cols = ("iteration", "agreement", "coverage", "judged", "ties", "pairs", "reward_accuracy", "reward_margin",
             "sample_length", "context_precision", "context_recall", "context_chair_i")  # fmt: skip
     for mode, mode_rows in rows.items():
-        lines += [f"### context = {mode}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += [f"### {mode}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         lines += ["| " + " | ".join(_f(r[c]) for c in cols) + " |" for r in mode_rows]
         lines.append("")
     names = list(measured)

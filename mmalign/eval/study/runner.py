@@ -112,6 +112,7 @@ def execute(cmd: Command) -> float:
                 "delete it or choose another --out"
             )
         if not stamp.exists():
+            stamp.parent.mkdir(parents=True, exist_ok=True)
             stamp.write_text(json.dumps(list(cmd.argv)))
         return 0.0
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
