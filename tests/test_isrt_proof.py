@@ -167,15 +167,16 @@ def test_control_gets_the_pairs_prompts_with_their_annotations(tmp_path):
 
 def test_targets_on_hand_made_numbers():
     rows = {
-        "retrospective": [{"agreement": 0.8}, {"agreement": 0.7}],
-        "none": [{"agreement": 0.6}, {"agreement": math.nan}],
+        "retrospective": [{"agreement": 0.8, "margin_agreement": 0.5}, {"agreement": 0.7}],
+        "none": [{"agreement": 0.6, "margin_agreement": 0.6}, {"agreement": math.nan}],
     }
     base = {"prior/yes": 0.8, "prior/mention": 0.2, "desc/chair_i": 0.10, "desc/wrong_motion": 0.05,
             "qa/accuracy": 0.90, "qa/answer_words": 1.2}  # fmt: skip
     last = {"prior/yes": 0.3, "prior/mention": 0.15, "desc/chair_i": 0.05, "desc/wrong_motion": 0.0,
             "qa/accuracy": 0.885, "qa/answer_words": 1.0}  # fmt: skip
     got = judge_targets(rows, {"sft": base, "start": base, "retro t3": last}, "retro t3")
-    assert got["agreement: retrospective > none"]["met"] is True  # 0.75 vs 0.6
+    assert got["agreement (decided pairs): retrospective > none"]["met"] is True  # 0.75 vs 0.6
+    assert got["agreement (mean margin, every pair): retrospective > none"]["met"] is False  # 0.5 vs 0.6
     assert got["prior/yes falls >= 50%"]["met"] is True  # 62 %
     assert got["prior/mention falls >= 50%"]["met"] is False  # 25 %
     assert got["desc/chair_i falls >= 50%"]["met"] is True  # exactly 50 %
@@ -186,7 +187,11 @@ def test_targets_on_hand_made_numbers():
         {"sft": base, "start": base, "retro t3": base},
         "retro t3",
     )
-    assert worse["agreement: retrospective > none"]["met"] is False
+    assert worse["agreement (decided pairs): retrospective > none"]["met"] is False
+    unmeasured = judge_targets(
+        {"retrospective": [], "none": []}, {"sft": base, "start": base, "retro t3": base}, "retro t3"
+    )
+    assert unmeasured["agreement (decided pairs): retrospective > none"]["met"] is None
     assert worse["prior/yes falls >= 50%"]["met"] is False
 
 
@@ -227,8 +232,36 @@ def test_proof_runs_end_to_end_at_smoke_size(noisy_data, tmp_path):
         "control (oracle)",
     }
     for m in results["measured"].values():
-        assert 0.0 <= m["qa/accuracy"] <= 1.0 and m["n"]["clips"] == 8
+        test_clips = sum(
+            '"video"' in x for x in (noisy_data / "scenes" / "test.jsonl").read_text().splitlines()
+        )
+        assert 0.0 <= m["qa/accuracy"] <= 1.0 and m["n"]["clips"] == min(8, test_clips) > 0
     assert results["control_budgets"]["oracle"]["steps"] > 0  # the oracle decides: pairs, DPO steps
     assert (out / "iterations.png").stat().st_size > 0
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)  # resumes: all cached
     assert again.returncode == 0 and "$ " not in again.stdout
+
+
+def test_margin_agreement_reads_a_biased_judges_content_preference():
+    from mmalign.isrt.stages import judge_stats
+
+    def row(prefs, correct, tie=True):
+        margin = (prefs[0] + prefs[1]) / 2
+        comparison = {"i": 0, "j": 1, "prefs": prefs, "margin": margin}
+        chosen = None if tie else (0 if margin > 0 else 1)
+        return {
+            "tie": tie, "reason": "order_disagree" if tie else None, "comparisons": [comparison],
+            "chosen": chosen, "rejected": None if tie else 1 - chosen,
+            "oracle": {"correct": correct, "preferred": correct.index(True) if any(correct) and not all(correct) else None},
+        }  # fmt: skip
+
+    rows = [
+        row([1.3, -1.1], [True, False]),  # letter bias (A in both orders), content favours 0: right
+        row([1.2, -1.3], [True, False]),  # content favours 1: wrong
+        row([-1.3, 1.1], [False, True]),  # favours 1 (right)
+        row([0.5, 0.4], [False, True], tie=False),  # decided for 0: wrong
+        row([0.5, 0.4], [True, True]),  # not decisive: left out
+    ]
+    got = judge_stats(rows)
+    assert got["margin_pairs"] == 4 and got["margin_agreement"] == pytest.approx(2 / 4)
+    assert got["oracle_agreement"] == 0.0 and got["judge_decided_on_decisive"] == 1 and got["ties_order"] == 4

@@ -182,6 +182,8 @@ def iteration_rows(run: Path, data: Path) -> list[dict[str, Any]]:
             "iteration": t,
             "agreement": r.get("judge/oracle_agreement", math.nan),
             "coverage": r.get("judge/oracle_coverage", math.nan),
+            "margin_agreement": r.get("judge/margin_agreement", math.nan),
+            "margin_pairs": r.get("judge/margin_pairs", 0),
             "judged": r.get("judge/judged", 0), "ties": r.get("judge/ties", 0), "pairs": r.get("pairs", 0),
             "reward_accuracy": r.get("dpo/rewards/accuracy", math.nan),
             "reward_margin": r.get("dpo/rewards/margin", math.nan),
@@ -210,21 +212,22 @@ def judge_targets(
 
     Returns:
         per target ``{value, goal, met}``: retrospective agreement above no context's (means over
-        iterations), each hallucination measure falling ≥ 50 % from ``start`` to the last iterate,
+        iterations; on decided pairs, and by the sign of the mean margin on every compared pair —
+        ``met`` None when either is unmeasured), each hallucination measure falling ≥ 50 % from ``start`` to the last iterate,
         video QA accuracy at most 1 point below ``start``, answers no longer than the SFT model's.
     """
 
-    def mean(mode: str) -> float:
-        vals = [r["agreement"] for r in rows.get(mode, []) if not math.isnan(r["agreement"])]
+    def mean(mode: str, key: str) -> float:
+        vals = [r[key] for r in rows.get(mode, []) if not math.isnan(r.get(key, math.nan))]
         return sum(vals) / len(vals) if vals else math.nan
 
     out: dict[str, Any] = {}
-    retro, none = mean("retrospective"), mean("none")
-    out["agreement: retrospective > none"] = {
-        "value": f"{retro:.3f} vs {none:.3f}",
-        "goal": ">",
-        "met": bool(retro > none) if not math.isnan(retro + none) else None,
-    }
+    for key, label in (("agreement", "decided pairs"), ("margin_agreement", "mean margin, every pair")):
+        retro, none = mean("retrospective", key), mean("none", key)
+        known = not math.isnan(retro + none)
+        out[f"agreement ({label}): retrospective > none"] = {
+            "value": f"{retro:.3f} vs {none:.3f}", "goal": ">", "met": bool(retro > none) if known else None
+        }  # fmt: skip
     start, end = measured["start"], measured[last]
     for key in HALLUCINATION_KEYS:
         a, b = start.get(key, math.nan), end.get(key, math.nan)
@@ -275,7 +278,7 @@ def format_report(
 ) -> str:  # fmt: skip
     """``report.md``: per-iteration table per context mode, held-out table, targets."""
     lines = ["# i-SRT on ShapeWorld videos", "", *notes, "", "## Per iteration (training pool)", ""]
-    cols = ("iteration", "agreement", "coverage", "judged", "ties", "pairs", "reward_accuracy", "reward_margin",
+    cols = ("iteration", "agreement", "coverage", "margin_agreement", "margin_pairs", "judged", "ties", "pairs", "reward_accuracy", "reward_margin",
             "sample_length", "context_precision", "context_recall", "context_chair_i")  # fmt: skip
     for mode, mode_rows in rows.items():
         lines += [f"### {mode}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]

@@ -204,7 +204,11 @@ def judge_stats(rows: list[dict]) -> dict[str, Any]:
 
     ``oracle_agreement``: share of the judge's decided pairs (not ties) on records where the oracle
     is decisive (one answer right, one wrong) that pick the right answer; ``oracle_coverage``: share
-    of oracle-decisive records the judge decided (did not tie).
+    of oracle-decisive records the judge decided (did not tie); ``margin_agreement``: over every
+    compared pair of one right and one wrong answer (ties included), the share whose mean margin
+    over both orders favours the right one — the letter-position bias cancels in that mean, so
+    it reads a biased judge's content preference that tie dropping hides (``margin_pairs``: how
+    many; a zero margin counts as disagreement).
     """
     ties = [r for r in rows if r["tie"]]
     decisive = [r for r in rows if r.get("oracle") and r["oracle"]["preferred"] is not None]
@@ -220,6 +224,17 @@ def judge_stats(rows: list[dict]) -> dict[str, Any]:
         "ties_margin": sum(r["reason"] == "below_threshold" for r in ties),
         "oracle_decisive": len(decisive), "judge_decided_on_decisive": len(decided),
     }  # fmt: skip
+    mixed = [
+        (c["margin"], r["oracle"]["correct"][c["i"]])
+        for r in decisive
+        for c in r.get("comparisons", [])
+        if r["oracle"]["correct"][c["i"]] != r["oracle"]["correct"][c["j"]]
+    ]
+    out["margin_pairs"] = len(mixed)
+    if mixed:
+        out["margin_agreement"] = sum(
+            (m > 0 and i_right) or (m < 0 and not i_right) for m, i_right in mixed
+        ) / len(mixed)
     if decided:
         out["oracle_agreement"] = len(agree) / len(decided)
     if decisive:
