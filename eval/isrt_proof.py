@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--isrt-config", default="configs/isrt/tiny_shapeworld.yaml")
     parser.add_argument("--format-config", default="configs/isrt/judge_format.yaml")
     parser.add_argument("--iterations", type=int, default=3)
-    parser.add_argument("--per-iteration", type=int, default=256, help="prompts drawn per iteration")
+    parser.add_argument("--per-iteration", type=int, default=192, help="prompts drawn per iteration")
     parser.add_argument("--modes", default="retrospective,fresh,none")
     parser.add_argument("--format-steps", type=int, default=300)
     parser.add_argument("--n-clips", type=int, default=100, help="held-out test clips")

@@ -56,7 +56,7 @@ class ProofPlan:
     isrt_config: Path
     format_config: Path
     iterations: int = 3
-    per_iteration: int = 256
+    per_iteration: int = 192
     modes: tuple[str, ...] = MODES
     oracle: bool = True
     format_steps: int = 300
