@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.smoke:
         args.iterations, args.per_iteration, args.format_steps, args.n_clips, args.n_prior = 1, 16, 4, 8, 4
-        args.modes = "retrospective,none"
+        args.modes = "retrospective"
     data, out = (ROOT / args.data).resolve(), (ROOT / args.out).resolve()
     plan = ProofPlan(
         data=data, out=out, model=(ROOT / args.model).resolve(), isrt_config=ROOT / args.isrt_config,
