@@ -13,13 +13,14 @@ Steps (``mmalign.eval.isrt_proof``):
 2. the start model: the shipped model continued on those formats (``configs/isrt/judge_format.yaml``);
    the tiny model cannot otherwise read the judge prompt;
 3. i-SRT (``train/isrt.py``, ``configs/isrt/tiny_shapeworld.yaml``, self judge) once per context
-   mode ``retrospective | fresh | none``, ``--iterations`` each;
-4. the control: SFT continued from the start model on the same prompts as the retrospective run's
-   pairs, answered by the training annotations (noise included), with DPO's optimizer steps and
-   micro-batch (``configs/shapeworld/control.yaml``'s optimizer);
+   mode ``retrospective | fresh | none``, and once with the exact judge and retrospective context
+   (``oracle``: what the loop does when the judge is right), ``--iterations`` each;
+4. a control for the retrospective and the oracle run: SFT continued from the start model on the
+   same prompts as that run's pairs, answered by the training annotations (noise included), with
+   DPO's optimizer steps and micro-batch (``configs/shapeworld/control.yaml``'s optimizer);
 5. held-out measurement (``mmalign.eval.video_hallucination.measure_video``: test clips and the
    video prior probes) of the shipped SFT model, the start model, every iterate of the
-   retrospective run, the last iterate of the other modes and the control;
+   retrospective run, the last iterate of the other runs and the controls;
 6. ``report.md``, ``results.json`` and ``iterations.png`` in ``--out``.
 """
 
@@ -164,9 +165,10 @@ def _plot(rows: dict, measured: dict, plan: ProofPlan, path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for mode, mode_rows in rows.items():
         axes[0].plot(
-            [r["iteration"] for r in mode_rows], [r["agreement"] for r in mode_rows], "o-", label=mode
+            [r["iteration"] for r in mode_rows], [r["margin_agreement"] for r in mode_rows], "o-", label=mode
         )
-    axes[0].set(title="self-judge agreement with the oracle", xlabel="iteration")
+    axes[0].axhline(0.5, color="gray", ls=":")
+    axes[0].set(title="judge agreement with the oracle (mean margin)", xlabel="iteration")
     axes[0].legend()
     names = ["start"] + [f"retro t{t + 1}" for t in range(plan.iterations)]
     names = [n for n in names if n in measured]

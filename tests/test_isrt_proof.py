@@ -39,6 +39,8 @@ def test_claimed_motion_reads_the_motion_not_the_entry_side():
     assert claimed_motion("A large red circle at the top left moves up.") == "up"
     assert claimed_motion("A cross at the bottom stays still.") == "still"
     assert claimed_motion("A cross at the top left.") is None
+    assert claimed_motion("The circle is moving down.") == "down"
+    assert claimed_motion("The heart does not move.") == "still"
 
 
 def test_description_errors_on_hand_written_descriptions():
@@ -129,6 +131,13 @@ def test_corrupt_description_changes_one_thing():
             assert got.startswith("There are 2 objects.") and len(got) < len(text)
         else:
             assert got != text and len(got.split()) == len(text.split())
+        if how == "direction":
+            assert "moves right" not in got  # the motion changed, not a position word
+    entering = "There is 1 object. A small star enters from the left and moves right."
+    for seed in range(40):
+        got, how = corrupt_description(entering, shapes, random.Random(seed))
+        if how == "direction":
+            assert got.startswith("There is 1 object. A small star enters from the left and moves ")
     assert kinds == {"same", "drop", "shape", "direction"}
 
 
@@ -167,16 +176,25 @@ def test_control_gets_the_pairs_prompts_with_their_annotations(tmp_path):
 
 def test_targets_on_hand_made_numbers():
     rows = {
-        "retrospective": [{"agreement": 0.8, "margin_agreement": 0.5}, {"agreement": 0.7}],
-        "none": [{"agreement": 0.6, "margin_agreement": 0.6}, {"agreement": math.nan}],
+        # pooled: retrospective (0.8·1 + 0.7·3)/4 = 0.725 decided, margin 0.45; none 0.6 and 0.4
+        "retrospective": [
+            {"agreement": 0.8, "decided": 1, "margin_agreement": 0.3, "margin_pairs": 1},
+            {"agreement": 0.7, "decided": 3, "margin_agreement": 0.5, "margin_pairs": 3},
+        ],
+        "none": [
+            {"agreement": 0.6, "decided": 2, "margin_agreement": 0.4, "margin_pairs": 4},
+            {"agreement": math.nan, "decided": 0},
+        ],
     }
     base = {"prior/yes": 0.8, "prior/mention": 0.2, "desc/chair_i": 0.10, "desc/wrong_motion": 0.05,
             "qa/accuracy": 0.90, "qa/answer_words": 1.2}  # fmt: skip
     last = {"prior/yes": 0.3, "prior/mention": 0.15, "desc/chair_i": 0.05, "desc/wrong_motion": 0.0,
             "qa/accuracy": 0.885, "qa/answer_words": 1.0}  # fmt: skip
     got = judge_targets(rows, {"sft": base, "start": base, "retro t3": last}, "retro t3")
-    assert got["agreement (decided pairs): retrospective > none"]["met"] is True  # 0.75 vs 0.6
-    assert got["agreement (mean margin, every pair): retrospective > none"]["met"] is False  # 0.5 vs 0.6
+    assert got["agreement (decided pairs): retrospective > none and > 0.5"]["value"] == "0.725 vs 0.600"
+    assert got["agreement (decided pairs): retrospective > none and > 0.5"]["met"] is True
+    margin = got["agreement (mean margin, every pair): retrospective > none and > 0.5"]
+    assert margin["value"] == "0.450 vs 0.400" and margin["met"] is False  # above none, below chance
     assert got["prior/yes falls >= 50%"]["met"] is True  # 62 %
     assert got["prior/mention falls >= 50%"]["met"] is False  # 25 %
     assert got["desc/chair_i falls >= 50%"]["met"] is True  # exactly 50 %
@@ -187,11 +205,11 @@ def test_targets_on_hand_made_numbers():
         {"sft": base, "start": base, "retro t3": base},
         "retro t3",
     )
-    assert worse["agreement (decided pairs): retrospective > none"]["met"] is False
+    assert worse["agreement (decided pairs): retrospective > none and > 0.5"]["met"] is False
     unmeasured = judge_targets(
         {"retrospective": [], "none": []}, {"sft": base, "start": base, "retro t3": base}, "retro t3"
     )
-    assert unmeasured["agreement (decided pairs): retrospective > none"]["met"] is None
+    assert unmeasured["agreement (decided pairs): retrospective > none and > 0.5"]["met"] is None
     assert worse["prior/yes falls >= 50%"]["met"] is False
 
 
@@ -237,7 +255,7 @@ def test_proof_runs_end_to_end_at_smoke_size(noisy_data, tmp_path):
     assert results["control_budgets"]["oracle"]["steps"] > 0  # the oracle decides: pairs, DPO steps
     assert (out / "iterations.png").stat().st_size > 0
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)  # resumes: all cached
-    assert again.returncode == 0 and "$ " not in again.stdout
+    assert again.returncode == 0 and "$ " not in again.stdout and "measured " not in again.stdout
 
 
 def test_margin_agreement_reads_a_biased_judges_content_preference():
@@ -263,3 +281,29 @@ def test_margin_agreement_reads_a_biased_judges_content_preference():
     got = judge_stats(rows)
     assert got["margin_pairs"] == 4 and got["margin_agreement"] == pytest.approx(2 / 4)
     assert got["oracle_agreement"] == 0.0 and got["judge_decided_on_decisive"] == 1 and got["ties_order"] == 4
+
+
+def test_iteration_rows_read_the_run_and_judge_its_contexts(noisy_data, tmp_path):
+    from mmalign.eval.isrt_proof import iteration_rows
+
+    clips = load_clips(noisy_data, "train")
+    cfg = WorldConfig.from_dict({**WORLD, "video_annotation_noise": 1.0})
+    run = tmp_path / "isrt-retrospective"
+    (run / "iter_0").mkdir(parents=True)
+    keys = sorted(clips)[:3]
+    contexts = [{"id": f"videos/{k}.mp4", "context": video_caption(clips[k], cfg)} for k in keys]
+    contexts[0]["context"] += (
+        " A small red heart stays still." if "heart" not in contexts[0]["context"] else ""
+    )
+    (run / "iter_0" / "contexts.rank0.jsonl").write_text("".join(json.dumps(c) + "\n" for c in contexts))
+    rows = [
+        {"iteration": -1},
+        {"iteration": 0, "judge/margin_agreement": 0.4, "judge/margin_pairs": 5, "pairs": 2},
+    ]
+    (run / "iterations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (got,) = iteration_rows(run, noisy_data)
+    assert got["iteration"] == 0 and got["margin_agreement"] == 0.4 and got["pairs"] == 2
+    assert math.isnan(got["agreement"]) and got["context_recall"] == 1.0
+    heart_added = "heart" not in {t.shape for t in clips[keys[0]].tracks}
+    assert (got["context_precision"] < 1.0) == heart_added
+    assert iteration_rows(tmp_path / "missing", noisy_data) == []

@@ -31,7 +31,8 @@ skipped, a killed one continues without duplicates, see :mod:`mmalign.isrt.store
 5. ``dpo/`` — a TrainingRun of the library's DPO step on those pairs with the stored reference
    log-probs (β, loss type, SFT term, LoRA or full); ``dpo/final`` is π_{t+1}.
 6. ``eval.json`` — video QA of π_{t+1}; a row in ``out/iterations.jsonl``; ``out/iterations.png``
-   (``out/start/eval.json``: the start model's, row ``iteration: -1``).
+   (``out/start/eval.json``: the start model's, row ``iteration: -1``). ``out/done.json`` once
+   every iteration's row is written.
 
 Choices where the paper is silent (each a config knob):
 
@@ -56,6 +57,7 @@ evaluation uses the exact ShapeWorld judge (the paper's GPT-judged video QA: ``e
 from __future__ import annotations
 
 import faulthandler
+import json
 import sys
 
 from mmalign.cli import parse_run_args
@@ -68,6 +70,7 @@ from mmalign.isrt.prompts import iteration_pool, load_eval, load_pool
 from mmalign.isrt.stages import context_stage, judge_stage, pair_stage, sample_stage
 from mmalign.isrt.store import StageStore
 from mmalign.training.strategy import Strategy
+from mmalign.utils import atomic_write
 
 STAGES = ("samples", "contexts", "judgements", "pairs")
 
@@ -135,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         strategy.barrier()
         if strategy.is_main:
             print(f"[isrt] iteration {t}: {row}", flush=True)
+    if strategy.is_main:  # every iteration's row is written: the run is complete
+        atomic_write(
+            iteration_dir(cfg, 0).parent / "done.json", json.dumps({"iterations": cfg.iterations}).encode()
+        )
     strategy.shutdown()
     return 0
 

@@ -81,6 +81,7 @@ class ProofPlan:
         return tuple(n for n in (self.modes[0], "oracle") if n in self.runs)
 
     def run(self, name: str) -> Path:
+        """The folder of i-SRT run ``name`` (a key of :attr:`runs`)."""
         return self.out / f"isrt-{name}"
 
 
@@ -110,7 +111,7 @@ def plan_commands(p: ProofPlan) -> list[Command]:
                      f"judge={judge}", f"context={context}", f"iterations={p.iterations}", f"pool.path={data_dir / 'pool.jsonl'}",
                      "pool.shapeworld=null", f"pool.media_root={p.data}", f"pool.per_iteration={p.per_iteration}",
                      "eval.shapeworld=null", *p.extra),
-                    run / f"iter_{p.iterations - 1}" / "dpo.done", ranks=2, log=logs / f"isrt-{name}.log", run=run)
+                    run / "done.json", ranks=2, log=logs / f"isrt-{name}.log", run=run)
         )  # fmt: skip
     return cmds
 
@@ -150,12 +151,20 @@ def control_records(run: Path, pool: Path, iterations: int) -> list[dict[str, An
 
 
 def iterate_model(run: Path, t: int) -> Path:
-    """π_{t+1} of a run: what iteration t's DPO stage exported (π_t itself when it had no pairs)."""
+    """π_{t+1} of a run: what iteration t's DPO stage exported (π_t itself when it had no pairs).
+
+    Raises:
+        FileNotFoundError: iteration t's DPO stage has not finished.
+    """
     return Path(json.loads((run / f"iter_{t}" / "dpo.done").read_text())["model"])
 
 
 def dpo_budget(run: Path, iterations: int) -> dict[str, int]:
-    """Optimizer steps and pairs of a run's DPO stages (``iter_t/dpo.done``)."""
+    """Optimizer steps and pairs of a run's DPO stages (``iter_t/dpo.done``).
+
+    Raises:
+        FileNotFoundError: an iteration's DPO stage has not finished.
+    """
     steps = pairs = 0
     for t in range(iterations):
         done = json.loads((run / f"iter_{t}" / "dpo.done").read_text())
@@ -166,7 +175,12 @@ def dpo_budget(run: Path, iterations: int) -> dict[str, int]:
 
 def iteration_rows(run: Path, data: Path) -> list[dict[str, Any]]:
     """One row per finished iteration of an i-SRT run (module docstring); the contexts are judged
-    against the pool split's clips (``scenes/train.jsonl``)."""
+    against the pool split's clips (``scenes/train.jsonl``, keyed ``videos/<clip id>.mp4`` as the
+    pool's ``video`` field). ``[]`` before the run has written ``iterations.jsonl``.
+
+    Raises:
+        FileNotFoundError: ``data`` has no ``scenes/train.jsonl``.
+    """
     path = run / "iterations.jsonl"
     if not path.exists():
         return []
@@ -181,6 +195,7 @@ def iteration_rows(run: Path, data: Path) -> list[dict[str, Any]]:
         rows.append({
             "iteration": t,
             "agreement": r.get("judge/oracle_agreement", math.nan),
+            "decided": r.get("judge/judge_decided_on_decisive", 0),
             "coverage": r.get("judge/oracle_coverage", math.nan),
             "margin_agreement": r.get("judge/margin_agreement", math.nan),
             "margin_pairs": r.get("judge/margin_pairs", 0),
@@ -211,22 +226,30 @@ def judge_targets(
         last: the key of the last iterate in ``measured``.
 
     Returns:
-        per target ``{value, goal, met}``: retrospective agreement above no context's (means over
-        iterations; on decided pairs, and by the sign of the mean margin on every compared pair —
-        ``met`` None when either is unmeasured), each hallucination measure falling ≥ 50 % from ``start`` to the last iterate,
+        per target ``{value, goal, met}``: retrospective agreement above no context's and above
+        chance (pooled over iterations; on decided pairs, and by the sign of the mean margin on every
+        compared pair — ``met`` None when either is unmeasured), each hallucination measure falling ≥ 50 % from ``start`` to the last iterate,
         video QA accuracy at most 1 point below ``start``, answers no longer than the SFT model's.
     """
 
-    def mean(mode: str, key: str) -> float:
-        vals = [r[key] for r in rows.get(mode, []) if not math.isnan(r.get(key, math.nan))]
-        return sum(vals) / len(vals) if vals else math.nan
+    def pooled(mode: str, key: str, count: str) -> float:
+        """The rate over every iteration's items together (Σ rate × count / Σ count)."""
+        items = [
+            (r[key], r.get(count, 0)) for r in rows.get(mode, []) if not math.isnan(r.get(key, math.nan))
+        ]
+        total = sum(n for _, n in items)
+        return sum(v * n for v, n in items) / total if total else math.nan
 
     out: dict[str, Any] = {}
-    for key, label in (("agreement", "decided pairs"), ("margin_agreement", "mean margin, every pair")):
-        retro, none = mean("retrospective", key), mean("none", key)
+    for key, count, label in (
+        ("agreement", "decided", "decided pairs"),
+        ("margin_agreement", "margin_pairs", "mean margin, every pair"),
+    ):
+        retro, none = pooled("retrospective", key, count), pooled("none", key, count)
         known = not math.isnan(retro + none)
-        out[f"agreement ({label}): retrospective > none"] = {
-            "value": f"{retro:.3f} vs {none:.3f}", "goal": ">", "met": bool(retro > none) if known else None
+        out[f"agreement ({label}): retrospective > none and > 0.5"] = {
+            "value": f"{retro:.3f} vs {none:.3f}", "goal": "> none, > 0.5",
+            "met": bool(retro > none and retro > 0.5) if known else None,
         }  # fmt: skip
     start, end = measured["start"], measured[last]
     for key in HALLUCINATION_KEYS:
@@ -278,7 +301,7 @@ def format_report(
 ) -> str:  # fmt: skip
     """``report.md``: per-iteration table per context mode, held-out table, targets."""
     lines = ["# i-SRT on ShapeWorld videos", "", *notes, "", "## Per iteration (training pool)", ""]
-    cols = ("iteration", "agreement", "coverage", "margin_agreement", "margin_pairs", "judged", "ties", "pairs", "reward_accuracy", "reward_margin",
+    cols = ("iteration", "agreement", "decided", "coverage", "margin_agreement", "margin_pairs", "judged", "ties", "pairs", "reward_accuracy", "reward_margin",
             "sample_length", "context_precision", "context_recall", "context_chair_i")  # fmt: skip
     for mode, mode_rows in rows.items():
         lines += [f"### {mode}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]

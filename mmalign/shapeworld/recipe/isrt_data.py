@@ -15,8 +15,8 @@ motion questions. Each record carries
 
 **Judge and revise format** (:func:`format_records`). The tiny model has never seen i-SRT's judge
 prompt ("Which answer is more accurate …? Reply with one letter, A or B.") nor its revise prompt;
-asked them, it answers with a fixed letter whatever the order (session 8: 92–100 % ties from
-order disagreement). A real LMM learned both formats from its instruction data, so the recipe adds
+asked them, it answers with a fixed letter whatever the order (92–100 % of judged prompts tied on
+order disagreement in 2-iteration runs of ``configs/isrt/tiny_shapeworld.yaml``). A real LMM learned both formats from its instruction data, so the recipe adds
 them the same way, from the *training annotations as they are* (noise included — no knowledge
 beyond what the SFT model was taught):
 
@@ -149,7 +149,8 @@ _SENTENCE = re.compile(r"(?<=\.)\s+")
 
 def corrupt_description(text: str, shapes: tuple[str, ...], rng: random.Random) -> tuple[str, str]:
     """A corrupted copy of a description and how: ``drop`` (an object sentence removed),
-    ``shape`` (one shape word replaced), ``direction`` (one direction replaced) or ``same``."""
+    ``shape`` (one shape word replaced), ``direction`` (the direction after one ``moves`` replaced;
+    never the side an object enters from) or ``same``."""
     sentences = _SENTENCE.split(text.strip())
     kind = rng.choice(("drop", "shape", "direction", "same"))
     if kind == "drop" and len(sentences) > 2:
@@ -164,7 +165,11 @@ def corrupt_description(text: str, shapes: tuple[str, ...], rng: random.Random) 
             words[i] = words[i].replace(old, rng.choice([s for s in shapes if s != old]))
             return " ".join(words), "shape"
     if kind == "direction":
-        at = [i for i, w in enumerate(words) if w.strip(".,") in DIRECTIONS[:4]]
+        at = [
+            i
+            for i, w in enumerate(words)
+            if w.strip(".,") in DIRECTIONS[:4] and i and words[i - 1] == "moves"
+        ]
         if at:
             i = rng.choice(at)
             old = words[i].strip(".,")
