@@ -128,11 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in list(plan.runs)[1:]:
         models[f"{name} t{plan.iterations}"] = iterate_model(plan.run(name), plan.iterations - 1)
     models.update(controls)
-    measured = {}
+    measured, by_folder = {}, {}  # an iterate without pairs is its start model: measured once
     for name, folder in models.items():
-        folder = folder if folder.is_absolute() else ROOT / folder
-        cache = out / "measured" / (name.replace(" ", "_").replace("(", "").replace(")", "") + ".json")
-        measured[name] = measure(folder, data, cache, args.n_clips, args.n_prior)
+        folder = (folder if folder.is_absolute() else ROOT / folder).resolve()
+        if folder not in by_folder:
+            cache = out / "measured" / (name.replace(" ", "_").replace("(", "").replace(")", "") + ".json")
+            by_folder[folder] = measure(folder, data, cache, args.n_clips, args.n_prior)
+        measured[name] = by_folder[folder]
 
     # 6: report
     rows = {name: iteration_rows(plan.run(name), data) for name in plan.runs}
