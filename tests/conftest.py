@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# DeepSpeed JIT-builds its CPU ops (the shm all-reduce at init_distributed, cpu_adam) into
+# TORCH_EXTENSIONS_DIR, by default ~/.cache/torch_extensions, shared by every environment; its
+# build.ninja names the installed sources' paths, so two checkouts (two venvs) testing at once on one
+# machine rebuild them in turn (seen: 2-rank launches waiting ~2 min in torch.utils.cpp_extension's
+# file lock and ninja).
+# One folder per interpreter prefix (one per venv).
+os.environ.setdefault(
+    "TORCH_EXTENSIONS_DIR",
+    str(Path.home() / ".cache" / "torch_extensions" / hashlib.sha1(sys.prefix.encode()).hexdigest()[:12]),
+)
 
 CORPUS = [
     "There are 3 objects. A large red circle at the top left. A small blue star in the middle.",
