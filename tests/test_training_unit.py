@@ -116,3 +116,24 @@ def test_pruning_keeps_the_newest_and_latest(tmp_path):
     assert resolve_resume("none", tmp_path) is None
     with pytest.raises(FileNotFoundError):
         resolve_resume(str(tmp_path / "nowhere"), tmp_path)
+
+
+def test_exit_after_run_runs_atexit_flushes_and_keeps_the_code():
+    """The trainers' exit (no interpreter finalization): atexit handlers run, unflushed stdout is
+    kept, the exit code is main's (None → 0)."""
+    import subprocess
+    import sys
+
+    prog = (
+        "import atexit, sys\n"
+        "from mmalign.training.run import exit_after_run\n"
+        "atexit.register(lambda: sys.stdout.write('atexit ran\\n'))\n"
+        "sys.stdout.write('unflushed ')\n"
+        "exit_after_run({code})\n"
+    )
+    for code, expected in (("3", 3), ("None", 0)):
+        proc = subprocess.run(
+            [sys.executable, "-c", prog.format(code=code)], capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == expected, proc.stderr
+        assert proc.stdout == "unflushed atexit ran\n"

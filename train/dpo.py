@@ -30,8 +30,6 @@ unless ``average_log_prob: true`` (the IPO paper and TRL average them).
 
 from __future__ import annotations
 
-import sys
-
 import torch
 
 from mmalign.cli import parse_run_args
@@ -45,7 +43,7 @@ from mmalign.preference.scoring import PreferenceModel
 from mmalign.preference.step import precomputed_reference, preference_step, uses_povid
 from mmalign.training.dry_run import dry_run
 from mmalign.training.parts import apply_lora, configure_parts
-from mmalign.training.run import TrainingRun
+from mmalign.training.run import TrainingRun, exit_after_run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,4 +119,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_after_run(main())  # no interpreter finalization: see its docstring

@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import faulthandler
 import json
-import sys
 
 from mmalign.cli import parse_run_args
 from mmalign.config import save_config
@@ -69,6 +68,7 @@ from mmalign.isrt.policy import FrozenPolicy
 from mmalign.isrt.prompts import iteration_pool, load_eval, load_pool
 from mmalign.isrt.stages import context_stage, judge_stage, pair_stage, sample_stage
 from mmalign.isrt.store import StageStore
+from mmalign.training.run import exit_after_run
 from mmalign.training.strategy import Strategy
 from mmalign.utils import atomic_write
 
@@ -147,4 +147,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_after_run(main())  # no interpreter finalization: see its docstring

@@ -50,7 +50,6 @@ and one optimizer (:class:`mmalign.rl.actor_critic.SharedActorCritic`; the refer
 from __future__ import annotations
 
 import faulthandler
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -70,7 +69,7 @@ from mmalign.rl.reward_fns import load_reward_fn
 from mmalign.rl.reward_sources import RewardSources
 from mmalign.rl.rollout import collect_rollout
 from mmalign.training.parts import apply_lora, configure_parts
-from mmalign.training.run import TrainingRun
+from mmalign.training.run import TrainingRun, exit_after_run
 
 CURVES = (
     "reward/total", "reward/rm", "reward/correctness", "kl/sequence", "kl/coef", "response/length",
@@ -239,4 +238,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_after_run(main())  # no interpreter finalization: see its docstring

@@ -21,7 +21,6 @@ Departures from LLaVA-RLHF: the head is zero-initialised (r = 0 at the start); n
 from __future__ import annotations
 
 import random
-import sys
 from pathlib import Path
 
 import torch
@@ -36,7 +35,7 @@ from mmalign.preference.reward_model import RewardModel, reward_suffix, save_hea
 from mmalign.preference.step import reward_accuracy, reward_step
 from mmalign.training.dry_run import dry_run
 from mmalign.training.parts import apply_lora, configure_parts
-from mmalign.training.run import TrainingRun
+from mmalign.training.run import TrainingRun, exit_after_run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,4 +109,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_after_run(main())  # no interpreter finalization: see its docstring

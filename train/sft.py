@@ -28,8 +28,6 @@ on mixed batches.
 
 from __future__ import annotations
 
-import sys
-
 from mmalign.cli import parse_run_args
 from mmalign.data.check import check_dataset
 from mmalign.data.datasets import length_hint, load_mixture
@@ -38,7 +36,7 @@ from mmalign.models.checkpoint import load_model
 from mmalign.models.grow import grow_llm
 from mmalign.training.dry_run import dry_run
 from mmalign.training.parts import apply_lora, configure_parts
-from mmalign.training.run import TrainingRun
+from mmalign.training.run import TrainingRun, exit_after_run
 from mmalign.training.sft_config import SFTConfig
 from mmalign.training.sft_step import sft_step
 
@@ -87,4 +85,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_after_run(main())  # no interpreter finalization: see its docstring

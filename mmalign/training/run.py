@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -252,3 +252,39 @@ class TrainingRun:
         self.log.close()
         if leave_process_group:
             self.strategy.shutdown()
+
+
+def exit_after_run(code: int | None = 0) -> NoReturn:
+    """End a training script's process once ``main`` returned: the ``atexit`` handlers, then
+    ``logging.shutdown`` and flushed stdio, then ``os._exit(code)`` — no interpreter finalization.
+
+    Why: after the last collective, a gloo worker thread of a process group that DeepSpeed still
+    references may be the one to drop a finished work item (a barrier holding an all-gather and its
+    tensors); freeing a tensor's Python object needs the GIL, and once the main thread is in
+    ``Py_FinalizeEx`` CPython exits that thread instead, whose unwinding crosses a ``noexcept``
+    destructor: ``std::terminate`` — SIGABRT, "terminate called without an active exception", exit
+    -6 after a finished, fully written run. Seen once in 60 two-rank ZeRO-3 DPO launches (core dump:
+    ``c10d::ProcessGroupGloo::runLoop`` → ``~AsyncBarrierWork`` → ``~AsyncAllgatherWork`` →
+    ``decref_pyobject`` → ``take_gil`` → ``pthread_exit``, main thread in ``Py_FinalizeEx``);
+    pytorch/pytorch#179291 describes the same race. ``Strategy.shutdown`` (barrier +
+    ``destroy_process_group``) does not prevent it: the groups' C++ objects live on while DeepSpeed
+    holds them.
+
+    Call it only from a script's ``if __name__ == "__main__":``; an exception in ``main`` still
+    ends the process the normal way, with its traceback.
+
+    Args:
+        code: ``main``'s return value (``None`` → 0).
+    """
+    import atexit
+    import logging
+    import os
+
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken pipe: nothing left to keep
+            pass
+    os._exit(int(code or 0))
