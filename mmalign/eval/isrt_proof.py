@@ -48,6 +48,7 @@ class ProofPlan:
             the loop does when the judge is right (an upper bound, not i-SRT).
         format_steps: optimizer steps of the format continuation.
         extra: overrides passed to every i-SRT run (``key=value``).
+        ranks: DeepSpeed ranks of the format continuation and the i-SRT runs.
     """
 
     data: Path
@@ -61,6 +62,7 @@ class ProofPlan:
     oracle: bool = True
     format_steps: int = 300
     extra: tuple[str, ...] = ()
+    ranks: int = 2
 
     @property
     def start(self) -> Path:
@@ -85,10 +87,12 @@ class ProofPlan:
         return self.out / f"isrt-{name}"
 
 
-def plan_commands(p: ProofPlan) -> list[Command]:
-    """The data, format and i-SRT commands (the control follows: :func:`control_command`)."""
+def prepare_commands(p: ProofPlan) -> list[Command]:
+    """The label-free pool, the judge/revise format records and the start model (:attr:`ProofPlan.start`:
+    the format continuation of ``p.model``, ``p.format_steps`` steps on the formats mixed with the
+    training annotations it learned from); each ``done`` when its output exists."""
     data_dir, logs = p.out / "data", p.out / "logs"
-    cmds = [
+    return [
         Command(("data_builders/shapeworld_isrt.py", "pool", "--data", str(p.data), "--out", str(data_dir / "pool.jsonl")),
                 data_dir / "pool.jsonl", log=logs / "pool.log"),
         Command(("data_builders/shapeworld_isrt.py", "format", "--data", str(p.data), "--isrt-config",
@@ -102,18 +106,29 @@ def plan_commands(p: ProofPlan) -> list[Command]:
                  '"video_appear", "video_leave"]}, '
                  f'{{"path": "{p.data / "llava/train.json"}", "media_root": "{p.data}", "max_records": 1600, '
                  '"tasks": ["existence", "color", "count", "position", "caption"]}]'),
-                p.start, ranks=2, log=logs / "format.log", run=p.out / "format"),
+                p.start, ranks=p.ranks, log=logs / "format.log", run=p.out / "format"),
     ]  # fmt: skip
-    for name, (judge, context) in p.runs.items():
-        run = p.run(name)
-        cmds.append(
-            Command(("train/isrt.py", "--config", str(p.isrt_config), f"model={p.start}", f"out={run}",
-                     f"judge={judge}", f"context={context}", f"iterations={p.iterations}", f"pool.path={data_dir / 'pool.jsonl'}",
-                     "pool.shapeworld=null", f"pool.media_root={p.data}", f"pool.per_iteration={p.per_iteration}",
-                     "eval.shapeworld=null", *p.extra),
-                    run / "done.json", ranks=2, log=logs / f"isrt-{name}.log", run=run)
-        )  # fmt: skip
-    return cmds
+
+
+def isrt_command(
+    p: ProofPlan, run: Path, judge: str, context: str, log: Path, extra: Sequence[str] = ()
+) -> Command:
+    """One ``train/isrt.py`` run from :attr:`ProofPlan.start` on the proof's pool (``p.iterations``
+    iterations of ``p.per_iteration`` prompts, ``p.extra`` then ``extra`` as overrides), done when
+    ``run/done.json`` exists (written after the last iteration's row)."""
+    pool = p.out / "data" / "pool.jsonl"
+    argv = ("train/isrt.py", "--config", str(p.isrt_config), f"model={p.start}", f"out={run}",
+            f"judge={judge}", f"context={context}", f"iterations={p.iterations}", f"pool.path={pool}",
+            "pool.shapeworld=null", f"pool.media_root={p.data}", f"pool.per_iteration={p.per_iteration}",
+            "eval.shapeworld=null", *p.extra, *extra)  # fmt: skip
+    return Command(argv, run / "done.json", ranks=p.ranks, log=log, run=run)
+
+
+def plan_commands(p: ProofPlan) -> list[Command]:
+    """The data, format and i-SRT commands (the control follows: :func:`control_command`)."""
+    runs = [isrt_command(p, p.run(name), judge, context, p.out / "logs" / f"isrt-{name}.log")
+            for name, (judge, context) in p.runs.items()]  # fmt: skip
+    return [*prepare_commands(p), *runs]
 
 
 def control_command(p: ProofPlan, name: str, data_file: Path, steps: int) -> Command:

@@ -4,6 +4,8 @@ A study compares alignment methods against the baseline a user would otherwise r
 on the same annotations with the same number of optimizer steps and examples (the *control*).
 Every method entry names its control; :class:`StudyConfig` refuses an entry whose optimizer steps
 or examples per step differ from its control's, and an unknown method name, naming the entry.
+i-SRT's optimizer steps depend on how many pairs its own judge keeps, so its control is *matched*
+after each run instead (``options.match``, :attr:`MethodEntry.matched`): both leave ``steps`` out.
 
 The YAML file (``configs/study/shapeworld.yaml``) is loaded by :func:`load_study`; its ``quick``
 section is applied on top by ``--quick`` (fewer seeds, steps and probes, a subset of rows).
@@ -21,7 +23,7 @@ import yaml
 from mmalign.config import ConfigError, from_dict
 
 #: Method kinds the runner knows (``mmalign.eval.study.methods``); an entry's ``method`` must be one.
-METHODS = ("sft", "control", "lrv", "povid", "dpo", "align2llava", "rl")
+METHODS = ("sft", "control", "lrv", "povid", "dpo", "align2llava", "rl", "isrt")
 #: ``noisy``: the training annotations the SFT model learned (``llava/train.json``, noise included);
 #: ``clean``: exact annotations (``llava/train_clean.json``, exact-scene-graph builders).
 REGIMES = ("noisy", "clean")
@@ -79,9 +81,11 @@ class MethodEntry:
         name: the row's label (unique).
         method: one of :data:`METHODS`.
         regimes: regimes it runs in (subset of :data:`REGIMES`); ``sft`` is measured once.
-        steps: optimizer steps (all stages together; RL: iterations × updates per iteration).
+        steps: optimizer steps (all stages together; RL: iterations × updates per iteration); 0
+            for a :attr:`matched` entry (known after the run).
         batch: examples per optimizer step over all ranks (micro-batch × ranks; no accumulation).
-        control: the name of the ``control`` entry it is judged against (same steps and batch).
+        control: the name of the ``control`` entry it is judged against (same steps and batch; an
+            ``isrt`` entry's control has ``options.match`` naming it).
         options: method-specific knobs (see ``mmalign.eval.study.methods``).
         overrides: extra ``key=value`` overrides passed to the training script(s).
         seeded: False for a row that has no training (the SFT model): measured once.
@@ -106,7 +110,12 @@ class MethodEntry:
             raise ValueError(
                 f"method entry {self.name!r}: unknown regime(s) {bad}; known: {', '.join(REGIMES)}"
             )
-        if self.method != "sft" and (self.steps < 1 or self.batch < 1):
+        if self.matched and self.steps:
+            raise ValueError(
+                f"method entry {self.name!r}: leave steps out: i-SRT's optimizer steps depend on the pairs "
+                "its judge keeps, and its control (options.match) gets the steps each run took"
+            )
+        if self.method != "sft" and ((self.steps < 1 and not self.matched) or self.batch < 1):
             raise ValueError(f"method entry {self.name!r}: steps and batch must be ≥ 1")
         # the budget is steps × batch; an override must not change it behind the check
         fixed = ("data", "seed", "model", "out") + (
@@ -123,6 +132,12 @@ class MethodEntry:
                 raise ValueError(f"method entry {self.name!r}: options.{key} must be in [{low}, {high}]")
         if "per_image" in self.options and int(self.options["per_image"]) < 1:
             raise ValueError(f"method entry {self.name!r}: options.per_image must be ≥ 1")
+
+    @property
+    def matched(self) -> bool:
+        """Whether the budget is set after the run: an ``isrt`` entry, or the control that names
+        one in ``options.match`` (SFT on the run's pairs' prompts at DPO's optimizer steps)."""
+        return self.method == "isrt" or (self.method == "control" and "match" in self.options)
 
     @property
     def seeded(self) -> bool:
@@ -210,13 +225,15 @@ class StudyConfig:
         if bad or not self.wordings or len(set(self.wordings)) < len(self.wordings):
             raise ValueError(f"wordings: distinct entries of {', '.join(WORDINGS)}, got {self.wordings}")
         by_name = {m.name: m for m in self.methods}
-        for m in self.methods:
+        for i, m in enumerate(self.methods):
             if self.ranks < 1:
                 raise ValueError(f"ranks must be ≥ 1, got {self.ranks}")
             if m.batch % self.ranks:
                 raise ValueError(
                     f"method entry {m.name!r}: batch {m.batch} is not a multiple of ranks {self.ranks}"
                 )
+            if m.method == "control" and m.matched:
+                check_matched(m, by_name, names[:i])
             if m.method in ("sft", "control"):
                 continue
             check_budget(m, by_name)
@@ -243,6 +260,12 @@ def check_budget(method: MethodEntry, by_name: dict[str, MethodEntry]) -> None:
         raise ValueError(
             f"method entry {method.name!r}: control {method.control!r} is a {control.method!r} entry, not a control"
         )
+    if method.matched != control.matched or (control.matched and control.options["match"] != method.name):
+        raise ValueError(
+            f"method entry {method.name!r}: "
+            + (f"an i-SRT entry's control must be matched to it (options: {{match: {method.name}}})"
+               if method.matched else f"control {control.name!r} is matched to another entry (options.match)")
+        )  # fmt: skip
     if (method.steps, method.batch) != (control.steps, control.batch):
         raise ValueError(
             f"method entry {method.name!r}: budget mismatch with its control {control.name!r}: "
@@ -252,6 +275,24 @@ def check_budget(method: MethodEntry, by_name: dict[str, MethodEntry]) -> None:
     if missing:
         raise ValueError(
             f"method entry {method.name!r}: its control {control.name!r} does not run in {missing}"
+        )
+
+
+def check_matched(control: MethodEntry, by_name: dict[str, MethodEntry], before: list[str]) -> None:
+    """Refuse a matched control (``options.match``) that names no ``isrt`` entry, or comes before it
+    (it is built from that entry's finished runs, and the runner runs the rows in config order).
+
+    Raises:
+        ValueError: naming the control and the entry it names.
+    """
+    target = by_name.get(control.options["match"])
+    if target is None or target.method != "isrt":
+        raise ValueError(
+            f"method entry {control.name!r}: options.match must name an isrt entry, got {control.options['match']!r}"
+        )
+    if target.name not in before:
+        raise ValueError(
+            f"method entry {control.name!r}: list it after {target.name!r}: it is built from that entry's finished runs"
         )
 
 
@@ -266,7 +307,7 @@ def apply_quick(cfg: StudyConfig) -> StudyConfig:
     for m in cfg.methods:
         if m.name not in keep:
             continue
-        steps = q.steps if (q.steps and m.method != "sft") else m.steps
+        steps = q.steps if (q.steps and m.method != "sft" and not m.matched) else m.steps
         regimes = [r for r in m.regimes if r in q.regimes.get(m.name, m.regimes)]
         methods.append(dataclasses.replace(m, steps=steps, regimes=regimes))
     try:  # budgets and regimes re-checked

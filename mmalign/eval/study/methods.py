@@ -38,6 +38,8 @@ What each method gets, per regime (issue 18: "what its paper assumes"):
   has the study build that Fact-RM itself, once per study (:func:`plan_fact_rm`): LLaVA-RLHF's
   preferences (https://arxiv.org/abs/2309.14525) from a simulated annotator who sees the scene,
   on the SFT model's own sampled answers, and a reward model that reads the exact captions.
+- ``isrt``: i-SRT from a judge/revise format continuation, nothing but its own judgments, and the
+  control matched to each run after it (``options.match``): :mod:`mmalign.eval.study.isrt`.
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ class Plan:
     seed: int
     commands: list[Command] = field(default_factory=list)
     final: Path | None = None
+    budget: Path | None = None  # a matched row's measured steps and pairs (JSON), once it ran
 
     @property
     def runs(self) -> list[Path]:
@@ -149,14 +152,15 @@ def _train(
     return Command(argv, out / "final" / "mmalign.json", ctx.ranks, out.with_suffix(".log"), out)
 
 
-def _run_dir(ctx: Context, entry: MethodEntry, regime: str, seed: int) -> Path:
-    return ctx.runs / f"{entry.name}-{regime}-s{seed}"
+def run_dir(ctx: Context, name: str, regime: str, seed: int) -> Path:
+    """The run folder of row (entry ``name``, ``regime``, ``seed``)."""
+    return ctx.runs / f"{name}-{regime}-s{seed}"
 
 
 def plan_control(ctx: Context, entry: MethodEntry, regime: str, seed: int) -> Plan:
     """SFT continued on the regime's annotations (noisy ``llava/train.json`` or ``train_clean.json``),
     ``entry.examples`` records, the control config (``configs/shapeworld/control.yaml``)."""
-    out = _run_dir(ctx, entry, regime, seed)
+    out = run_dir(ctx, entry.name, regime, seed)
     data = [_source(annotations(ctx, regime), ctx.train, entry.examples)]
     cmd = _train(ctx, "train/sft.py", CONTROL_CONFIG, out, ctx.model, seed, data, _budget(entry, ctx.ranks))
     return Plan(entry.name, regime, seed, [cmd], out / "final")
@@ -195,7 +199,7 @@ def plan_lrv(ctx: Context, entry: MethodEntry, regime: str, seed: int) -> Plan:
         built / "summary.json",
         log=ctx.work / f"lrv-{regime}.log",
     )
-    out = _run_dir(ctx, entry, regime, seed)
+    out = run_dir(ctx, entry.name, regime, seed)
     data = [
         _source(annotations(ctx, regime), ctx.train, entry.examples - n_lrv),
         _source(built / "llava.jsonl", ctx.train, n_lrv),
@@ -210,22 +214,11 @@ def plan_dpo(ctx: Context, entry: MethodEntry, regime: str, seed: int) -> Plan:
     annotation = "noisy" if regime == "noisy" else "exact"
     pairs = ctx.work / f"pairs-{regime}" / "train.jsonl"
     build = Command(
-        (
-            "-m",
-            "mmalign.preference.shapeworld_pairs",
-            "--data",
-            str(ctx.train),
-            "--split",
-            "train",
-            "--annotation",
-            annotation,
-            "--out",
-            str(pairs),
-        ),  # fmt: skip
-        pairs,
-        log=ctx.work / f"pairs-{regime}.log",
-    )
-    out = _run_dir(ctx, entry, regime, seed)
+        ("-m", "mmalign.preference.shapeworld_pairs", "--data", str(ctx.train), "--split", "train",
+         "--annotation", annotation, "--out", str(pairs)),
+        pairs, log=ctx.work / f"pairs-{regime}.log",
+    )  # fmt: skip
+    out = run_dir(ctx, entry.name, regime, seed)
     data = [_source(pairs, ctx.train, entry.examples)]
     cmd = _train(ctx, "train/dpo.py", DPO_CONFIG, out, ctx.model, seed, data, _budget(entry, ctx.ranks))
     return Plan(entry.name, regime, seed, [build, cmd], out / "final")
@@ -270,7 +263,7 @@ def plan_povid(ctx: Context, entry: MethodEntry, regime: str, seed: int) -> Plan
         log=ctx.work / f"povid-{regime}.log",
     )
     pairs = built / "povid.jsonl"
-    run = _run_dir(ctx, entry, regime, seed)
+    run = run_dir(ctx, entry.name, regime, seed)
     stage1, stage2 = run / "stage1", run / "stage2"
     cmds = [build]
     if s1 > 0:
@@ -304,7 +297,7 @@ def plan_align2llava(ctx: Context, entry: MethodEntry, regime: str, seed: int) -
         )
     corpus = int(opts.get("corpus", entry.examples))
     corpus_file = annotations(ctx, regime)
-    out = _run_dir(ctx, entry, regime, seed)
+    out = run_dir(ctx, entry.name, regime, seed)
     extra = [*_budget(entry, ctx.ranks), *entry.overrides]
     if subset == "full":
         data = [_source(corpus_file, ctx.train, corpus)]
@@ -562,7 +555,7 @@ def plan_rl(ctx: Context, entry: MethodEntry, regime: str, seed: int) -> Plan:
         if rm
         else ["reward_model=null", f"reward_functions={JUDGE}"]
     )
-    out = _run_dir(ctx, entry, regime, seed)
+    out = run_dir(ctx, entry.name, regime, seed)
     argv = (
         "train/ppo.py", "--config", PPO_CONFIG, f"model={ctx.model}", f"out={out}", f"seed={seed}",
         f"prompts={prompts / 'ppo_prompts' / 'train.jsonl'}", f"media_root={ctx.train}",
@@ -586,7 +579,13 @@ def plan(ctx: Context, entry: MethodEntry, regime: str, seed: int) -> Plan:
     """The commands of one trained row; the ``sft`` row has none (the SFT model itself)."""
     if entry.method == "sft":
         return Plan(entry.name, regime, seed, [], ctx.model)
-    p = PLANNERS[entry.method](ctx, entry, regime, seed)
+    if entry.matched:  # i-SRT and its matched control (imported here: that module imports this one)
+        from mmalign.eval.study import isrt
+
+        planner = isrt.plan_isrt if entry.method == "isrt" else isrt.plan_matched_control
+    else:
+        planner = PLANNERS[entry.method]
+    p = planner(ctx, entry, regime, seed)
     if entry.overrides and entry.method not in ("rl", "align2llava"):
         for i, c in enumerate(p.commands):
             if c.run is not None:

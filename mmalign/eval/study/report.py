@@ -243,6 +243,17 @@ def format_report(results: Mapping[str, Any], charts: Sequence[Path] = ()) -> st
             mark = "n/a" if met is None else ("met" if met else "MISSED")
             lines.append(f"- {name}: **{mark}** ({evidence})")
         lines.append("")
+    isrt = [r for r in results["rows"] if r["method"] == "isrt" and r.get("budget")]
+    if isrt:
+        lines += [
+            "i-SRT's budget is set by the pairs its own judge kept (DPO, `epochs` over them); its control "
+            "trains the same optimizer steps from the same start model on those pairs' prompts answered by "
+            "the training annotations (0 steps: both rows are the start model):",
+            "",
+            *(f"- {r['entry']} seed {r['seed']}: {r['budget']['pairs']} pairs, {r['budget']['steps']} DPO steps"
+              for r in isrt),
+            "",
+        ]  # fmt: skip
     lines += [
         "MMHal-style rating: `mmalign.eval.mmhal.exact_rating` on ShapeWorld MMHal records (5 = correct and "
         "hallucination-free; 6 is never given). A metric that was not measured is n/a.",

@@ -210,8 +210,9 @@ def training_cost(runs: list[Path]) -> dict[str, Any]:
     added over restarts (:func:`mmalign.eval.rl_compare.across_restarts`), ``peak_gib`` (the
     largest rank's peak) and ``peak_above_start_gib``. ``launch_wall_s`` is the runner's outside
     view of each subprocess (``study_cost.json``: launcher, loading and saving included), which
-    is also the fallback for CPU and peak memory of a run logged before the trainers measured
-    them. RL runs also get :func:`mmalign.eval.rl_compare.run_cost` under ``rl``.
+    is also the fallback for CPU and peak memory of a run without a top-level ``metrics.jsonl``
+    (an i-SRT run logs per stage) or logged before the trainers measured them; a matched control
+    with 0 steps ran nothing (all NaN). RL runs also get :func:`mmalign.eval.rl_compare.run_cost` under ``rl``.
     """
     from mmalign.eval.plots import read_metrics
     from mmalign.eval.rl_compare import across_restarts, run_cost
@@ -225,7 +226,8 @@ def training_cost(runs: list[Path]) -> dict[str, Any]:
         outside = (
             json.loads((run / "study_cost.json").read_text()) if (run / "study_cost.json").exists() else {}
         )
-        records = read_metrics(run)
+        # none: an i-SRT run (its sampling and judging are in study_cost.json) or a 0-step control
+        records = read_metrics(run) if (run / "metrics.jsonl").exists() else []
 
         def logged(key: str, records: list[dict] = records) -> list[float]:
             return [r[key] for r in records if key in r]
@@ -242,7 +244,7 @@ def training_cost(runs: list[Path]) -> dict[str, Any]:
             total[key] = max(total[key], peak) if not math.isnan(peak) else nan  # NaN stays NaN
         try:
             total["rl"] = run_cost(run)
-        except (ValueError, KeyError):
+        except (ValueError, KeyError, FileNotFoundError):  # not an RL run
             pass
     return total
 
@@ -304,20 +306,27 @@ def run_study(cfg: StudyConfig, root: Path = ROOT) -> dict[str, Any]:
             done.add(c.done)
     limits = BarLimits(cfg.limits.n_images, cfg.limits.n_videos, cfg.limits.n_prior, cfg.limits.batch_size)
     results: list[dict[str, Any]] = []
+    # rows that are one checkpoint (an i-SRT run without pairs and its 0-step control link to their
+    # start model) are measured once
+    by_folder: dict[Path, dict[str, dict[str, Any]]] = {}
     for p in rows:
         tag = f"{p.entry}-{p.regime}-s{p.seed}" if p.seed >= 0 else p.entry
         assert p.final is not None
-        by_wording = measure_checkpoint(
-            p.final, held_out, limits, out / "measured" / f"{tag}.json", cfg.wordings, cfg.limits.n_mmhal
-        )
+        folder = p.final.resolve()
+        if folder not in by_folder:
+            by_folder[folder] = measure_checkpoint(
+                p.final, held_out, limits, out / "measured" / f"{tag}.json", cfg.wordings, cfg.limits.n_mmhal
+            )
+        by_wording = by_folder[folder]
         entry = cfg.entry(p.entry)
+        budget = json.loads(p.budget.read_text()) if p.budget is not None else None  # a matched row's
         results.append(
             {
                 "entry": p.entry, "method": entry.method, "regime": p.regime, "seed": p.seed,
-                "control": entry.control, "steps": entry.steps, "batch": entry.batch,
+                "control": entry.control, "steps": budget["steps"] if budget else entry.steps, "batch": entry.batch,
                 "subset": entry.options.get("subset"), "corpus": entry.options.get("corpus", entry.examples),
                 "checkpoint": str(p.final), "wording": cfg.wordings[0], "measured": by_wording[cfg.wordings[0]],
-                "measured_wordings": by_wording, "cost": training_cost(p.runs),
+                "measured_wordings": by_wording, "cost": training_cost(p.runs), "budget": budget,
             }
         )  # fmt: skip
         print(f"{tag}: measured", file=sys.stderr, flush=True)
