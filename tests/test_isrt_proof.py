@@ -141,27 +141,43 @@ def test_corrupt_description_changes_one_thing():
     assert kinds == {"same", "drop", "shape", "direction"}
 
 
-def _fake_run(root: Path, pairs_per_iteration: list[list[str]]) -> Path:
-    run = root / "isrt-retrospective"
+def fake_run(root: Path, pairs_per_iteration: list[list[str]], start: Path | None = None) -> Path:
+    """A run folder as ``train/isrt.py`` leaves it: per iteration the pairs store and ``dpo.done``
+    (2 steps per pair); with ``start`` also each iterate's ``dpo/final`` (an iteration without pairs
+    keeps the previous model), ``isrt_config.yaml`` and ``done.json``."""
+    run, model = root / "isrt-retrospective", start
     for t, ids in enumerate(pairs_per_iteration):
         d = run / f"iter_{t}"
         d.mkdir(parents=True)
         rows = [{"id": i, "prompt": f"question of {i}", "chosen": "no", "rejected": "yes"} for i in ids]
         (d / "pairs.rank0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         (d / "pairs.done").write_text("{}")
-        (d / "dpo.done").write_text(json.dumps({"model": "m", "pairs": len(ids), "steps": 2 * len(ids)}))
+        if start is not None and ids:
+            model = d / "dpo" / "final"
+            model.mkdir(parents=True)
+            (model / "mmalign.json").write_text("{}")
+        done = {"model": str(model or "m"), "pairs": len(ids), **({"steps": 2 * len(ids)} if ids else {})}
+        (d / "dpo.done").write_text(json.dumps(done))
+    if start is not None:
+        (run / "isrt_config.yaml").write_text(json.dumps({"model": str(start), "optim": {"warmup_steps": 2}}))
+        (run / "done.json").write_text(json.dumps({"iterations": len(pairs_per_iteration)}))
     return run
 
 
-def test_control_gets_the_pairs_prompts_with_their_annotations(tmp_path):
-    pool = tmp_path / "pool.jsonl"
+def fake_pool(path: Path) -> Path:
+    """Four pool records p0..p3 (existence, truth "no"; annotation "yes" for the odd ones)."""
     recs = [
         {"id": f"p{k}", "video": f"videos/v{k}.mp4", "question": f"question of p{k}", "scene_id": f"v{k}",
          "truth": {"type": "video_existence", "answer": "no"}, "annotation": "yes" if k % 2 else "no"}
         for k in range(4)
     ]  # fmt: skip
-    pool.write_text("".join(json.dumps(r) + "\n" for r in recs))
-    run = _fake_run(tmp_path, [["p1", "p2"], ["p1"]])
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return path
+
+
+def test_control_gets_the_pairs_prompts_with_their_annotations(tmp_path):
+    pool = fake_pool(tmp_path / "pool.jsonl")
+    run = fake_run(tmp_path, [["p1", "p2"], ["p1"]])
     control = control_records(run, pool, 2)
     assert [(r["id"], r["conversations"][1]["value"]) for r in control] == [
         ("p1-t0", "yes"),

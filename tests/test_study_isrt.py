@@ -16,6 +16,7 @@ from mmalign.config import ConfigError
 from mmalign.eval.study.config import apply_quick, load_study, study_from_dict
 from mmalign.eval.study.isrt import link_final, write_control
 from mmalign.eval.study.methods import Context, plan
+from tests.test_isrt_proof import fake_pool, fake_run
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CONFIG = ROOT / "configs" / "study" / "shapeworld.yaml"
@@ -121,44 +122,13 @@ def test_isrt_refuses_the_clean_regime_and_unknown_options(tmp_path):
         plan(ctx, bad.entry("isrt"), "noisy", 0)
 
 
-def _finished_run(root: Path, pairs: list[list[str]], start: Path) -> Path:
-    """A run folder as train/isrt.py leaves it: config, per-iteration pairs and DPO markers, done.json."""
-    run = root / "isrt-noisy-s0"
-    model = start
-    for t, ids in enumerate(pairs):
-        d = run / f"iter_{t}"
-        d.mkdir(parents=True)
-        rows = [{"id": i, "prompt": f"question of {i}", "chosen": "no", "rejected": "yes"} for i in ids]
-        (d / "pairs.rank0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        (d / "pairs.done").write_text("{}")
-        if ids:
-            model = d / "dpo" / "final"
-            model.mkdir(parents=True)
-            (model / "mmalign.json").write_text("{}")
-        steps = {"steps": 2 * len(ids)} if ids else {}
-        (d / "dpo.done").write_text(json.dumps({"model": str(model), "pairs": len(ids), **steps}))
-    (run / "isrt_config.yaml").write_text(yaml.safe_dump({"model": str(start), "optim": {"warmup_steps": 2}}))
-    (run / "done.json").write_text(json.dumps({"iterations": len(pairs)}))
-    return run
-
-
-def _pool(path: Path) -> Path:
-    recs = [
-        {"id": f"p{k}", "video": f"videos/v{k}.mp4", "question": f"question of p{k}", "scene_id": f"v{k}",
-         "truth": {"type": "video_existence", "answer": "no"}, "annotation": "yes" if k % 2 else "no"}
-        for k in range(4)
-    ]  # fmt: skip
-    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
-    return path
-
-
 def test_matched_control_gets_the_runs_pairs_prompts_annotations_and_dpo_steps(tmp_path):
     start = tmp_path / "format" / "final"
     start.mkdir(parents=True)
     (start / "mmalign.json").write_text("{}")
-    run = _finished_run(tmp_path / "runs", [["p1", "p2"], [], ["p3"]], start)
+    run = fake_run(tmp_path / "runs", [["p1", "p2"], [], ["p3"]], start)
     out, control_run = tmp_path / "matched", tmp_path / "runs" / "control-isrt-noisy-s0"
-    budget = write_control(run, _pool(tmp_path / "pool.jsonl"), tmp_path / "media", out, control_run)
+    budget = write_control(run, fake_pool(tmp_path / "pool.jsonl"), tmp_path / "media", out, control_run)
     assert budget == {"steps": 6, "pairs": 3, "records": 3, "start": str(start)}
     assert json.loads((out / "budget.json").read_text()) == budget
     data = json.loads((out / "data.json").read_text())
@@ -183,9 +153,11 @@ def test_a_run_without_pairs_is_its_start_model_and_so_is_its_control(tmp_path):
     start = tmp_path / "format" / "final"
     start.mkdir(parents=True)
     (start / "mmalign.json").write_text("{}")
-    run = _finished_run(tmp_path / "runs", [[], [], []], start)
+    run = fake_run(tmp_path / "runs", [[], [], []], start)
     control_run = tmp_path / "runs" / "control-isrt-noisy-s0"
-    budget = write_control(run, _pool(tmp_path / "pool.jsonl"), tmp_path, tmp_path / "matched", control_run)
+    budget = write_control(
+        run, fake_pool(tmp_path / "pool.jsonl"), tmp_path, tmp_path / "matched", control_run
+    )
     assert (budget["steps"], budget["pairs"], budget["records"]) == (0, 0, 0)
     assert (control_run / "final").resolve() == start.resolve() and (
         control_run / "final" / "mmalign.json"
