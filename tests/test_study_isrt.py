@@ -4,6 +4,7 @@ matched control's inputs from a finished run, and (slow) the two rows end to end
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import yaml
 
 from mmalign.config import ConfigError
 from mmalign.eval.study.config import apply_quick, load_study, study_from_dict
-from mmalign.eval.study.isrt import link_final, write_control
+from mmalign.eval.study.isrt import check_budget_current, link_final, write_control
 from mmalign.eval.study.methods import Context, plan
 from tests.test_isrt_proof import fake_pool, fake_run
 
@@ -38,32 +39,47 @@ def _study(methods: list[dict]) -> dict:
 def test_matched_budget_rules_refused_with_the_entry_named():
     cfg = study_from_dict(_study([ISRT, MATCHED]))
     assert cfg.entry("isrt").matched and cfg.entry("control-isrt").matched and not cfg.entry("sft").matched
-    with pytest.raises(ConfigError, match=r"'isrt': leave steps out"):
-        study_from_dict(_study([{**ISRT, "steps": 10}, MATCHED]))
-    with pytest.raises(ConfigError, match=r"'control-isrt': leave steps out"):
-        study_from_dict(_study([ISRT, {**MATCHED, "steps": 10}]))
-    with pytest.raises(ConfigError, match=r"'isrt': an i-SRT entry's control must be matched to it"):
-        study_from_dict(_study([PLAIN, {**ISRT, "control": "control"}]))
+    refused = {
+        r"'isrt': leave steps out": [{**ISRT, "steps": 10}, MATCHED],
+        r"'control-isrt': leave steps out": [ISRT, {**MATCHED, "steps": 10}],
+        r"'isrt': an i-SRT entry's control must be matched to it": [PLAIN, {**ISRT, "control": "control"}],
+        r"'control-isrt': options.match must name an isrt entry, got 'dpo'": [{**MATCHED, "options": {"match": "dpo"}}],
+        r"'control-isrt': list it after 'isrt'": [MATCHED, ISRT],
+        r"'isrt': budget mismatch": [{**ISRT, "batch": 32}, MATCHED],
+        r"'isrt': set regimes: \[noisy\]": [{**ISRT, "regimes": ["noisy", "clean"]}, MATCHED],
+        r"'control-isrt': set regimes: \[noisy\]": [ISRT, {k: v for k, v in MATCHED.items() if k != "regimes"}],
+        r"'control-isrt': unknown option\(s\) \['corpus'\]": [ISRT, {**MATCHED, "options": {"match": "isrt", "corpus": 9}}],
+        r"'isrt': unknown option\(s\) \['rounds'\]": [{**ISRT, "options": {"rounds": 2}}, MATCHED],
+        r"'isrt': options.iterations must be an integer ≥ 1, got 0": [{**ISRT, "options": {"iterations": 0}}, MATCHED],
+        r"'isrt': options.judge must be one of": [{**ISRT, "options": {"judge": "gpt"}}, MATCHED],
+        r"'isrt': options.context must be one of": [{**ISRT, "options": {"context": "past"}}, MATCHED],
+        r"'isrt': override 'iterations=5' changes what the study sets": [{**ISRT, "overrides": ["iterations=5"]}, MATCHED],
+        r"'isrt': override 'pool.path=x' changes": [{**ISRT, "overrides": ["pool.path=x"]}, MATCHED],
+        r"'isrt': override 'seed=3' changes": [{**ISRT, "overrides": ["seed=3"]}, MATCHED],
+        r"'control-2': matched to 'isrt', whose control is 'control-isrt'": [ISRT, MATCHED, {**MATCHED, "name": "control-2"}],
+    }  # fmt: skip
+    for message, methods in refused.items():
+        with pytest.raises(ConfigError, match=message):
+            study_from_dict(_study(methods))
     dpo = {"name": "dpo", "method": "dpo", "batch": 16, "steps": 1, "control": "control-isrt"}
     with pytest.raises(ConfigError, match=r"'dpo': control 'control-isrt' is matched to another entry"):
         study_from_dict(_study([ISRT, MATCHED, dpo]))
-    with pytest.raises(
-        ConfigError, match=r"'control-isrt': options.match must name an isrt entry, got 'dpo'"
-    ):
-        study_from_dict(_study([{**MATCHED, "options": {"match": "dpo"}}]))
-    with pytest.raises(ConfigError, match=r"'control-isrt': list it after 'isrt'"):
-        study_from_dict(_study([MATCHED, ISRT]))
-    with pytest.raises(ConfigError, match=r"'isrt': budget mismatch"):
-        study_from_dict(_study([{**ISRT, "batch": 32}, MATCHED]))
-    with pytest.raises(ConfigError, match=r"'isrt': its control 'control-isrt' does not run in \['clean'\]"):
-        study_from_dict(_study([{**ISRT, "regimes": ["noisy", "clean"]}, MATCHED]))
-    # --quick's step count leaves the matched rows alone (their steps are the run's)
+    # --quick's step count leaves the matched rows alone (their steps are the run's) …
     quick = apply_quick(study_from_dict({**_study([PLAIN, ISRT, MATCHED]), "quick": {"steps": 5}}))
     assert [(m.name, m.steps) for m in quick.methods if m.seeded] == [
         ("control", 5),
         ("isrt", 0),
         ("control-isrt", 0),
     ]
+    # … and refuses a matched control without its i-SRT entry, or an i-SRT entry without a regime
+    alone = study_from_dict({**_study([PLAIN, ISRT, MATCHED]), "quick": {"methods": ["control-isrt"]}})
+    with pytest.raises(
+        ConfigError, match=r"keeps the matched control\(s\) \['control-isrt'\] but not the i-SRT"
+    ):
+        apply_quick(alone)
+    none = study_from_dict({**_study([ISRT, MATCHED]), "quick": {"regimes": {"isrt": []}}})
+    with pytest.raises(ConfigError, match=r"quick: method entry 'isrt': set regimes: \[noisy\]"):
+        apply_quick(none)
 
 
 def test_shipped_isrt_rows_plan_a_shared_start_a_run_per_seed_and_a_matched_control(tmp_path):
@@ -99,17 +115,15 @@ def test_shipped_isrt_rows_plan_a_shared_start_a_run_per_seed_and_a_matched_cont
     ctrl = rows[len(cfg.seeds)]
     build, train = ctrl.commands
     inputs = ctx.work / "isrt" / "matched" / "isrt-noisy-s0"
-    assert (
-        build.argv[:3] == ("-m", "mmalign.eval.study.isrt", "control")
-        and build.done == inputs / "budget.json"
-    )
+    assert build.argv[:3] == ("-m", "mmalign.eval.study.isrt", "control")
+    assert build.done == ctx.runs / "control-isrt-noisy-s0" / "budget.json"  # deleting the run rebuilds it
     assert str(ctx.runs / "isrt-noisy-s0") in build.argv and str(pool.done) in build.argv
     assert train.argv[:3] == ("train/sft.py", "--config", str(inputs / "config.yaml"))
     assert f"model={start.done}" in train.argv and "strategy.micro_batch_size=8" in train.argv
     assert ctrl.budget == first.budget == inputs / "budget.json" and ctrl.runs == [train.run]
 
 
-def test_isrt_refuses_the_clean_regime_and_unknown_options(tmp_path):
+def test_isrt_planners_refuse_the_clean_regime(tmp_path):
     ctx = Context(ROOT / "checkpoints/tiny-shapeworld", tmp_path / "t", tmp_path / "w", tmp_path / "r", 2)
     cfg = study_from_dict(_study([{**ISRT, "options": {"iterations": 2}}, MATCHED]))
     assert "iterations=2" in plan(ctx, cfg.entry("isrt"), "noisy", 0).commands[3].argv
@@ -117,20 +131,29 @@ def test_isrt_refuses_the_clean_regime_and_unknown_options(tmp_path):
         plan(ctx, cfg.entry("isrt"), "clean", 0)
     with pytest.raises(ValueError, match=r"'control-isrt': i-SRT runs in the noisy regime only"):
         plan(ctx, cfg.entry("control-isrt"), "clean", 0)
-    bad = study_from_dict(_study([{**ISRT, "options": {"rounds": 2}}, MATCHED]))
-    with pytest.raises(ValueError, match=r"unknown i-SRT option\(s\) \['rounds'\]"):
-        plan(ctx, bad.entry("isrt"), "noisy", 0)
 
 
-def test_matched_control_gets_the_runs_pairs_prompts_annotations_and_dpo_steps(tmp_path):
+def _start(tmp_path: Path) -> Path:
     start = tmp_path / "format" / "final"
     start.mkdir(parents=True)
     (start / "mmalign.json").write_text("{}")
+    return start
+
+
+def test_matched_control_gets_the_runs_pairs_prompts_annotations_and_dpo_steps(tmp_path):
+    start = _start(tmp_path)
     run = fake_run(tmp_path / "runs", [["p1", "p2"], [], ["p3"]], start)
     out, control_run = tmp_path / "matched", tmp_path / "runs" / "control-isrt-noisy-s0"
     budget = write_control(run, fake_pool(tmp_path / "pool.jsonl"), tmp_path / "media", out, control_run)
-    assert budget == {"steps": 6, "pairs": 3, "records": 3, "start": str(start)}
-    assert json.loads((out / "budget.json").read_text()) == budget
+    # the DPO stages' steps as recorded by each iteration (fake: 2 per pair), one record per pair
+    assert {k: budget[k] for k in ("steps", "pairs", "records", "start", "run")} == {
+        "steps": 6, "pairs": 3, "records": 3, "start": str(start), "run": str(run),
+    }  # fmt: skip
+    assert (
+        json.loads((out / "budget.json").read_text())
+        == budget
+        == json.loads((control_run / "budget.json").read_text())
+    )
     data = json.loads((out / "data.json").read_text())
     assert [(r["id"], r["conversations"][1]["value"]) for r in data] == [
         ("p1-t0", "yes"),
@@ -144,15 +167,19 @@ def test_matched_control_gets_the_runs_pairs_prompts_annotations_and_dpo_steps(t
     assert {k: v for k, v in cfg.items() if k not in ("data", "max_steps", "optim")} == {
         k: v for k, v in shipped.items() if k not in ("data", "max_steps", "optim")
     }
-    assert not control_run.exists()  # steps to train: the control's train/sft.py makes its final
+    assert not (control_run / "final").exists()  # steps to train: the control's train/sft.py makes its final
+    assert check_budget_current(out / "budget.json") == budget
     assert link_final(run) == run / "iter_2" / "dpo" / "final"
     assert (run / "final").resolve() == (run / "iter_2" / "dpo" / "final").resolve()
+    # the run redone with other pairs: the control built from the old one is refused, not reused
+    (run / "iter_2" / "dpo.done").write_text(json.dumps({"model": str(start), "pairs": 0}))
+    with pytest.raises(ValueError, match=r"changed after its matched control was built from it"):
+        check_budget_current(out / "budget.json")
+    assert link_final(run) == start and (run / "final").resolve() == start.resolve()  # the link follows
 
 
 def test_a_run_without_pairs_is_its_start_model_and_so_is_its_control(tmp_path):
-    start = tmp_path / "format" / "final"
-    start.mkdir(parents=True)
-    (start / "mmalign.json").write_text("{}")
+    start = _start(tmp_path)
     run = fake_run(tmp_path / "runs", [[], [], []], start)
     control_run = tmp_path / "runs" / "control-isrt-noisy-s0"
     budget = write_control(
@@ -162,9 +189,17 @@ def test_a_run_without_pairs_is_its_start_model_and_so_is_its_control(tmp_path):
     assert (control_run / "final").resolve() == start.resolve() and (
         control_run / "final" / "mmalign.json"
     ).exists()
-    assert link_final(run) == start and (run / "final").resolve() == start.resolve()
-    link_final(run)  # a rerun replaces the link
-    assert os.path.islink(run / "final")
+    assert link_final(run) == start and os.path.islink(run / "final")
+    # a trained control's final (a stale control of another run) is never replaced by a link
+    stale = tmp_path / "runs" / "control-stale"
+    (stale / "final").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match=r"is a trained model, not a link"):
+        write_control(run, tmp_path / "pool.jsonl", tmp_path, tmp_path / "matched-stale", stale)
+    # its cost: nothing trained, no metrics.jsonl — NaN, not an error
+    from mmalign.eval.study.runner import training_cost
+
+    cost = training_cost([control_run])
+    assert all(math.isnan(cost[k]) for k in ("train_wall_s", "train_cpu_s", "peak_gib")) and "rl" not in cost
     unfinished = tmp_path / "unfinished"
     unfinished.mkdir()
     with pytest.raises(FileNotFoundError, match="has not finished"):

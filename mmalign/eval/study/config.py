@@ -29,6 +29,23 @@ METHODS = ("sft", "control", "lrv", "povid", "dpo", "align2llava", "rl", "isrt")
 REGIMES = ("noisy", "clean")
 #: Wordings of the held-out questions (``mmalign.eval.bars.measure_wordings``).
 WORDINGS = ("natural", "terse")
+#: ``options`` of an ``isrt`` entry and their defaults (``mmalign.eval.study.isrt``): iterations,
+#: prompts drawn per iteration, steps of the format continuation (the start model), the judge
+#: (``self``: i-SRT; ``oracle``: the exact ShapeWorld judge, an upper bound that reads the truth, not
+#: i-SRT; ``llm``: an endpoint) and the context mode.
+ISRT_OPTIONS: dict[str, Any] = {
+    "iterations": 3, "per_iteration": 64, "format_steps": 300, "judge": "self", "context": "retrospective",
+}  # fmt: skip
+#: What an ``isrt`` entry's overrides may not set: the study sets them from ``options``.
+ISRT_FIXED = (
+    "iterations",
+    "judge",
+    "context",
+    "pool.path",
+    "pool.shapeworld",
+    "pool.media_root",
+    "pool.per_iteration",
+)
 
 
 @dataclass
@@ -121,6 +138,7 @@ class MethodEntry:
         fixed = ("data", "seed", "model", "out") + (
             () if self.method == "rl" else ("max_steps", "strategy.micro_batch_size", "strategy.grad_accum")
         )
+        fixed += ISRT_FIXED if self.method == "isrt" else ()
         for item in self.overrides:
             if item.split("=", 1)[0].strip() in fixed:
                 raise ValueError(
@@ -132,6 +150,8 @@ class MethodEntry:
                 raise ValueError(f"method entry {self.name!r}: options.{key} must be in [{low}, {high}]")
         if "per_image" in self.options and int(self.options["per_image"]) < 1:
             raise ValueError(f"method entry {self.name!r}: options.per_image must be ≥ 1")
+        if self.matched:
+            check_isrt_entry(self)
 
     @property
     def matched(self) -> bool:
@@ -148,6 +168,42 @@ class MethodEntry:
     def examples(self) -> int:
         """Examples seen in training (steps × batch)."""
         return self.steps * self.batch
+
+
+def check_isrt_entry(entry: MethodEntry) -> None:
+    """Refuse an ``isrt`` entry or matched control with a regime other than noisy, an unknown or bad
+    option (:data:`ISRT_OPTIONS`; a matched control takes only ``match``).
+
+    Raises:
+        ValueError: naming the entry and the option.
+    """
+    if entry.regimes != ["noisy"]:
+        raise ValueError(
+            f"method entry {entry.name!r}: set regimes: [noisy]: i-SRT reads no annotation (a clean row would "
+            "repeat the noisy run) and its start model and matched control learn from the training annotations"
+        )
+    known = ISRT_OPTIONS if entry.method == "isrt" else {"match": None}
+    unknown = sorted(set(entry.options) - set(known))
+    if unknown:
+        raise ValueError(
+            f"method entry {entry.name!r}: unknown option(s) {unknown}; known: {', '.join(known)}"
+        )
+    if entry.method != "isrt":
+        return
+    o = {**ISRT_OPTIONS, **entry.options}
+    for key in ("iterations", "per_iteration", "format_steps"):
+        if not isinstance(o[key], int) or o[key] < 1:
+            raise ValueError(
+                f"method entry {entry.name!r}: options.{key} must be an integer ≥ 1, got {o[key]!r}"
+            )
+    for key, allowed in (
+        ("judge", ("self", "oracle", "llm")),
+        ("context", ("retrospective", "fresh", "none")),
+    ):
+        if o[key] not in allowed:
+            raise ValueError(
+                f"method entry {entry.name!r}: options.{key} must be one of {allowed}, got {o[key]!r}"
+            )
 
 
 @dataclass
@@ -294,6 +350,10 @@ def check_matched(control: MethodEntry, by_name: dict[str, MethodEntry], before:
         raise ValueError(
             f"method entry {control.name!r}: list it after {target.name!r}: it is built from that entry's finished runs"
         )
+    if target.control != control.name:
+        raise ValueError(
+            f"method entry {control.name!r}: matched to {target.name!r}, whose control is {target.control!r}"
+        )
 
 
 def apply_quick(cfg: StudyConfig) -> StudyConfig:
@@ -303,14 +363,20 @@ def apply_quick(cfg: StudyConfig) -> StudyConfig:
     unknown = (keep | set(q.regimes)) - {m.name for m in cfg.methods}
     if unknown:
         raise ConfigError(f"quick.methods / quick.regimes: unknown entries {sorted(unknown)}")
-    methods = []
-    for m in cfg.methods:
-        if m.name not in keep:
-            continue
-        steps = q.steps if (q.steps and m.method != "sft" and not m.matched) else m.steps
-        regimes = [r for r in m.regimes if r in q.regimes.get(m.name, m.regimes)]
-        methods.append(dataclasses.replace(m, steps=steps, regimes=regimes))
-    try:  # budgets and regimes re-checked
+    lost = [m.name for m in cfg.methods if m.name in keep and m.matched and m.method == "control"
+            and m.options["match"] not in keep]  # fmt: skip
+    if lost:
+        raise ConfigError(
+            f"quick.methods keeps the matched control(s) {lost} but not the i-SRT entry they are matched to"
+        )
+    try:  # entries, budgets and regimes re-checked
+        methods = []
+        for m in cfg.methods:
+            if m.name not in keep:
+                continue
+            steps = q.steps if (q.steps and m.method != "sft" and not m.matched) else m.steps
+            regimes = [r for r in m.regimes if r in q.regimes.get(m.name, m.regimes)]
+            methods.append(dataclasses.replace(m, steps=steps, regimes=regimes))
         return dataclasses.replace(
             cfg,
             seeds=list(q.seeds),

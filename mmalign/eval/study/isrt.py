@@ -25,8 +25,12 @@ from files written after it):
    when no iteration had pairs);
 4. the matched control's ``python -m mmalign.eval.study.isrt control``: its data (one record per
    pair DPO trained on), its config (``configs/shapeworld/control.yaml`` with that data and the
-   run's DPO steps) and ``budget.json``; with 0 steps its ``final`` is the start model itself;
+   run's DPO steps) and ``budget.json`` (:func:`write_control`); with 0 steps its ``final`` is the
+   start model itself;
 5. the control's ``train/sft.py`` from the start model (skipped when 0 steps: ``final`` exists).
+
+Before measuring, the runner refuses a control built from an i-SRT run that was redone since
+(:func:`check_budget_current`); deleting the control's run folder rebuilds it.
 
 Noisy regime only: i-SRT reads no annotation, and the start model and the control learn from the
 training annotations as they are.
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -51,31 +56,18 @@ from mmalign.eval.isrt_proof import (
     iterate_model,
     prepare_commands,
 )
-from mmalign.eval.study.config import MethodEntry
+from mmalign.eval.study.config import ISRT_OPTIONS, MethodEntry
 from mmalign.eval.study.methods import CONTROL_CONFIG, Command, Context, Plan, run_dir
 
 ROOT = Path(__file__).resolve().parents[3]
 ISRT_CONFIG = "configs/isrt/tiny_shapeworld.yaml"
 FORMAT_CONFIG = "configs/isrt/judge_format.yaml"
-#: ``options`` of an ``isrt`` entry and their defaults.
-DEFAULTS: dict[str, Any] = {
-    "iterations": 3, "per_iteration": 64, "format_steps": 300, "judge": "self", "context": "retrospective",
-}  # fmt: skip
 
 
 def proof_plan(ctx: Context, options: dict[str, Any]) -> ProofPlan:
-    """The shared part (pool, format data, start model) under ``<work>/isrt`` with ``options``.
-
-    Raises:
-        ValueError: an unknown option, or ``iterations`` / ``per_iteration`` / ``format_steps`` < 1.
-    """
-    unknown = sorted(set(options) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown i-SRT option(s) {unknown}; known: {', '.join(DEFAULTS)}")
-    o = {**DEFAULTS, **options}
-    for key in ("iterations", "per_iteration", "format_steps"):
-        if int(o[key]) < 1:
-            raise ValueError(f"options.{key} must be ≥ 1, got {o[key]}")
+    """The shared part (pool, format data, start model) under ``<work>/isrt`` with ``options``
+    (checked at load: :func:`mmalign.eval.study.config.check_isrt_entry`)."""
+    o = {**ISRT_OPTIONS, **options}
     return ProofPlan(
         data=ctx.train, out=ctx.work / "isrt", model=ctx.model, isrt_config=Path(ISRT_CONFIG),
         format_config=Path(FORMAT_CONFIG), iterations=int(o["iterations"]), per_iteration=int(o["per_iteration"]),
@@ -109,7 +101,7 @@ def plan_isrt(ctx: Context, entry: MethodEntry, regime: str, seed: int) -> Plan:
             f"method entry {entry.name!r}: batch {entry.batch} is not a multiple of ranks {ctx.ranks}"
         )
     p = proof_plan(ctx, entry.options)
-    judge, context = str({**DEFAULTS, **entry.options}["judge"]), p.modes[0]
+    judge, context = str({**ISRT_OPTIONS, **entry.options}["judge"]), p.modes[0]
     run = run_dir(ctx, entry.name, regime, seed)
     extra = (f"seed={seed}", f"strategy.micro_batch_size={entry.batch // ctx.ranks}", "strategy.grad_accum=1")
     final = Command(
@@ -143,7 +135,7 @@ def plan_matched_control(ctx: Context, entry: MethodEntry, regime: str, seed: in
         ("-m", "mmalign.eval.study.isrt", "control", "--run", str(run_dir(ctx, target, regime, seed)),
          "--pool", str(ctx.work / "isrt" / "data" / "pool.jsonl"), "--media-root", str(ctx.train),
          "--out", str(inputs), "--control-run", str(out)),
-        inputs / "budget.json", log=inputs.with_suffix(".log"),
+        out / "budget.json", log=inputs.with_suffix(".log"),
     )  # fmt: skip
     train = Command(
         ("train/sft.py", "--config", str(inputs / "config.yaml"), f"model={start}", f"out={out}", f"seed={seed}",
@@ -155,7 +147,13 @@ def plan_matched_control(ctx: Context, entry: MethodEntry, regime: str, seed: in
 
 
 def _link(link: Path, target: Path) -> None:
-    """``link`` → ``target`` (absolute), replacing an older link (a rerun after a retrained run)."""
+    """``link`` → ``target`` (absolute), replacing an older link (a rerun after a retrained run).
+
+    Raises:
+        FileExistsError: ``link`` is a real folder (a trained model: never replaced silently).
+    """
+    if link.exists() and not link.is_symlink():
+        raise FileExistsError(f"{link} is a trained model, not a link; delete its run folder to rebuild it")
     link.parent.mkdir(parents=True, exist_ok=True)
     tmp = link.with_name(link.name + ".tmp")
     if tmp.is_symlink():
@@ -179,17 +177,38 @@ def link_final(run: Path) -> Path:
     return last
 
 
+def run_digest(run: Path) -> str:
+    """SHA-1 of a finished run's ``done.json`` and every ``iter_t/dpo.done`` (pairs, steps, model):
+    what the matched control was built from.
+
+    Raises:
+        FileNotFoundError: the run has not finished.
+    """
+    done = run / "done.json"
+    if not done.exists():
+        raise FileNotFoundError(f"{run} has not finished (no done.json)")
+    h = hashlib.sha1(done.read_bytes())
+    for t in range(int(json.loads(done.read_text())["iterations"])):
+        h.update((run / f"iter_{t}" / "dpo.done").read_bytes())
+    return h.hexdigest()
+
+
 def write_control(run: Path, pool: Path, media_root: Path, out: Path, control_run: Path) -> dict[str, Any]:
     """The matched control's inputs in ``out``: ``data.json`` (one LLaVA record per pair DPO trained
     on in ``run``, its prompt with the pool's training annotation), ``config.yaml``
     (``configs/shapeworld/control.yaml`` with that data, ``max_steps`` = the run's DPO optimizer
     steps, the warm-up of the run's DPO) and ``budget.json`` (``steps``, ``pairs``, ``records``,
-    ``start``; written last: the command's done marker). With 0 steps ``<control_run>/final`` is
-    linked to the start model (nothing to train, the control *is* its start).
+    ``start``, ``run`` and its :func:`run_digest`), also written last as ``<control_run>/budget.json``
+    (the command's done marker: deleting the control's run folder rebuilds its inputs). With 0 steps
+    ``<control_run>/final`` is linked to the start model (nothing to train: the control *is* its
+    start). The same steps are not the same schedule: each i-SRT iteration's DPO starts a fresh
+    AdamW with its own warm-up and cosine decay; the control has one over all its steps.
 
     Raises:
         FileNotFoundError: the run has not finished.
+        KeyError: a pair's id is not in the pool.
         ValueError: the records are not one per pair.
+        FileExistsError: 0 steps but ``<control_run>/final`` is a trained model (a stale control).
     """
     done = run / "done.json"
     if not done.exists():
@@ -197,7 +216,8 @@ def write_control(run: Path, pool: Path, media_root: Path, out: Path, control_ru
     iterations = int(json.loads(done.read_text())["iterations"])
     run_cfg = yaml.safe_load((run / "isrt_config.yaml").read_text())
     records = control_records(run, pool, iterations)
-    budget = {**dpo_budget(run, iterations), "records": len(records), "start": run_cfg["model"]}
+    budget = {**dpo_budget(run, iterations), "records": len(records), "start": run_cfg["model"],
+              "run": str(run), "digest": run_digest(run)}  # fmt: skip
     if budget["records"] != budget["pairs"]:
         raise ValueError(f"{run}: {budget['records']} control records for {budget['pairs']} pairs")
     out.mkdir(parents=True, exist_ok=True)
@@ -211,7 +231,25 @@ def write_control(run: Path, pool: Path, media_root: Path, out: Path, control_ru
     if budget["steps"] == 0:
         _link(control_run / "final", Path(run_cfg["model"]))
     (out / "budget.json").write_text(json.dumps(budget))
+    control_run.mkdir(parents=True, exist_ok=True)
+    (control_run / "budget.json").write_text(json.dumps(budget))
     return budget
+
+
+def check_budget_current(budget: Path) -> dict[str, Any]:
+    """A matched row's ``budget.json``, refused when its i-SRT run changed since the control was
+    built from it (a run deleted and redone: its pairs and steps may differ).
+
+    Raises:
+        ValueError: naming the run and what to delete.
+    """
+    b = json.loads(budget.read_text())
+    if run_digest(Path(b["run"])) != b["digest"]:
+        raise ValueError(
+            f"{b['run']} changed after its matched control was built from it ({budget}); delete the control's "
+            "run folder so that it is built again"
+        )
+    return b
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -242,9 +242,11 @@ def training_cost(runs: list[Path]) -> dict[str, Any]:
             ("peak_above_start_gib", max(above) if above else nan),
         ):
             total[key] = max(total[key], peak) if not math.isnan(peak) else nan  # NaN stays NaN
+        if not (run / "config.yaml").exists() or not records:  # i-SRT, a 0-step control: not RL
+            continue
         try:
             total["rl"] = run_cost(run)
-        except (ValueError, KeyError, FileNotFoundError):  # not an RL run
+        except (ValueError, KeyError):
             pass
     return total
 
@@ -304,6 +306,11 @@ def run_study(cfg: StudyConfig, root: Path = ROOT) -> dict[str, Any]:
                 continue
             execute(c)
             done.add(c.done)
+    for p in rows:  # a matched control built from an i-SRT run that was redone since is refused
+        if p.budget is not None:
+            from mmalign.eval.study.isrt import check_budget_current
+
+            check_budget_current(p.budget)
     limits = BarLimits(cfg.limits.n_images, cfg.limits.n_videos, cfg.limits.n_prior, cfg.limits.batch_size)
     results: list[dict[str, Any]] = []
     # rows that are one checkpoint (an i-SRT run without pairs and its 0-step control link to their
