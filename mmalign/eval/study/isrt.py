@@ -93,7 +93,7 @@ def plan_isrt(ctx: Context, entry: MethodEntry, regime: str, seed: int) -> Plan:
     """The i-SRT row (module docstring, steps 1–3): shared start model, one run, its ``final`` link.
 
     Raises:
-        ValueError: the clean regime, a bad option, or ``batch`` not a multiple of the ranks.
+        ValueError: the clean regime, or ``batch`` not a multiple of the ranks.
     """
     _noisy_only(entry, regime)
     if entry.batch % ctx.ranks:
