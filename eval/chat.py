@@ -172,7 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--max-queue", type=int, default=32)
     c = sub.choices["chat"]
     c.add_argument("--image", action="append", default=[], help="image to attach (repeatable)")
-    c.add_argument("--video", action="append", default=[], help="video file or folder of frames to attach (repeatable)")
+    c.add_argument(
+        "--video", action="append", default=[], help="video file or folder of frames to attach (repeatable)"
+    )
     c.add_argument("--prompt", help="answer this once and exit")
     c.add_argument("--temperature", type=float, default=0.0)
     args = parser.parse_args(argv)
