@@ -93,13 +93,9 @@ def plan_isrt(ctx: Context, entry: MethodEntry, regime: str, seed: int) -> Plan:
     """The i-SRT row (module docstring, steps 1–3): shared start model, one run, its ``final`` link.
 
     Raises:
-        ValueError: the clean regime, or ``batch`` not a multiple of the ranks.
+        ValueError: the clean regime.
     """
     _noisy_only(entry, regime)
-    if entry.batch % ctx.ranks:
-        raise ValueError(
-            f"method entry {entry.name!r}: batch {entry.batch} is not a multiple of ranks {ctx.ranks}"
-        )
     p = proof_plan(ctx, entry.options)
     judge, context = str({**ISRT_OPTIONS, **entry.options}["judge"]), p.modes[0]
     run = run_dir(ctx, entry.name, regime, seed)
@@ -162,6 +158,18 @@ def _link(link: Path, target: Path) -> None:
     os.replace(tmp, link)
 
 
+def finished_iterations(run: Path) -> int:
+    """The iterations of a finished i-SRT run (its ``done.json``, written after the last row).
+
+    Raises:
+        FileNotFoundError: the run has not finished.
+    """
+    done = run / "done.json"
+    if not done.exists():
+        raise FileNotFoundError(f"{run} has not finished (no done.json)")
+    return int(json.loads(done.read_text())["iterations"])
+
+
 def link_final(run: Path) -> Path:
     """``<run>/final`` → the run's last iterate (:func:`mmalign.eval.isrt_proof.iterate_model`: the
     start model when no iteration had pairs); returns the target.
@@ -169,10 +177,7 @@ def link_final(run: Path) -> Path:
     Raises:
         FileNotFoundError: the run has not finished (no ``done.json``).
     """
-    done = run / "done.json"
-    if not done.exists():
-        raise FileNotFoundError(f"{run} has not finished (no done.json)")
-    last = iterate_model(run, int(json.loads(done.read_text())["iterations"]) - 1)
+    last = iterate_model(run, finished_iterations(run) - 1)
     _link(run / "final", last)
     return last
 
@@ -184,11 +189,9 @@ def run_digest(run: Path) -> str:
     Raises:
         FileNotFoundError: the run has not finished.
     """
-    done = run / "done.json"
-    if not done.exists():
-        raise FileNotFoundError(f"{run} has not finished (no done.json)")
-    h = hashlib.sha1(done.read_bytes())
-    for t in range(int(json.loads(done.read_text())["iterations"])):
+    iterations = finished_iterations(run)
+    h = hashlib.sha1((run / "done.json").read_bytes())
+    for t in range(iterations):
         h.update((run / f"iter_{t}" / "dpo.done").read_bytes())
     return h.hexdigest()
 
@@ -210,10 +213,7 @@ def write_control(run: Path, pool: Path, media_root: Path, out: Path, control_ru
         ValueError: the records are not one per pair.
         FileExistsError: 0 steps but ``<control_run>/final`` is a trained model (a stale control).
     """
-    done = run / "done.json"
-    if not done.exists():
-        raise FileNotFoundError(f"{run} has not finished (no done.json)")
-    iterations = int(json.loads(done.read_text())["iterations"])
+    iterations = finished_iterations(run)
     run_cfg = yaml.safe_load((run / "isrt_config.yaml").read_text())
     records = control_records(run, pool, iterations)
     budget = {**dpo_budget(run, iterations), "records": len(records), "start": run_cfg["model"],

@@ -306,11 +306,12 @@ def run_study(cfg: StudyConfig, root: Path = ROOT) -> dict[str, Any]:
                 continue
             execute(c)
             done.add(c.done)
-    for p in rows:  # a matched control built from an i-SRT run that was redone since is refused
-        if p.budget is not None:
+    budgets: dict[Path, dict[str, Any]] = {}  # matched rows' budgets; one built from a redone run is refused
+    for p in rows:
+        if p.budget is not None and p.budget not in budgets:
             from mmalign.eval.study.isrt import check_budget_current
 
-            check_budget_current(p.budget)
+            budgets[p.budget] = check_budget_current(p.budget)
     limits = BarLimits(cfg.limits.n_images, cfg.limits.n_videos, cfg.limits.n_prior, cfg.limits.batch_size)
     results: list[dict[str, Any]] = []
     # rows that are one checkpoint (an i-SRT run without pairs and its 0-step control link to their
@@ -326,7 +327,7 @@ def run_study(cfg: StudyConfig, root: Path = ROOT) -> dict[str, Any]:
             )
         by_wording = by_folder[folder]
         entry = cfg.entry(p.entry)
-        budget = json.loads(p.budget.read_text()) if p.budget is not None else None  # a matched row's
+        budget = budgets.get(p.budget) if p.budget is not None else None
         results.append(
             {
                 "entry": p.entry, "method": entry.method, "regime": p.regime, "seed": p.seed,
